@@ -1,0 +1,444 @@
+"""Policy-gradient math as small pure functions over tensors (no model, no env).
+
+Every function takes tensors and returns tensors; nothing here knows what a model or an
+environment is, so each line of math can be read next to the equation it implements. Equation
+numbers refer to the course primer in ``shared/seeds/004_*.txt`` ("Primer on Policy Gradients").
+
+Shapes: B completions (sequences), T completion tokens, V vocabulary. Per-token tensors are
+``(B, T)`` and right-padded; a ``mask`` marks the real tokens (bool, or 0/1 numbers: non-zero means
+"counts"). Values at masked-out positions are never read (``torch.where``, not ``x * mask``), so
+padding may hold anything, even ``-inf`` or ``nan``.
+
+Devices and dtypes follow the inputs: nothing here calls ``.cuda()`` or hard-codes a dtype. The one
+exception is deliberate: ``token_log_probs`` and ``entropy`` compute the log-softmax in float32
+when the logits are bf16/fp16 (a softmax over a 50k vocabulary in bf16 loses most of its precision)
+and return float32; float32 and float64 logits keep their dtype.
+
+Signs: ``pg_loss`` of eq. 26 is written as an objective whose gradient is the ascent direction
+ĝ (eq. 21). The per-token losses here carry the minus sign, ``-A·log π``, so that an optimizer
+that *minimises* them ascends J(θ); ``loss.backward()`` fills the gradients with ``-ĝ``.
+
+Treated as constants: rewards, advantages, old (behaviour) log-probs and reference log-probs are
+detached inside the losses. They multiply ∇log π in eq. 21-27 but are never differentiated.
+
+How ``aggregate_loss`` weights long versus short completions (``per_token_loss`` (B, T) → scalar):
+
+``"sum"``
+    Σ_t over each sequence, mean over sequences: eq. 26 exactly, so the gradient is the unbiased
+    estimate ĝ of eq. 21. A completion's weight grows with its length (L tokens → L terms), so
+    long completions dominate the update and its variance grows with T.
+``"token_mean"``
+    Sum over every real token of the batch divided by the number of real tokens. Every token
+    weighs the same (DAPO / Dr. GRPO style): equal to ``"sum"`` divided by the mean length, so the
+    direction is ĝ's but the step size depends on how long this batch's completions happen to be.
+``"sequence_mean"``
+    Mean over the tokens of each sequence, then mean over sequences (the original GRPO). Every
+    *completion* weighs the same, so each token of a long completion weighs 1/L: long completions
+    are under-weighted per token. This is biased with respect to eq. 21 (it favours short correct
+    answers and lets long wrong ones off lightly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "token_log_probs",
+    "entropy",
+    "masked_sum",
+    "masked_mean",
+    "masked_normalize",
+    "discounted_returns",
+    "group_normalized_rewards",
+    "naive_policy_gradient_loss",
+    "clipped_policy_gradient_loss",
+    "kl_penalty",
+    "policy_gradient_loss",
+    "aggregate_loss",
+    "LOSS_TYPES",
+    "AGGREGATIONS",
+]
+
+LOSS_TYPES = ("no_baseline", "reinforce_with_baseline", "clipped")
+AGGREGATIONS = ("token_mean", "sequence_mean", "sum")
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probabilities of the policy (eq. 3)
+# ----------------------------------------------------------------------------------------------
+
+
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16 → float32; float32/float64 unchanged.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T in the softmax dtype, allocating at most one (..., V) tensor."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; use a small value such as 1e-3 for near-greedy")
+    x = logits.to(_softmax_dtype(logits.dtype))
+    if temperature != 1.0:
+        # Divide in place when the cast already made a private copy, so only one full tensor exists.
+        x = x / temperature if x is logits else x.div_(temperature)
+    return x
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log π_θ(a_t | s_t) of the taken tokens (eq. 3): log-softmax(logits / T) gathered at ``tokens``.
+
+    Args:
+        logits: ``(..., V)`` scores at the positions that chose each token.
+        tokens: ``(...)`` integer token ids, same leading shape as ``logits``.
+        temperature: the sampling temperature T > 0 the tokens were (or would be) drawn with.
+
+    Returns:
+        ``(...)`` log-probabilities; float32 for bf16/fp16 logits, otherwise the logits' dtype.
+        Differentiable with respect to ``logits``.
+
+    Memory: computed as ``x[a] - logsumexp(x)`` with ``x = logits / T``, so at most one (..., V)
+    tensor of the softmax dtype is allocated (none at all for float32 logits and T = 1) — the full
+    log-softmax is never materialised.
+    """
+    if tokens.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"tokens must have the shape of logits without its last (vocabulary) dimension: "
+            f"logits {tuple(logits.shape)} needs tokens {tuple(logits.shape[:-1])}, got {tuple(tokens.shape)}"
+        )
+    x = _scaled_logits(logits, temperature)
+    chosen = x.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(x, dim=-1)  # eq. 3: log softmax(f_θ(s_t))_{a_t}
+
+
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy H(π(·|s_t)) = -Σ_a π(a) log π(a) of softmax(logits / T) at each position.
+
+    Args:
+        logits: ``(..., V)``; ``-inf`` entries (tokens ruled out, e.g. by top-k) are allowed.
+        temperature: T > 0.
+
+    Returns:
+        ``(...)`` entropies in nats; float32 for bf16/fp16 logits, otherwise the logits' dtype.
+        Differentiable (with a finite gradient even where some probabilities are exactly 0).
+    """
+    log_p = torch.log_softmax(_scaled_logits(logits, temperature), dim=-1)
+    p = log_p.exp()
+    # 0·log 0 = 0: zero the -inf log-probs before multiplying, or 0·(-inf) = nan.
+    return -torch.linalg.vecdot(p, log_p.masked_fill(p == 0, 0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Masked reductions
+# ----------------------------------------------------------------------------------------------
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x with masked-out entries set to 0, mask as bool), both broadcast to a common shape."""
+    x, mask = torch.broadcast_tensors(x, mask.to(device=x.device, dtype=torch.bool))
+    acc = _softmax_dtype(x.dtype) if x.is_floating_point() else torch.float32
+    return torch.where(mask, x.to(acc), torch.zeros((), dtype=acc, device=x.device)), mask
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Σ of ``x`` over the entries where ``mask`` is set, over ``dim`` (all dimensions if None).
+
+    ``x`` and ``mask`` broadcast against each other. Masked-out entries are never read, so they
+    may be inf/nan. An empty mask sums to 0. The result has ``x``'s floating dtype (float32 for
+    integer ``x``); the sum is accumulated in at least float32.
+    """
+    values, _ = _masked(x, mask)
+    out = values.sum() if dim is None else values.sum(dim=dim)
+    return out.to(x.dtype) if x.is_floating_point() else out
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is set, over ``dim`` (all dimensions if None).
+
+    Where the mask selects nothing the mean is defined as **0** (with a zero gradient), not nan:
+    a batch row with no real tokens then contributes nothing instead of poisoning the loss. Check
+    ``mask.any()`` yourself if an empty selection is an error in your setting.
+    """
+    values, mask = _masked(x, mask)
+    total = values.sum() if dim is None else values.sum(dim=dim)
+    count = mask.sum() if dim is None else mask.sum(dim=dim)
+    out = total / count.clamp(min=1).to(total.dtype)  # empty → 0 / 1 = 0
+    return out.to(x.dtype) if x.is_floating_point() else out
+
+
+def masked_normalize(
+    x: torch.Tensor, mask: torch.Tensor, normalize_constant: float, dim: int | None = None
+) -> torch.Tensor:
+    """Σ of ``x`` over ``mask`` (over ``dim``), divided by a fixed ``normalize_constant``.
+
+    The "divide by the maximum number of tokens" aggregation (Dr. GRPO): unlike ``masked_mean`` the
+    denominator does not depend on how many tokens are real, so every token weighs the same in
+    every batch. An empty mask gives 0. ``normalize_constant`` must be non-zero.
+    """
+    if normalize_constant == 0:
+        raise ValueError("normalize_constant must be non-zero; pass e.g. the maximum number of generated tokens")
+    return masked_sum(x, mask, dim=dim) / normalize_constant
+
+
+# ----------------------------------------------------------------------------------------------
+# Returns (eq. 5-6) and group baselines (eq. 22)
+# ----------------------------------------------------------------------------------------------
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Reward-to-go G_t = Σ_{k≥t} γ^{k-t} r_k at every real token (eq. 5 for γ = 1, eq. 6 for γ < 1).
+
+    Args:
+        rewards: ``(..., T)`` per-token rewards r_t (for a verifier: 0 everywhere but the last
+            real token, which holds the score).
+        mask: ``(..., T)`` real tokens. Rewards at masked-out positions are ignored and the
+            discount counts only real tokens, so right, left or inner padding all work.
+        gamma: discount 0 ≤ γ ≤ 1.
+
+    Returns:
+        ``(..., T)`` returns, 0 at masked-out positions, in ``rewards``' floating dtype (float32
+        for integer rewards). With a terminal-only reward and γ = 1 every real token's return
+        equals that final reward, so ``R(τ)`` of eq. 20 and the reward-to-go coincide.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if rewards.shape != mask.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and mask {tuple(mask.shape)} must have the same shape")
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    rewards, mask = rewards.to(dtype), mask.to(device=rewards.device, dtype=torch.bool)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        real = mask[..., t]
+        running = torch.where(real, rewards[..., t] + gamma * running, running)  # G_t = r_t + γ G_{t+1}
+        returns[..., t] = torch.where(real, running, torch.zeros_like(running))
+    return returns
+
+
+def group_normalized_rewards(
+    rewards: torch.Tensor,
+    group_size: int,
+    normalize_by_std: bool = False,
+    eps: float = 1e-6,
+    leave_one_out: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Advantages A_i = R_i - b_i with a baseline from the other completions of the same prompt.
+
+    Groups are consecutive blocks of ``group_size`` rewards (completions i·G … i·G+G-1 answer the
+    same prompt, as the vector env lays them out).
+
+    - ``leave_one_out=False``: b_i = mean of the group, *including* R_i (GRPO). Because b_i
+      depends on completion i's own action, the estimator's expectation is (G-1)/G · ∇J: the
+      direction is right, the length shrinks. With G = 1 every advantage is 0.
+    - ``leave_one_out=True``: b_i = mean of the G-1 *other* rewards (RLOO). It does not depend on
+      completion i's action, so eq. 22-25 apply and the estimator is unbiased. Needs G ≥ 2.
+      (A_i then equals G/(G-1) times the mean-baseline advantage.)
+    - ``normalize_by_std``: divide by (group std + eps), std with Bessel's correction (as
+      ``torch.std``; GRPO). Needs G ≥ 2.
+
+    Args:
+        rewards: ``(N,)`` raw rewards, N a multiple of ``group_size``.
+
+    Returns:
+        ``(advantages, metadata)``: advantages ``(N,)`` in ``rewards``' floating dtype (float32
+        for integer rewards); metadata holds detached 0-d tensors ``"mean"``, ``"std"``
+        (population std, 0 for a single reward), ``"max"``, ``"min"`` of the raw rewards — call
+        ``float()`` on them to log.
+    """
+    rewards = torch.as_tensor(rewards)
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (one reward per completion), got shape {tuple(rewards.shape)}; flatten it first")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1 (completions per prompt), got {group_size!r}")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"{rewards.numel()} rewards do not split into groups of {group_size}: pass a number of rewards "
+            f"that is a multiple of group_size (group_size completions per prompt, prompts back to back)"
+        )
+    if leave_one_out and group_size < 2:
+        raise ValueError("leave_one_out needs group_size >= 2 (the baseline is the mean of the *other* rewards); use group_size >= 2 or leave_one_out=False")
+    if normalize_by_std and group_size < 2:
+        raise ValueError("normalize_by_std needs group_size >= 2 (the std of one reward is undefined); use group_size >= 2 or normalize_by_std=False")
+
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    raw = rewards.to(dtype)
+    grouped = raw.view(-1, group_size)                                    # (prompts, G)
+    if leave_one_out:
+        baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)  # b_i = mean_{j≠i} R_j
+    else:
+        baseline = grouped.mean(-1, keepdim=True)                         # b = mean_j R_j
+    advantages = grouped - baseline                                       # eq. 22: R(τ) - b
+    if normalize_by_std:
+        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)  # GRPO scale normalisation
+    detached = raw.detach()
+    metadata = {
+        "mean": detached.mean(),
+        "std": detached.std(correction=0),
+        "max": detached.max(),
+        "min": detached.min(),
+    }
+    return advantages.reshape(-1), metadata
+
+
+# ----------------------------------------------------------------------------------------------
+# Policy-gradient losses (eq. 21, 26, 27)
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_token(advantages: torch.Tensor, policy_log_probs: torch.Tensor, name: str = "advantages") -> torch.Tensor:
+    """Detach and shape a per-sequence or per-token weight so it broadcasts over (B, T)."""
+    advantages = torch.as_tensor(advantages, device=policy_log_probs.device).detach()
+    if advantages.dim() == policy_log_probs.dim() - 1:
+        advantages = advantages.unsqueeze(-1)  # (B,) → (B, 1): one value per sequence
+    try:
+        shape = torch.broadcast_shapes(advantages.shape, policy_log_probs.shape)
+    except RuntimeError:
+        shape = None
+    if shape != policy_log_probs.shape:
+        raise ValueError(
+            f"{name} of shape {tuple(advantages.shape)} must be (B,), (B, 1) or (B, T) to match "
+            f"policy_log_probs {tuple(policy_log_probs.shape)}"
+        )
+    return advantages
+
+
+def naive_policy_gradient_loss(advantages: torch.Tensor, policy_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per-token REINFORCE loss -A_t · log π_θ(a_t|s_t) (eq. 26 with the sign for minimisation).
+
+    Args:
+        advantages: ``(B,)``, ``(B, 1)`` or ``(B, T)`` weights — raw returns R(τ) (eq. 21) or
+            R(τ) - b(s_t) (eq. 22). Detached: a constant in the gradient.
+        policy_log_probs: ``(B, T)`` log π_θ(a_t|s_t), differentiable.
+
+    Returns:
+        ``(B, T)`` per-token loss; aggregate it with ``aggregate_loss``.
+    """
+    advantages = _per_token(advantages, policy_log_probs)
+    return -advantages * policy_log_probs  # eq. 26: ∇(-A log π) = -A ∇log π = -ĝ term
+
+
+def clipped_policy_gradient_loss(
+    advantages: torch.Tensor,
+    policy_log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    cliprange: float,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token importance-weighted loss with PPO/GRPO clipping (eq. 27).
+
+    ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t) = exp(log π_θ - log π_old), and the loss is
+    -min(ρ_t A_t, clip(ρ_t, 1-ε, 1+ε) A_t). Where the unclipped branch is taken its gradient is
+    -ρ_t A_t ∇log π_θ, eq. 27's term; with ρ = 1 (θ = θ_old) it is REINFORCE's. Where clipping
+    is taken the token contributes no gradient.
+
+    Args:
+        advantages: ``(B,)``, ``(B, 1)`` or ``(B, T)``, detached.
+        policy_log_probs: ``(B, T)`` log π_θ, differentiable.
+        old_log_probs: ``(B, T)`` log π_old of the same tokens, recorded when they were sampled
+            (detached).
+        cliprange: ε > 0.
+        mask: optional ``(B, T)`` real tokens, used only for the metadata statistics (the loss
+            itself is per token; mask it when aggregating).
+
+    Returns:
+        ``(per_token_loss (B, T), metadata)``; metadata holds detached 0-d tensors over the real
+        tokens: ``"clip_fraction"`` (fraction of tokens where the clipped branch was strictly
+        smaller, i.e. taken), ``"ratio_mean"`` (mean ρ) and ``"approx_kl"`` (mean of
+        (ρ-1) - log ρ, the k3 estimate of KL(π_old ‖ π_θ) from samples of π_old).
+    """
+    if not cliprange > 0:
+        raise ValueError(f"cliprange must be > 0, got {cliprange}")
+    if old_log_probs.shape != policy_log_probs.shape:
+        raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} must match policy_log_probs {tuple(policy_log_probs.shape)}")
+    advantages = _per_token(advantages, policy_log_probs)
+    log_ratio = policy_log_probs - old_log_probs.detach()
+    ratio = torch.exp(log_ratio)                                          # eq. 27: π_θ / π_θold
+    unclipped = ratio * advantages                                        # eq. 27 term
+    clipped = torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange) * advantages  # PPO trust region
+    per_token_loss = -torch.minimum(unclipped, clipped)
+
+    if mask is None:
+        mask = torch.ones_like(policy_log_probs, dtype=torch.bool)
+    with torch.no_grad():
+        metadata = {
+            "clip_fraction": masked_mean((clipped < unclipped).float(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+        }
+    return per_token_loss, metadata
+
+
+def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from tokens sampled from π_θ (Schulman's k1 / k3).
+
+    - ``"k1"``: log π - log π_ref. Unbiased, but negative on some tokens, high variance.
+    - ``"k3"``: exp(log π_ref - log π) - (log π_ref - log π) - 1. Unbiased and ≥ 0 on every
+      token (e^x ≥ 1 + x), lower variance; the GRPO default.
+
+    ``ref_log_probs`` is detached; the result has ``log_probs``' shape and stays differentiable.
+    """
+    ref_log_probs = ref_log_probs.detach()
+    if kind == "k1":
+        return log_probs - ref_log_probs
+    if kind == "k3":
+        log_ratio = ref_log_probs - log_probs
+        return torch.exp(log_ratio) - log_ratio - 1.0
+    raise ValueError(f"unknown kl kind {kind!r}; expected 'k1' or 'k3'")
+
+
+def policy_gradient_loss(
+    policy_log_probs: torch.Tensor,
+    loss_type: str,
+    raw_rewards: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    cliprange: float | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token policy-gradient loss, dispatched on ``loss_type``.
+
+    - ``"no_baseline"``: -R(τ) · log π (eq. 21); needs ``raw_rewards``.
+    - ``"reinforce_with_baseline"``: -(R(τ) - b) · log π (eq. 22); needs ``advantages``.
+    - ``"clipped"``: eq. 27 with clipping; needs ``advantages``, ``old_log_probs``, ``cliprange``.
+
+    Arguments a loss type does not need are ignored. ``mask`` only feeds the clipped loss's
+    statistics.
+
+    Returns:
+        ``(per_token_loss (B, T), metadata)``: metadata is ``{}`` for the first two types and the
+        ``clip_fraction`` / ``ratio_mean`` / ``approx_kl`` dict of
+        ``clipped_policy_gradient_loss`` for ``"clipped"``.
+    """
+    required = {
+        "no_baseline": {"raw_rewards": raw_rewards},
+        "reinforce_with_baseline": {"advantages": advantages},
+        "clipped": {"advantages": advantages, "old_log_probs": old_log_probs, "cliprange": cliprange},
+    }
+    if loss_type not in required:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(repr(t) for t in LOSS_TYPES)}")
+    missing = [name for name, value in required[loss_type].items() if value is None]
+    if missing:
+        raise ValueError(f"loss_type={loss_type!r} needs {', '.join(missing)}")
+
+    if loss_type == "no_baseline":
+        return naive_policy_gradient_loss(raw_rewards, policy_log_probs), {}  # eq. 21
+    if loss_type == "reinforce_with_baseline":
+        return naive_policy_gradient_loss(advantages, policy_log_probs), {}  # eq. 22
+    return clipped_policy_gradient_loss(advantages, policy_log_probs, old_log_probs, cliprange, mask=mask)  # eq. 27
+
+
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce a ``(B, T)`` per-token loss over the real tokens to the scalar to ``.backward()``.
+
+    Modes (see the module docstring for how each weights long vs short completions):
+    ``"sum"`` = (1/B) Σ_i Σ_t (eq. 26 exactly), ``"token_mean"`` = Σ over real tokens / their
+    count, ``"sequence_mean"`` = mean over sequences of each sequence's token mean. Sequences with
+    no real token count as 0 in ``"sum"`` and ``"sequence_mean"``; an all-empty mask gives 0.
+    Leading dimensions beyond one are all treated as sequences.
+    """
+    if mode == "token_mean":
+        return masked_mean(per_token_loss, mask)                       # Σ_{i,t} / #tokens
+    if mode == "sequence_mean":
+        return masked_mean(per_token_loss, mask, dim=-1).mean()      # mean_i (Σ_t / L_i)
+    if mode == "sum":
+        return masked_sum(per_token_loss, mask, dim=-1).mean()        # eq. 26: (1/N) Σ_i Σ_t
+    raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {', '.join(repr(m) for m in AGGREGATIONS)}")
