@@ -1,0 +1,255 @@
+"""Reward functions, extraction, the registry, `score`'s failure handling, adapters."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from textgym.rewards import (
+    RewardResult, combine, contains, exact_match, from_trl, get_reward, list_rewards, math_equal,
+    math_equiv, numeric_match, partial_credit, r1_format, r1_zero, reasoning_gym_task, regex,
+    register_reward, score,
+)
+from textgym.rewards.extract import answer_tag, boxed, first_line, last_number, parse_number
+from textgym.tasks import Example
+
+EX7 = Example("What is 3 + 4?", "7", {"a": 3, "b": 4})
+
+
+# -- extraction -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>hm</think> <answer> 42 </answer>", "42"),
+    ("<answer>1</answer> then <answer>2</answer>", "2"),
+    ("<answer>multi\nline</answer>", "multi\nline"),
+    ("<answer>unclosed", None),
+    ("no tags", None),
+])
+def test_answer_tag(text, expected):
+    assert answer_tag(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"so \boxed{5}", "5"),
+    (r"\boxed{1} and \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{unclosed", None),
+    ("nothing", None),
+])
+def test_boxed(text, expected):
+    assert boxed(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("3 + 4 = 7.", "7"),
+    ("It costs 1,000 dollars", "1,000"),
+    ("x = -7", "-7"),
+    ("12-7", "7"),  # a binary minus is not a sign
+    (" 7.0 ", "7.0"),
+    ("no digits here", None),
+    ("", None),
+])
+def test_last_number(text, expected):
+    assert last_number(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("\n\n  abc  \ndef", "abc"), ("   \n ", None), ("x", "x")])
+def test_first_line(text, expected):
+    assert first_line(text) == expected
+
+
+@pytest.mark.parametrize("text, value", [("1,000", 1000), (" 7.0", 7), ("7.", 7), ("+3", 3), ("-2.50", -2.5)])
+def test_parse_number_forgives_formatting(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["abc", "", "1e5", "nan", "inf", "1" * 500, None])
+def test_parse_number_refuses(text):
+    assert parse_number(text) is None
+
+
+# -- built-in rewards -------------------------------------------------------------------------------
+
+def test_exact_match():
+    assert exact_match(" 7 \n", EX7) == 1.0
+    assert exact_match("7.", EX7) == 0.0
+    assert exact_match("<think>x</think> <answer>7</answer>", EX7) == 1.0
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("The answer is 7", 1.0), ("7.", 1.0), (" 7.0", 1.0), ("3 + 4 = 7.", 1.0), ("8", 0.0),
+    ("7 or maybe 8", 0.0), (r"\boxed{7} is it, not 9", 1.0), ("<answer>7</answer> 9", 1.0), ("", 0.0),
+])
+def test_numeric_match(completion, expected):
+    assert numeric_match(completion, EX7) == expected
+
+
+def test_numeric_match_thousands():
+    assert numeric_match("that is 1,000", Example("q", "1000")) == 1.0
+
+
+def test_contains_and_regex():
+    assert contains("... 7 ...", EX7) == 1.0 and contains("six", EX7) == 0.0
+    bare = regex(r"^\s*{answer}\s*$")
+    assert bare(" 7\n", EX7) == 1.0 and bare("77", EX7) == 0.0
+    assert regex("hello")("say hello", EX7) == 1.0
+    assert regex("{answer}")("1+2", Example("q", "1+2")) == 1.0  # the answer is escaped
+
+
+@pytest.mark.parametrize("completion, fmt", [
+    (" reasoning </think> <answer> 7 </answer>", 1.0),  # the prompt ended inside "<think>"
+    ("<think>r</think>\n<answer>7</answer>\n", 1.0),
+    ("<think>r</think> <answer>7", 0.0),  # never closed
+    ("<answer>7</answer>", 0.0),  # no thinking
+    ("r </think> <answer>7</answer> trailing text", 0.0),
+    ("just 7", 0.0),
+])
+def test_r1_format(completion, fmt):
+    assert r1_format(completion, EX7) == fmt
+
+
+def test_r1_zero_components():
+    assert r1_zero(" 3+4 </think> <answer>7</answer>", EX7) == (1.0, {"format": 1.0, "answer": 1.0})
+    assert r1_zero(" 3+4 </think> <answer>8</answer>", EX7) == (0.0, {"format": 1.0, "answer": 0.0})
+    # a right answer in the wrong format is logged but not paid
+    assert r1_zero("<answer>7</answer>", EX7) == (0.0, {"format": 0.0, "answer": 1.0})
+
+
+@pytest.mark.parametrize("pred, ref, equal", [
+    ("0.5", r"\frac{1}{2}", True), ("1/2", "0.5", True), (r"\frac{2}{4}", "1/2", True),
+    ("2x+1", "1 + 2*x", True), (r"2\sqrt{2}", "sqrt(8)", True), ("x = 5", "5", True),
+    ("1,000", "1000", True), (r"\pi", "pi", True), ("3", "4", False), ("x+1", "x+2", False),
+    ("hello", "world", False), (None, "1", False),
+])
+def test_math_equal(pred, ref, equal):
+    assert math_equal(pred, ref) is equal
+
+
+@pytest.mark.parametrize("evil", [
+    "9**9**9**9", "2**99999999", "(" * 5000 + "1" + ")" * 5000, "1" * 100000,
+    "__import__('os').system('echo hi')", "().__class__.__bases__[0]", "x" * 300 + "+1",
+])
+def test_math_equal_is_safe_and_fast(evil):
+    start = time.perf_counter()
+    assert math_equal(evil, "1") is False
+    assert time.perf_counter() - start < 1.0
+
+
+def test_math_equiv_reward():
+    half = Example("q", r"\frac{1}{2}")
+    assert math_equiv(r"so \boxed{0.5}", half) == 1.0
+    assert math_equiv(r"t </think> <answer>\boxed{1/2}</answer>", half) == 1.0
+    assert math_equiv("the answer is 7", EX7) == 1.0
+    assert math_equiv("no answer", EX7) == 0.0
+
+
+def test_partial_credit():
+    ex = Example("Copy: abcd", "abcd")
+    assert partial_credit("abcd", ex) == 1.0
+    assert partial_credit("abcx", ex) == 0.75
+    assert partial_credit("", ex) == 0.0
+    assert partial_credit("z" * 5000, ex) == 0.0  # no quadratic work on runaway completions
+
+
+# -- registry, combine, score -----------------------------------------------------------------------
+
+def test_registry():
+    assert {"exact_match", "numeric_match", "contains", "r1_format", "r1_zero", "math_equiv",
+            "partial_credit"} <= set(list_rewards())
+    assert get_reward("numeric_match") is numeric_match
+    fn = lambda c, e: 1.0  # noqa: E731
+    assert get_reward(fn) is fn
+    with pytest.raises(ValueError, match="unknown reward 'nope'.*exact_match"):
+        get_reward("nope")
+
+
+def test_register_reward_idempotent_and_clash():
+    @register_reward("test_shout")
+    def shout(completion, example):
+        return float(completion.isupper())
+
+    assert register_reward("test_shout", shout) is shout  # same function: fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("test_shout", lambda c, e: 0.0)
+    other = register_reward("test_shout", lambda c, e: 0.5, overwrite=True)
+    assert get_reward("test_shout") is other
+
+
+def test_combine_logs_every_part():
+    fn = combine({"answer": "numeric_match", "format": "r1_format", "zero": r1_zero},
+                 weights={"answer": 1.0, "format": 0.1, "zero": 0.0})
+    total, parts = fn(" t </think> <answer>7</answer>", EX7)
+    assert total == pytest.approx(1.1)
+    assert parts == {"answer": 1.0, "format": 1.0, "zero": 1.0, "zero/format": 1.0, "zero/answer": 1.0}
+    with pytest.raises(ValueError, match="unknown parts"):
+        combine({"a": "exact_match"}, weights={"b": 1.0})
+
+
+def test_score_ok():
+    assert score("numeric_match", "7", EX7) == RewardResult(1.0, {}, None)
+    assert score(r1_zero, "t </think> <answer>7</answer>", EX7, timeout=5).components == {"format": 1.0, "answer": 1.0}
+    assert score(lambda c, e: np.float32(0.5), "", EX7).reward == 0.5
+
+
+def boom(completion, example):
+    return 1 / 0
+
+
+@pytest.mark.parametrize("fn, message", [
+    (boom, "reward 'boom' raised ZeroDivisionError"),
+    (lambda c, e: float("nan"), "nan"),
+    (lambda c, e: math.inf, "inf"),
+    (lambda c, e: None, "NoneType"),
+    (lambda c, e: "1.0", "str"),
+    (lambda c, e: True, "bool"),
+    (lambda c, e: (1.0, {"x": float("nan")}), "component 'x'"),
+    (lambda c, e: (1.0, 2.0), "tuple"),
+    ("no_such_reward", "unknown reward"),
+])
+def test_score_turns_failures_into_zero(fn, message):
+    result = score(fn, "7", EX7)
+    assert result.reward == 0.0 and result.components == {}
+    assert message in result.error
+
+
+def test_score_timeout_gives_up_waiting():
+    def slow(completion, example):
+        time.sleep(2)
+        return 1.0
+
+    start = time.perf_counter()
+    result = score(slow, "7", EX7, timeout=0.1)
+    assert time.perf_counter() - start < 1.0
+    assert result.reward == 0.0 and "timed out after 0.1 s" in result.error
+    assert score(boom, "7", EX7, timeout=1).error.startswith("reward 'boom' raised")
+
+
+# -- adapters ---------------------------------------------------------------------------------------
+
+def test_from_trl():
+    seen = {}
+
+    def trl_style(prompts, completions, answer, a, **kwargs):
+        seen.update(prompts=prompts, a=a)
+        return [1.0 if c.strip() == ans else 0.0 for c, ans in zip(completions, answer)]
+
+    fn = from_trl(trl_style)
+    assert fn("7", EX7) == (1.0, {"none": 0.0})
+    assert seen == {"prompts": ["What is 3 + 4?"], "a": [3]}
+    assert from_trl(lambda prompts, completions, **kw: [None])("7", EX7) == (0.0, {"none": 1.0})
+    assert score(from_trl(lambda prompts, completions, **kw: [None, None]), "7", EX7).error
+
+
+def test_reasoning_gym_task_without_package_says_how_to_install():
+    try:
+        import reasoning_gym  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install reasoning-gym"):
+            reasoning_gym_task("leg_counting")
+
+
+def test_reasoning_gym_task():
+    pytest.importorskip("reasoning_gym")
+    task = reasoning_gym_task("leg_counting", size=50)
+    ex = task.example("train", 0)
+    assert task.reward(ex.answer, ex) == 1.0

@@ -1,0 +1,161 @@
+"""The built-in reward functions. Each compares a completion with `example.answer`.
+
+Where a completion wraps its answer in `<answer>...</answer>` (the R1 format), the rewards look
+inside the tags; otherwise at the whole completion.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Callable
+
+from textgym.rewards.core import register_reward
+from textgym.rewards.extract import answer_tag, boxed, last_number, numbers_equal
+from textgym.rewards.math_equiv import math_equal
+
+if TYPE_CHECKING:
+    from textgym.tasks.base import Example
+
+__all__ = [
+    "exact_match",
+    "numeric_match",
+    "contains",
+    "regex",
+    "r1_format",
+    "r1_zero",
+    "r1_zero_reward",
+    "is_r1_format",
+    "math_equiv",
+    "partial_credit",
+    "edit_distance",
+]
+
+# R1 format: the completion continues a prompt that ends inside "<think>", so the opening tag is
+# optional; it ends with the stop string "</answer>" (only whitespace may follow).
+_R1_FORMAT = re.compile(r"\s*(?:<think>)?.*?</think>\s*<answer>((?:(?!<answer>).)*?)</answer>\s*", re.DOTALL)
+
+
+def _answer_region(completion: str) -> str:
+    tagged = answer_tag(completion)
+    return tagged if tagged is not None else completion.strip()
+
+
+@register_reward("exact_match")
+def exact_match(completion: str, example: "Example") -> float:
+    """1.0 when the answer (inside <answer> tags if any, stripped) equals the reference exactly."""
+    return float(_answer_region(completion) == example.answer.strip())
+
+
+@register_reward("numeric_match")
+def numeric_match(completion: str, example: "Example") -> float:
+    r"""1.0 when the last number (in <answer> tags, else \boxed{}, else anywhere) equals the reference.
+
+    Formatting is forgiven: "1,000" == "1000", " 7.0" == "7." == "7".
+    """
+    region = answer_tag(completion)
+    if region is None:
+        region = boxed(completion)
+    if region is None:
+        region = completion
+    return float(numbers_equal(last_number(region), example.answer))
+
+
+@register_reward("contains")
+def contains(completion: str, example: "Example") -> float:
+    """1.0 when the reference answer appears anywhere in the completion."""
+    return float(example.answer.strip() in completion)
+
+
+def regex(pattern: str, flags: int = 0) -> Callable[[str, "Example"], float]:
+    r"""A reward that is 1.0 when `pattern` matches the completion (re.search).
+
+    "{answer}" in the pattern stands for the reference answer, escaped:
+    `regex(r"^\s*{answer}\s*$")` accepts the bare answer with surrounding whitespace.
+    """
+    needs_answer = "{answer}" in pattern
+    fixed = None if needs_answer else re.compile(pattern, flags)
+
+    def matches(completion: str, example: "Example") -> float:
+        rx = fixed or re.compile(pattern.replace("{answer}", re.escape(example.answer.strip())), flags)
+        return float(rx.search(completion) is not None)
+
+    matches.__name__ = matches.__qualname__ = f"regex({pattern!r})"
+    return matches
+
+
+def is_r1_format(completion: str) -> bool:
+    """Whether the completion is `[<think>] ... </think> <answer> ... </answer>` and nothing more."""
+    return _R1_FORMAT.fullmatch(completion) is not None
+
+
+@register_reward("r1_format")
+def r1_format(completion: str, example: "Example") -> float:
+    """1.0 for the R1 format `<think> ... </think> <answer> ... </answer>` (opening <think> optional)."""
+    return float(is_r1_format(completion))
+
+
+def _default_answer_check(answer: str, example: "Example") -> float:
+    return float(answer == example.answer.strip() or numbers_equal(answer, example.answer))
+
+
+def r1_zero_reward(check: Callable[[str, "Example"], float] | None = None) -> Callable:
+    """The R1-zero reward: (reward, {"format": f, "answer": a}).
+
+    `format` is 1.0 when the completion is in R1 format; `answer` is check(text inside <answer>,
+    example) (default: equal as text or as numbers). The reward is the answer score, paid only
+    when the format is right, as in DeepSeek-R1-Zero.
+    """
+    check = check or _default_answer_check
+
+    def r1_zero(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+        fmt = is_r1_format(completion)
+        answer = answer_tag(completion)
+        correct = float(check(answer, example)) if answer is not None else 0.0
+        return (correct if fmt else 0.0), {"format": float(fmt), "answer": correct}
+
+    return r1_zero
+
+
+r1_zero = register_reward("r1_zero", r1_zero_reward())
+
+
+@register_reward("math_equiv")
+def math_equiv(completion: str, example: "Example") -> float:
+    r"""1.0 when the answer is mathematically equal to the reference ("0.5" == "\frac{1}{2}").
+
+    The answer is taken from <answer> tags (a \boxed{} inside them wins), else the last \boxed{},
+    else the last number. math-verify when installed, else a guarded sympy comparison.
+    """
+    region = answer_tag(completion)
+    if region is not None:
+        pred = boxed(region) or region
+    else:
+        pred = boxed(completion) or last_number(completion)
+    return float(math_equal(pred, example.answer))
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions), O(len(a)·len(b))."""
+    if len(a) < len(b):
+        a, b = b, a
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+@register_reward("partial_credit")
+def partial_credit(completion: str, example: "Example") -> float:
+    """1 - edit_distance(answer, reference) / max(len): 1.0 exact, 0.0 nothing in common.
+
+    Answers longer than 4x the reference (or 1,000 chars) score 0 without the quadratic work.
+    """
+    pred, ref = _answer_region(completion), example.answer.strip()
+    longest = max(len(pred), len(ref))
+    if longest == 0:
+        return 1.0
+    if len(pred) > max(4 * len(ref), 1000):
+        return 0.0
+    return 1.0 - edit_distance(pred, ref) / longest

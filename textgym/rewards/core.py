@@ -1,0 +1,189 @@
+"""Reward functions: the registry, the one safe way to call them (`score`), and weighted sums.
+
+A reward function is any callable `fn(completion: str, example: Example) -> float` or
+`-> (float, {name: float})`, the dict holding components to log as metrics. The env never calls
+one directly: it calls `score`, which turns every way a reward can fail into reward 0.0 and an
+`error` string, so one bad verifier cannot crash a training run.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+
+if TYPE_CHECKING:
+    from textgym.tasks.base import Example
+
+__all__ = [
+    "RewardFn",
+    "RewardResult",
+    "register_reward",
+    "list_rewards",
+    "get_reward",
+    "reward_name",
+    "score",
+    "combine",
+]
+
+RewardFn = Callable[[str, "Example"], Union[float, "tuple[float, dict[str, float]]"]]
+
+_REWARDS: dict[str, RewardFn] = {}
+
+
+def same_function(a: Any, b: Any) -> bool:
+    # Re-running a module (notebooks, importlib.reload) makes a new function object for the same
+    # definition; that is a re-registration, not a clash.
+    if a is b:
+        return True
+    key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))
+    return key(a) == key(b) and key(a) != (None, None) and "<lambda>" not in str(key(a)[1])
+
+
+def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
+    """Register `fn` under `name`; without `fn`, return a decorator.
+
+        @register_reward("shout")
+        def shout(completion, example):
+            return float(completion.isupper())
+
+    Registering the same function again is a no-op; a different one under a taken name raises
+    ValueError unless `overwrite=True`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
+
+    def add(f: RewardFn) -> RewardFn:
+        if not callable(f):
+            raise TypeError(f"reward {name!r} must be callable, got {type(f).__name__}")
+        old = _REWARDS.get(name)
+        if old is not None and not overwrite and not same_function(old, f):
+            raise ValueError(
+                f"a different reward is already registered as {name!r}; "
+                "pick another name or pass overwrite=True"
+            )
+        _REWARDS[name] = f
+        return f
+
+    return add if fn is None else add(fn)
+
+
+def list_rewards() -> list[str]:
+    return sorted(_REWARDS)
+
+
+def get_reward(name_or_fn: str | RewardFn) -> RewardFn:
+    """The registered reward called `name_or_fn`, or the callable itself."""
+    if callable(name_or_fn):
+        return name_or_fn
+    if isinstance(name_or_fn, str) and name_or_fn in _REWARDS:
+        return _REWARDS[name_or_fn]
+    raise ValueError(f"unknown reward {name_or_fn!r}; known rewards: {', '.join(list_rewards())}")
+
+
+def reward_name(fn: Any) -> str:
+    """How error messages name a reward: its registered name, else its qualified name."""
+    for name, f in _REWARDS.items():
+        if f is fn:
+            return name
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    reward: float
+    components: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _finite_number(value: Any, what: str) -> float:
+    # bool is an int to Python, but a verifier returning True/False is almost always a bug in
+    # waiting (a component dict keyed wrongly, a comparison returned by mistake): refuse it.
+    if isinstance(value, (bool,)) or type(value).__name__ == "bool_":
+        raise TypeError(f"{what} is a bool ({value!r}); return 1.0 or 0.0")
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} is {type(value).__name__} ({value!r:.80}), not a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {value}, not a finite number")
+    return value
+
+
+def as_result(value: Any) -> tuple[float, dict[str, float]]:
+    """Validate a reward function's return value: (reward, components). Raises on anything else."""
+    if isinstance(value, tuple):
+        if len(value) != 2 or not isinstance(value[1], Mapping):
+            raise TypeError("a tuple return must be (reward, {component: value})")
+        reward = _finite_number(value[0], "reward")
+        components = {str(k): _finite_number(v, f"component {k!r}") for k, v in value[1].items()}
+        return reward, components
+    return _finite_number(value, "reward"), {}
+
+
+def _call(fn: RewardFn, completion: str, example: "Example") -> RewardResult:
+    try:
+        value = fn(completion, example)
+    except Exception as e:  # the point of score(): any failure of user code becomes a 0 reward
+        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} raised {type(e).__name__}: {e}")
+    try:
+        reward, components = as_result(value)
+    except (TypeError, ValueError) as e:
+        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} returned a bad value: {e}")
+    return RewardResult(reward, components, None)
+
+
+def score(fn: str | RewardFn, completion: str, example: "Example", timeout: float | None = None) -> RewardResult:
+    """Call a reward safely. Never raises.
+
+    Exceptions, a non-number / bool / NaN / inf / None result, or running past `timeout` seconds
+    give reward 0.0 and an `error` message. With a timeout the call runs in a daemon worker thread;
+    on timeout we stop waiting and move on (Python cannot kill the thread; it finishes in the
+    background). Without one there is no thread at all.
+    """
+    try:
+        fn = get_reward(fn)
+    except ValueError as e:
+        return RewardResult(0.0, {}, str(e))
+    if timeout is None:
+        return _call(fn, completion, example)
+    box: list[RewardResult] = []
+    worker = threading.Thread(target=lambda: box.append(_call(fn, completion, example)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not box:
+        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s")
+    return box[0]
+
+
+def combine(parts: Mapping[str, RewardFn | str], weights: Mapping[str, float] | None = None) -> RewardFn:
+    """A reward that is the weighted sum of named parts; returns (total, components).
+
+        reward = combine({"answer": "numeric_match", "format": "r1_format"},
+                         weights={"answer": 1.0, "format": 0.1})
+
+    Every part appears in the components under its name, zero-weight parts included, so each can
+    be logged as a metric. A part's own components appear as "part/component". Weights default
+    to 1.0.
+    """
+    fns = {name: get_reward(f) for name, f in parts.items()}
+    if not fns:
+        raise ValueError("combine() needs at least one part")
+    weights = dict(weights or {})
+    unknown = set(weights) - set(fns)
+    if unknown:
+        raise ValueError(f"weights for unknown parts {sorted(unknown)}; parts are {sorted(fns)}")
+    w = {name: float(weights.get(name, 1.0)) for name in fns}
+
+    def combined(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+        total, components = 0.0, {}
+        for name, f in fns.items():
+            value, sub = as_result(f(completion, example))
+            components[name] = value
+            components.update({f"{name}/{k}": v for k, v in sub.items()})
+            total += w[name] * value
+        return total, components
+
+    combined.__name__ = combined.__qualname__ = "combine(" + ", ".join(fns) + ")"
+    return combined

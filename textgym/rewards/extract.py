@@ -1,0 +1,77 @@
+"""Answer extraction: pull the answer out of a completion, kept apart from scoring it.
+
+Every extractor takes the completion text and returns the answer as a string, or None when the
+completion holds nothing of that shape (so a reward can tell "no answer" from "wrong answer").
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+__all__ = ["answer_tag", "boxed", "last_number", "first_line", "parse_number", "numbers_equal"]
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+# A number is a run of digits (optionally grouped "1,000" and with a decimal part), never the tail
+# of a longer digit run or word. A minus sign counts only when it is not a binary minus ("12-7").
+_NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d,]\d)")
+
+# Longer literals are refused: Fraction() of a 10^5-digit string is slow and never a real answer.
+_MAX_NUMBER_CHARS = 100
+
+
+def answer_tag(text: str) -> str | None:
+    """The stripped content of the last `<answer>...</answer>` pair, or None."""
+    found = _ANSWER_TAG.findall(text)
+    return found[-1].strip() if found else None
+
+
+def boxed(text: str) -> str | None:
+    r"""The content of the last `\boxed{...}` (nested braces allowed), or None if absent/unclosed."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in the text, as written ("1,000", "-3", "7.5"), or None."""
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+def first_line(text: str) -> str | None:
+    """The first non-blank line, stripped, or None for blank text."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def parse_number(text: str | None) -> Fraction | None:
+    """Exact value of a number written loosely: "1,000", " 7.0", "7.", "+3", "-2.50". None if not one.
+
+    Exact fractions, not floats, so "12345678901234567891" is not equal to its neighbour.
+    """
+    if text is None:
+        return None
+    s = text.strip().rstrip(".").replace(",", "")
+    if not s or len(s) > _MAX_NUMBER_CHARS or not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", s):
+        return None
+    return Fraction(s)
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    """True when both strings are numbers of the same value."""
+    x, y = parse_number(a), parse_number(b)
+    return x is not None and y is not None and x == y
