@@ -1,0 +1,33 @@
+"""Tasks: seeded, split-safe generators of examples with their verifiers.
+
+    from textgym.tasks import make_task, list_tasks
+    task = make_task("addition", digits=2, seed=0, prompt_style="r1_zero")
+    ex = task.example("train", 0)            # Example(prompt, answer, metadata)
+    text = task.format_prompt(ex)            # what the model sees
+    task.reward(completion, ex)              # the verifier
+
+New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
+"""
+
+from textgym.tasks.base import (
+    ENUMERATE_LIMIT,
+    R1_ZERO_TEMPLATE,
+    Example,
+    Task,
+    list_tasks,
+    make_task,
+    register_task,
+    split_of,
+)
+
+# Imported for their @register_task side effect: the built-in tasks.
+from textgym.tasks.arithmetic import AdditionTask, ComparisonTask, MultiplicationTask
+from textgym.tasks.bandit import BanditTask
+from textgym.tasks.countdown import CountdownTask, evaluate_expression
+from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
+
+__all__ = [
+    "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
+    "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
+    "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
+]

@@ -1,0 +1,195 @@
+"""Arithmetic tasks: addition, multiplication, comparison. Verified by the last number written."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from textgym.rewards.extract import last_number, numbers_equal
+from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
+
+__all__ = ["AdditionTask", "MultiplicationTask", "ComparisonTask"]
+
+_DIGITS = "0123456789"
+
+
+def operand_range(digits: int) -> tuple[int, int]:
+    """Smallest and largest operand with `digits` digits; 1 digit includes 0."""
+    if not isinstance(digits, (int, np.integer)) or not 1 <= digits <= 18:
+        # 18: operands stay inside int64 for numpy's generator
+        raise ValueError(f"digits must be an integer from 1 to 18, got {digits!r}")
+    return (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+
+
+class _TwoOperandTask(Task):
+    """Shared machinery: two operands of `digits` digits, answer verified as the last number."""
+
+    answer_chars = _DIGITS
+
+    def __init__(self, digits: int = 1, *, seed: int = 0, prompt_style: str = "plain", reward: Any = None):
+        super().__init__(seed=seed, prompt_style=prompt_style, reward=reward)
+        self.digits = int(digits)
+        self.params = {"digits": self.digits}
+        self.low, self.high = operand_range(digits)
+        self.max_answer_chars = len(self.solve(self.high, self.high))
+
+    def solve(self, a: int, b: int) -> str:
+        raise NotImplementedError
+
+    def question(self, a: int, b: int) -> str:
+        raise NotImplementedError
+
+    def valid(self, a: int, b: int) -> bool:
+        return True
+
+    def make(self, a: int, b: int) -> Example:
+        return Example(self.question(a, b), self.solve(a, b), {"a": a, "b": b})
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        while True:
+            a, b = (int(x) for x in rng.integers(self.low, self.high + 1, size=2))
+            if self.valid(a, b):
+                return self.make(a, b)
+
+    def all_problems(self) -> Iterable[Example] | None:
+        if (self.high - self.low + 1) ** 2 > ENUMERATE_LIMIT:
+            return None
+        span = range(self.low, self.high + 1)
+        return [self.make(a, b) for a in span for b in span if self.valid(a, b)]
+
+    def extract(self, text: str) -> str | None:
+        return last_number(text)
+
+    def check(self, answer: str, example: Example) -> float:
+        return float(numbers_equal(answer, example.answer))
+
+
+@register_task("addition")
+class AdditionTask(_TwoOperandTask):
+    """Add two numbers.
+
+    ## Description
+    "What is 3 + 4?" The default (one digit, 100 problems, split exactly 80/10/10 by problem) is
+    easy enough that a small instruct model is right some of the time, which leaves room to learn.
+
+    ## Prompt
+    Plain: `What is {a} + {b}?`. r1_zero: that question inside the R1-zero template.
+
+    ## Answer
+    `str(a + b)`; metadata `{"a": a, "b": b}`. At most `digits + 1` characters.
+
+    ## Rewards
+    Plain: 1.0 when the last number in the completion equals a + b ("3 + 4 = 7." counts; "1,000"
+    equals "1000"), else 0.0. r1_zero: the same check on the text inside <answer>, paid only when
+    the R1 format is right; components `format` and `answer`.
+
+    ## Arguments
+    - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits). Up to 18.
+    - `seed=0`, `prompt_style="plain"` ("plain" | "r1_zero"), `reward=None` (override verifier).
+
+    ## Example
+    ```python
+    from textgym.tasks import make_task
+    task = make_task("addition", digits=2)
+    ex = task.example("train", 0)
+    assert task.reward(f"It is {ex.answer}.", ex) == 1.0
+    ```
+    """
+
+    name = "addition"
+    description = "What is a + b? (two numbers of `digits` digits)"
+
+    def question(self, a, b):
+        return f"What is {a} + {b}?"
+
+    def solve(self, a, b):
+        return str(a + b)
+
+
+@register_task("multiplication")
+class MultiplicationTask(_TwoOperandTask):
+    """Multiply two numbers.
+
+    ## Description
+    "What is 6 * 7?" Harder than addition at the same number of digits.
+
+    ## Prompt
+    Plain: `What is {a} * {b}?`. r1_zero: that question inside the R1-zero template.
+
+    ## Answer
+    `str(a * b)`; metadata `{"a": a, "b": b}`. At most `2 * digits` characters.
+
+    ## Rewards
+    1.0 when the last number in the completion (inside <answer> for r1_zero, with the format
+    checked) equals a * b, else 0.0.
+
+    ## Arguments
+    - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits).
+    - `seed=0`, `prompt_style="plain"`, `reward=None`.
+
+    ## Example
+    ```python
+    from textgym.tasks import make_task
+    task = make_task("multiplication", digits=2, prompt_style="r1_zero")
+    ex = task.example("validation", 3)
+    reward, parts = task.reward(f"easy </think> <answer>{ex.answer}</answer>", ex)
+    assert reward == 1.0 and parts == {"format": 1.0, "answer": 1.0}
+    ```
+    """
+
+    name = "multiplication"
+    description = "What is a * b? (two numbers of `digits` digits)"
+
+    def question(self, a, b):
+        return f"What is {a} * {b}?"
+
+    def solve(self, a, b):
+        return str(a * b)
+
+
+@register_task("comparison")
+class ComparisonTask(_TwoOperandTask):
+    """Say which of two different numbers is larger.
+
+    ## Description
+    "Which is larger: 37 or 52?" The two numbers always differ.
+
+    ## Prompt
+    Plain: `Which is larger: {a} or {b}?`. r1_zero: that question inside the R1-zero template.
+
+    ## Answer
+    `str(max(a, b))`; metadata `{"a": a, "b": b}`. At most `digits` characters.
+
+    ## Rewards
+    1.0 when the last number in the completion (inside <answer> for r1_zero, with the format
+    checked) is the larger one, else 0.0. "52 is larger than 37" ends in 37 and scores 0: answer
+    with the number, or put it last.
+
+    ## Arguments
+    - `digits=2`: digits per number (1: 0-9, 90 problems; d >= 2: exactly d digits).
+    - `seed=0`, `prompt_style="plain"`, `reward=None`.
+
+    ## Example
+    ```python
+    from textgym.tasks import make_task
+    task = make_task("comparison")
+    ex = task.example("test", 0)
+    assert task.reward(ex.answer, ex) == 1.0
+    ```
+    """
+
+    name = "comparison"
+    description = "Which is larger: a or b?"
+
+    def __init__(self, digits: int = 2, *, seed: int = 0, prompt_style: str = "plain", reward: Any = None):
+        super().__init__(digits, seed=seed, prompt_style=prompt_style, reward=reward)
+
+    def valid(self, a, b):
+        return a != b
+
+    def question(self, a, b):
+        return f"Which is larger: {a} or {b}?"
+
+    def solve(self, a, b):
+        return str(max(a, b))

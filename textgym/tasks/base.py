@@ -1,0 +1,342 @@
+"""Tasks: seeded generators of examples, each with the verifier that scores them.
+
+A `Task` answers three questions for the env: which problem comes next (`example(split, index)`,
+deterministic), how to show it to the model (`format_prompt`), and how good a completion is
+(`reward`). Built-in tasks subclass `Task` and fill in `sample` (one random problem) or
+`all_problems` (every problem, when there are few), plus `extract`/`check` for their verifier.
+Tasks from a fixed list of examples come from `Task.from_examples`.
+
+Splits never share a problem: each problem's split is decided by a SHA-256 hash of its canonical
+key (never Python's `hash()`, which changes per process), so the same parameters give the same
+splits on every machine, for every seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from textgym.rewards.core import as_result, get_reward, same_function
+from textgym.rewards.builtin import r1_zero_reward
+from textgym.rewards.extract import first_line
+
+__all__ = [
+    "Example", "Task", "register_task", "list_tasks", "make_task", "split_of", "R1_ZERO_TEMPLATE",
+]
+
+# The R1-zero prompt (DeepSeek-R1-Zero, as used in the course primer). The prompt ends inside
+# "<think>", so completions start with the reasoning and end with the stop string "</answer>".
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The User asks a question, and the Assistant solves "
+    "it. The Assistant first thinks about the reasoning process in the mind and then provides the "
+    "User with the answer. The reasoning process is enclosed within <think> </think> and answer is "
+    "enclosed within <answer> </answer> tags, respectively, i.e., <think> reasoning process here "
+    "</think> <answer> answer here </answer>.\nUser: {question}\nAssistant: <think>"
+)
+
+# Problem spaces at most this big are listed in full and split exactly 80/10/10; bigger ones are
+# sampled, and a sample is kept only if its hash puts it in the requested split.
+ENUMERATE_LIMIT = 10_000
+_MAX_SAMPLING_TRIES = 1000  # P(no test-split hit in 1000 tries at 10%) = 0.9**1000 ~ 1e-46
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # the question text, unformatted
+    answer: str  # reference answer as text
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # operands, target, numbers...
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def split_of(key: str) -> str:
+    """The split ("train" 80%, "validation" 10%, "test" 10%) a problem key belongs to, stably."""
+    bucket = int.from_bytes(_digest(key)[:8], "big") % 10
+    return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
+
+
+class Task:
+    """Base class of tasks. See the module docstring; built-ins are in textgym/tasks/*.py."""
+
+    name: str = "task"
+    description: str = ""
+    instruction: str = ""  # appended to the question in plain style ("Answer with a number.")
+    answer_chars: str | None = None  # characters every reference answer is made of, if restricted
+    max_answer_chars: int = 32  # longest reference answer; size max_new_tokens from it
+    system_prompt: str | None = None
+    SPLITS = ("train", "validation", "test")
+    PROMPT_STYLES = ("plain", "r1_zero")
+
+    def __init__(self, *, seed: int = 0, prompt_style: str = "plain", reward: Any = None):
+        if prompt_style not in self.PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {self.PROMPT_STYLES}, got {prompt_style!r}")
+        self.seed = int(seed)
+        self.prompt_style = prompt_style
+        self.reward_override = None if reward is None else get_reward(reward)
+        self._lists: dict[str, list[Example]] | None = None
+        self._orders: dict[tuple[int, str], np.ndarray] = {}
+
+    # -- what the env reads ---------------------------------------------------------------------
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return ("</answer>",) if self.prompt_style == "r1_zero" else ()
+
+    @property
+    def allowed_chars(self) -> str | None:
+        # Only in plain style is the whole completion the answer; in r1_zero the model must also
+        # write its reasoning and tags, so nothing is masked.
+        return self.answer_chars if self.prompt_style == "plain" else None
+
+    def example(self, split: str, index: int) -> Example:
+        """Example number `index` of `split`; the same for the same (task params, seed, split, index)."""
+        self._check_split(split)
+        index = int(index)
+        if index < 0:
+            raise ValueError(f"example index must be >= 0, got {index}")
+        lists = self._split_lists()
+        if lists is not None:
+            examples = lists[split]
+            if not examples:
+                raise ValueError(self._empty_split_message(split, sum(map(len, lists.values()))))
+            key = (self.seed, split)
+            if key not in self._orders:
+                rng = np.random.default_rng([self.seed, self.SPLITS.index(split)])
+                self._orders[key] = rng.permutation(len(examples))
+            return examples[int(self._orders[key][index % len(examples)])]
+        rng = np.random.default_rng([self.seed, self.SPLITS.index(split), index])
+        for _ in range(_MAX_SAMPLING_TRIES):
+            candidate = self.sample(rng)
+            if split_of(self._hash_key(candidate)) == split:
+                return candidate
+        raise RuntimeError(f"task {self.name!r}: no {split} example in {_MAX_SAMPLING_TRIES} samples")
+
+    def num_examples(self, split: str) -> int | None:
+        """How many distinct examples `split` has; None when it is effectively unbounded."""
+        self._check_split(split)
+        lists = self._split_lists()
+        return None if lists is None else len(lists[split])
+
+    def format_prompt(self, example: Example) -> str:
+        """The user-message text: the question (+ instruction) in plain style, else the R1 template."""
+        if self.prompt_style == "r1_zero":
+            return R1_ZERO_TEMPLATE.format(question=example.prompt)
+        return f"{example.prompt} {self.instruction}".strip()
+
+    def reward(self, completion: str, example: Example) -> float | tuple[float, dict[str, float]]:
+        """The verifier. Plain: score the whole completion. r1_zero: (reward, {format, answer})."""
+        if self.reward_override is not None:
+            return self.reward_override(completion, example)
+        if self.prompt_style == "r1_zero":
+            # built per call, not stored: a stored closure would make tasks unpicklable
+            return r1_zero_reward(self._score_answer_value)(completion, example)
+        return self.score_answer(completion, example)
+
+    # -- what subclasses fill in ----------------------------------------------------------------
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        """One random problem from the whole problem space (any split)."""
+        raise NotImplementedError(f"{type(self).__name__} must define sample() or all_problems()")
+
+    def all_problems(self) -> Iterable[Example] | None:
+        """Every problem, when there are at most ENUMERATE_LIMIT of them; else None (sample instead)."""
+        return None
+
+    def problem_key(self, example: Example) -> str:
+        """What makes two examples the same problem (they then always share a split)."""
+        return example.prompt
+
+    def extract(self, text: str) -> str | None:
+        """The answer inside `text` (a plain completion, or the inside of <answer> tags)."""
+        return first_line(text)
+
+    def check(self, answer: str, example: Example) -> float:
+        """Score of an extracted answer: 1.0 right, 0.0 wrong (partial values allowed)."""
+        return float(answer == example.answer)
+
+    def score_answer(self, text: str, example: Example) -> float | tuple[float, dict[str, float]]:
+        answer = self.extract(text)
+        return 0.0 if answer is None else float(self.check(answer, example))
+
+    # -- machinery ------------------------------------------------------------------------------
+
+    def _score_answer_value(self, text: str, example: Example) -> float:
+        return as_result(self.score_answer(text, example))[0]
+
+    def _hash_key(self, example: Example) -> str:
+        return f"{self.name}:{self.problem_key(example)}"
+
+    def _split_lists(self) -> dict[str, list[Example]] | None:
+        if self._lists is None:
+            problems = self.all_problems()
+            if problems is None:
+                return None
+            unique = {self._hash_key(p): p for p in problems}
+            keys = sorted(unique, key=_digest)  # a stable shuffle: order by hash, not by generation
+            n = len(keys)
+            held_out = round(0.1 * n) or (1 if n >= 3 else 0)
+            n_train = n - 2 * held_out
+            self._lists = {
+                "train": [unique[k] for k in keys[:n_train]],
+                "validation": [unique[k] for k in keys[n_train : n_train + held_out]],
+                "test": [unique[k] for k in keys[n_train + held_out :]],
+            }
+        return self._lists
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits are {', '.join(self.SPLITS)}")
+
+    def _empty_split_message(self, split: str, total: int) -> str:
+        return (
+            f"split {split!r} of task {self.name!r} is empty: the task has only {total} distinct "
+            f"problems. Make the task harder (more digits / longer strings / a larger alphabet) or "
+            f"use split='train'."
+        )
+
+    def replace(self, **changes: Any) -> "Task":
+        """A copy with a different seed, prompt_style or reward (the knobs every task has)."""
+        unknown = set(changes) - {"seed", "prompt_style", "reward"}
+        if unknown:
+            raise TypeError(
+                f"cannot change {sorted(unknown)} on an existing task; only seed, prompt_style and "
+                f"reward. Build a new one with make_task({self.name!r}, ...)"
+            )
+        new = copy.copy(self)
+        Task.__init__(
+            new,
+            seed=changes.get("seed", self.seed),
+            prompt_style=changes.get("prompt_style", self.prompt_style),
+            reward=changes.get("reward", self.reward_override),
+        )
+        new._lists = self._lists  # splits do not depend on these knobs
+        return new
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "params", {}).items())
+        return (f"{type(self).__name__}({params + ', ' if params else ''}seed={self.seed}, "
+                f"prompt_style={self.prompt_style!r})")
+
+    @staticmethod
+    def from_examples(
+        name: str,
+        train: Sequence[Example | tuple | Mapping] = (),
+        validation: Sequence[Example | tuple | Mapping] = (),
+        test: Sequence[Example | tuple | Mapping] = (),
+        *,
+        reward: Any = "exact_match",
+        description: str = "",
+        instruction: str = "",
+        prompt_style: str = "plain",
+        seed: int = 0,
+        allowed_chars: str | None = None,
+        system_prompt: str | None = None,
+    ) -> "Task":
+        """A task from fixed lists of examples, one list per split.
+
+            task = Task.from_examples("capitals",
+                train=[("Capital of France?", "Paris"), ("Capital of Peru?", "Lima")],
+                validation=[Example("Capital of Chile?", "Santiago")],
+                reward="exact_match")
+            register_task("capitals", lambda **kw: task.replace(**kw))   # make_task("capitals")
+
+        Examples are `Example`s, (prompt, answer) tuples or {"prompt", "answer", ...} dicts (other
+        keys become metadata). The splits are used as given. `reward` (a name or a callable)
+        scores the answer: in plain style it sees the whole completion; in r1_zero style it sees
+        the text inside <answer> tags and the R1 format is checked for you.
+        """
+        return _ExampleListTask(
+            name, {"train": train, "validation": validation, "test": test}, reward=reward,
+            description=description, instruction=instruction, prompt_style=prompt_style, seed=seed,
+            allowed_chars=allowed_chars, system_prompt=system_prompt,
+        )
+
+
+def _as_example(item: Example | tuple | Mapping) -> Example:
+    if isinstance(item, Example):
+        return item
+    if isinstance(item, Mapping):
+        rest = {k: v for k, v in item.items() if k not in ("prompt", "answer")}
+        return Example(str(item["prompt"]), str(item["answer"]), dict(item.get("metadata", rest)))
+    prompt, answer, *meta = item
+    return Example(str(prompt), str(answer), dict(meta[0]) if meta else {})
+
+
+class _ExampleListTask(Task):
+    """A task from fixed example lists (see `Task.from_examples`)."""
+
+    def __init__(self, name, splits, *, reward, description, instruction, prompt_style, seed,
+                 allowed_chars, system_prompt):
+        super().__init__(seed=seed, prompt_style=prompt_style)
+        self.name, self.description, self.instruction = name, description, instruction
+        self.answer_chars, self.system_prompt = allowed_chars, system_prompt
+        self.answer_reward = get_reward(reward)
+        self._lists = {s: [_as_example(e) for e in splits[s]] for s in self.SPLITS}
+        answers = [e.answer for examples in self._lists.values() for e in examples]
+        self.max_answer_chars = max(map(len, answers), default=0)
+
+    def score_answer(self, text, example):
+        return self.answer_reward(text, example)
+
+    def _empty_split_message(self, split, total):
+        return (f"split {split!r} of task {self.name!r} has no examples; pass {split}=[...] to "
+                f"Task.from_examples, or use another split")
+
+
+# -- registry ---------------------------------------------------------------------------------------
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+_REASONING_GYM_PREFIX = "reasoning_gym:"
+
+
+def register_task(name: str, factory: Callable[..., Task] | None = None, *, overwrite: bool = False):
+    """Register `factory(**kwargs) -> Task` under `name`; without `factory`, a decorator (for classes).
+
+    make_task(name, **kwargs) calls the factory with the user's kwargs (seed, prompt_style,
+    reward and the task's own). A different factory under a taken name needs overwrite=True.
+    """
+
+    def add(f: Callable[..., Task]):
+        if not callable(f):
+            raise TypeError(f"task factory for {name!r} must be callable, got {type(f).__name__}")
+        old = _TASKS.get(name)
+        if old is not None and not overwrite and not same_function(old, f):
+            raise ValueError(f"a different task is already registered as {name!r}; "
+                             "pick another name or pass overwrite=True")
+        _TASKS[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
+    """Build a task by name (kwargs: seed=0, prompt_style="plain", reward=None, difficulty params).
+
+    A Task instance is returned as is, or copied with a new seed / prompt_style / reward.
+    "reasoning_gym:<dataset>" builds a reasoning-gym task (optional dependency).
+    """
+    if isinstance(name_or_task, Task):
+        return name_or_task.replace(**kwargs) if kwargs else name_or_task
+    if isinstance(name_or_task, str) and name_or_task.startswith(_REASONING_GYM_PREFIX):
+        from textgym.rewards.adapters import reasoning_gym_task
+
+        return reasoning_gym_task(name_or_task[len(_REASONING_GYM_PREFIX) :], **kwargs)
+    if name_or_task not in _TASKS:
+        raise ValueError(
+            f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
+            f"(or '{_REASONING_GYM_PREFIX}<dataset>' with reasoning-gym installed)"
+        )
+    task = _TASKS[name_or_task](**kwargs)
+    if not isinstance(task, Task):
+        raise TypeError(f"the factory of task {name_or_task!r} returned {type(task).__name__}, not a Task")
+    return task
