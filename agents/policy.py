@@ -1,0 +1,393 @@
+"""LMPolicy: a Hugging Face causal LM as a policy over TextGenEnv's tokens.
+
+The policy is pi_theta(a_t | s_t) = softmax(f_theta(s_t) / T)_{a_t} (seed 004, eq. 3), optionally
+restricted to the top-k / top-p tokens. It follows the ordinary Gymnasium loop
+
+    obs, info = envs.reset(seed=0)
+    actions, log_probs = policy.act(obs)
+    obs, rewards, terminated, truncated, info = envs.step(actions)
+
+and costs what `model.generate` costs there because it keeps a KV cache per env slot: when a
+slot's observation is its previous one plus the token the policy chose, only that token goes
+through the model; on reset, autoreset or any other change the slot's prefix is recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from agents.losses import entropy as entropy_from_logits
+from agents.losses import token_log_probs
+from agents.models import check_compatible, load_model, save_model
+from textgym.tokenizers import DEFAULT_MODEL, Tokenizer
+
+__all__ = ["LMPolicy", "filter_logits"]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set the logits outside the top-k tokens, then outside the top-p nucleus, to -inf.
+
+    Both acting and training call this, so the behaviour log-probs recorded while acting and the
+    log-probs recomputed for the update are of the same distribution (DESIGN.md, invariant 4).
+    """
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Keep a token if the mass before it is below top_p (the first token is always kept).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class LMPolicy:
+    """Any HF causal LM as a policy over the env's token ids.
+
+    Args:
+        model: an HF causal LM (`policy.model`); its device and dtype are the policy's.
+        tokenizer: the textgym `Tokenizer` matching the model (`policy.tokenizer`; hand it to the env).
+        temperature: sampling temperature T (> 0); log-probs are of softmax(logits / T).
+        top_k, top_p: optional truncation of the sampling distribution.
+        seed: seed of the policy's own sampling generator (None: nondeterministic).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use act(..., greedy=True) for argmax), got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        check_compatible(model, tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        self.top_p = top_p
+        self.vocab_size = tokenizer.vocab_size
+        self.allowed_tokens: torch.Tensor | None = None
+        self.generator = torch.Generator(device=self.device)
+        self.seed(seed)
+        self.reset_cache()
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = DEFAULT_MODEL,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        **model_kwargs: Any,
+    ) -> "LMPolicy":
+        """Load a policy: the embedded default "smollm2-135m-instruct", "tiny", an HF hub id, a
+        local directory or a `.gguf` file. Device "auto": CUDA, MPS, then CPU; dtype "auto": bf16 on
+        CUDA, fp32 elsewhere."""
+        model, tokenizer = load_model(str(name_or_path), device=device, dtype=dtype, **model_kwargs)
+        return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save model and tokenizer so `LMPolicy.from_pretrained(path)` restores them."""
+        from transformers.utils import logging as hf_logging
+
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per checkpoint would bury the training bar
+        try:
+            save_model(self.model, self.tokenizer, Path(path))
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def seed(self, seed: int | None) -> None:
+        """Reseed the sampling generator (None: from fresh entropy)."""
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
+
+    def check_env(self, env: Any) -> None:
+        """Raise a clear error if the env's tokenizer is not the policy's (vocab size, end token)."""
+        env_vocab = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "vocab_size", None)
+        env_tok = getattr(env.unwrapped if hasattr(env, "unwrapped") else env, "tokenizer", None)
+        if env_vocab is not None and env_vocab != self.vocab_size:
+            raise ValueError(
+                f"the env's tokenizer has {env_vocab} tokens but the policy's has {self.vocab_size}; "
+                "create the env with tokenizer=policy.tokenizer"
+            )
+        if env_tok is not None and env_tok.eos_token_id != self.tokenizer.eos_token_id:
+            raise ValueError(
+                f"the env ends episodes on token {env_tok.eos_token_id} but the policy's end token is "
+                f"{self.tokenizer.eos_token_id}; create the env with tokenizer=policy.tokenizer"
+            )
+
+    # -- the distribution ------------------------------------------------------------------------
+
+    def restrict_actions(self, mask: Any | None) -> None:
+        """Sample only tokens where `mask` (vocab-sized, e.g. `env.action_masks()`) is true.
+
+        The restriction is part of the policy's distribution, so acting and training agree on it
+        (None lifts it). It is how a task's allowed characters reach the policy.
+        """
+        if mask is None:
+            self.allowed_tokens = None
+            return
+        mask = torch.as_tensor(np.asarray(mask, dtype=bool).reshape(-1, self.vocab_size)[0], device=self.device)
+        if mask.shape != (self.vocab_size,) or not bool(mask.any()):
+            raise ValueError(f"the action mask must be a bool array of {self.vocab_size} entries with one allowed token at least")
+        self.allowed_tokens = mask
+
+    def _sampling_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits of the exact sampling distribution: float32, policy vocab only, tempered, filtered."""
+        logits = logits[..., : self.vocab_size].float() / self.temperature
+        if self.allowed_tokens is not None:
+            logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
+        return filter_logits(logits, self.top_k, self.top_p)
+
+    # -- acting ----------------------------------------------------------------------------------
+
+    def reset_cache(self) -> None:
+        """Forget every slot's KV cache (the next `act` recomputes all prefixes)."""
+        self._cache: DynamicCache | None = None
+        self._valid = torch.zeros(0, 0, dtype=torch.long)  # (N, T) 1 where a cache column is real
+        self._expected = np.zeros((0, 0), dtype=np.int64)  # obs each slot must show to continue
+        self._expected_len = np.zeros(0, dtype=np.int64)  # -1: the slot has no usable cache
+
+    @torch.no_grad()
+    def act(
+        self, obs: Mapping[str, np.ndarray], greedy: bool = False, active: np.ndarray | None = None
+    ) -> tuple[Any, Any]:
+        """Choose the next token of every slot.
+
+        Args:
+            obs: one TextGenEnv observation, or a vector env's batch of them.
+            greedy: take the argmax token instead of sampling (evaluation).
+            active: optional bool mask of slots to act for; the others get action 0 and log-prob 0
+                and cost no prefix recomputation (used to idle slots whose episode is complete).
+
+        Returns:
+            (actions, log_probs): int64 and float32 arrays of shape (N,), or an int and a float for
+            one observation. log_probs are log pi(a|s) under the sampling distribution.
+        """
+        ids = np.asarray(obs["input_ids"])
+        single = ids.ndim == 1
+        if single:
+            ids = ids[None]
+        seq_len = np.asarray(obs["seq_len"]).reshape(-1).astype(np.int64)
+        n = ids.shape[0]
+        active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool).reshape(n)
+        if self._expected.shape != ids.shape:
+            self.reset_cache()
+            self._expected = np.full_like(ids, -1)
+            self._expected_len = np.full(n, -1, dtype=np.int64)
+
+        continuing = active & (seq_len == self._expected_len) & (ids == self._expected).all(axis=1)
+        recompute = active & ~continuing
+        if recompute.any():
+            self._check_obs(ids[recompute], seq_len[recompute])
+
+        logits = None
+        if self._cache is not None and continuing.any():
+            logits = self._decode_step(ids, seq_len, continuing)
+        elif recompute.all():
+            self._cache = None
+        if recompute.any():
+            rows = np.flatnonzero(recompute)
+            fresh = self._prefill(ids, seq_len, rows)
+            if logits is None:
+                logits = fresh.new_zeros(n, fresh.shape[-1])
+            logits[torch.as_tensor(rows, device=self.device)] = fresh
+        if logits is None:  # no slot is active
+            zeros = np.zeros(n, dtype=np.int64)
+            return (0, 0.0) if single else (zeros, zeros.astype(np.float32))
+
+        dist_logits = self._sampling_logits(logits)
+        log_probs_all = torch.log_softmax(dist_logits, dim=-1)
+        if greedy:
+            actions = dist_logits.argmax(dim=-1)
+        else:
+            actions = torch.multinomial(log_probs_all.exp(), 1, generator=self.generator).squeeze(-1)
+        chosen = log_probs_all.gather(-1, actions[:, None]).squeeze(-1)
+        actions_np = actions.cpu().numpy().astype(np.int64)
+        log_probs_np = chosen.float().cpu().numpy().astype(np.float32)
+        actions_np[~active] = 0
+        log_probs_np[~active] = 0.0
+
+        # What each slot's next observation must look like for its cache to stay usable.
+        self._expected[active] = ids[active]
+        rows = np.flatnonzero(active)
+        within = seq_len[rows] < ids.shape[1]
+        self._expected[rows[within], seq_len[rows[within]]] = actions_np[rows[within]]
+        self._expected_len[active] = seq_len[active] + 1
+        self._expected_len[~active] = -1
+        if single:
+            return int(actions_np[0]), float(log_probs_np[0])
+        return actions_np, log_probs_np
+
+    def _check_obs(self, ids: np.ndarray, seq_len: np.ndarray) -> None:
+        positions = np.arange(ids.shape[1])[None, :]
+        real = positions < seq_len[:, None]
+        if (ids[real] >= self.vocab_size).any() or (ids[~real] != self.vocab_size).any():
+            raise ValueError(
+                f"the observation's token ids do not fit the policy's vocabulary of {self.vocab_size} "
+                f"(padding must be {self.vocab_size}); create the env with tokenizer=policy.tokenizer"
+            )
+        if (seq_len < 1).any():
+            raise ValueError("an observation has no tokens; reset the env before acting")
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def _decode_step(self, ids: np.ndarray, seq_len: np.ndarray, continuing: np.ndarray) -> torch.Tensor:
+        """One token per slot through the cache: the chosen token for continuing slots, a masked
+        filler for the others (they are recomputed or idle)."""
+        n = ids.shape[0]
+        last = np.where(continuing, ids[np.arange(n), np.maximum(seq_len - 1, 0)], 0)
+        tokens = torch.as_tensor(last, device=self.device)[:, None]
+        positions = torch.as_tensor(np.maximum(seq_len - 1, 0), device=self.device)[:, None]
+        cont = torch.as_tensor(continuing, device=self.device)
+        # A slot without a usable cache attends only to its filler token (never to nothing: a
+        # fully masked row would give NaNs), so its stale columns can be dropped.
+        self._valid[~cont] = 0
+        new_col = torch.ones(n, 1, dtype=torch.long, device=self.device)
+        self._valid = torch.cat([self._valid, new_col], dim=1)
+        logits = self._forward(tokens, self._valid, positions, self._cache)
+        self._compact()
+        return logits
+
+    def _prefill(self, ids: np.ndarray, seq_len: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """Recompute the prefixes of `rows` (left-padded into one batch) and splice their caches in."""
+        lengths = seq_len[rows]
+        width = int(lengths.max())
+        batch = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, (r, length) in enumerate(zip(rows, lengths)):
+            batch[j, width - length :] = ids[r, :length]
+            mask[j, width - length :] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        cache = DynamicCache()
+        mask_t = torch.as_tensor(mask, device=self.device)
+        logits = self._forward(
+            torch.as_tensor(batch, device=self.device), mask_t, torch.as_tensor(positions, device=self.device), cache
+        )
+        n = ids.shape[0]
+        if self._cache is None:
+            if len(rows) == n:  # every slot recomputed: the new cache is the whole cache
+                self._cache, self._valid = cache, mask_t
+                return logits
+            self._cache, self._valid = _empty_like_cache(cache, n, width), torch.zeros(n, width, dtype=torch.long, device=self.device)
+        total = self._valid.shape[1]
+        if width > total:  # widen every slot on the left with masked columns
+            self._cache = _pad_left(self._cache, width - total)
+            self._valid = torch.nn.functional.pad(self._valid, (width - total, 0))
+            total = width
+        index = torch.as_tensor(rows, device=self.device)
+        for layer, new in zip(self._cache.layers, cache.layers):
+            layer.keys[index, :, total - width :] = new.keys
+            layer.values[index, :, total - width :] = new.values
+            layer.keys[index, :, : total - width] = 0
+            layer.values[index, :, : total - width] = 0
+        self._valid[index] = 0
+        self._valid[index, total - width :] = mask_t
+        return logits
+
+    def _compact(self) -> None:
+        """Drop leading cache columns no slot uses any more (a view: the next append copies)."""
+        used = self._valid.any(dim=0)
+        first = int(used.float().argmax()) if bool(used.any()) else 0
+        if first > 0:
+            self._valid = self._valid[:, first:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+
+    # -- training --------------------------------------------------------------------------------
+
+    def log_probs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        with_entropy: bool = False,
+        with_hidden: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Per-token log-probs of whole right-padded sequences in one batched forward, with gradients.
+
+        Args:
+            input_ids: (B, T) prompt + completion ids, right-padded (any pad value; masked out).
+            attention_mask: (B, T) 1 on real tokens.
+
+        Returns:
+            {"log_probs": (B, T-1) log pi(x_{t+1} | x_{<=t}) under the sampling distribution,
+             "entropy": (B, T-1) when with_entropy, "hidden": (B, T, H) last hidden states when
+             with_hidden}, float32. Position t scores token t+1, so a
+            completion token at index j is at column j-1.
+        """
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        safe_ids = torch.where(attention_mask.bool(), input_ids, torch.zeros_like(input_ids))
+        result = self.model(
+            input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=with_hidden
+        )
+        dist_logits = self._sampling_logits(result.logits[:, :-1])
+        out = {"log_probs": token_log_probs(dist_logits, safe_ids[:, 1:])}
+        if with_hidden:
+            out["hidden"] = result.hidden_states[-1]
+        if with_entropy:
+            out["entropy"] = entropy_from_logits(dist_logits)
+        return out
+
+
+def _empty_like_cache(template: DynamicCache, n: int, width: int) -> DynamicCache:
+    cache = DynamicCache()
+    for layer in template.layers:
+        shape = (n, layer.keys.shape[1], width, layer.keys.shape[3])
+        cache.update(
+            torch.zeros(shape, dtype=layer.keys.dtype, device=layer.keys.device),
+            torch.zeros((n, layer.values.shape[1], width, layer.values.shape[3]), dtype=layer.values.dtype, device=layer.values.device),
+            len(cache.layers),
+        )
+    return cache
+
+
+def _pad_left(cache: DynamicCache, columns: int) -> DynamicCache:
+    for layer in cache.layers:
+        layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, columns, 0))
+        layer.values = torch.nn.functional.pad(layer.values, (0, 0, columns, 0))
+    return cache

@@ -1,0 +1,171 @@
+"""LMPolicy: the KV cache per slot is invisible (same log-probs as recomputing), ragged batches,
+autoreset, greedy determinism, save/load, bf16, and clear errors for a mismatched tokenizer."""
+
+import numpy as np
+import pytest
+import torch
+
+import textgym
+from agents.policy import LMPolicy, filter_logits
+
+torch.set_num_threads(2)
+
+KW = dict(task="copy", max_new_tokens=6, task_kwargs={"length": 6, "min_length": 1})
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return LMPolicy.from_pretrained("tiny", seed=0)
+
+
+def run_loop(policy, envs, steps, seed=0, fresh_each_step=False, greedy=False):
+    """The standard env.step loop; returns every (observation, action, log-prob) it saw."""
+    obs, _ = envs.reset(seed=seed)
+    record = []
+    for _ in range(steps):
+        if fresh_each_step:
+            policy.reset_cache()
+        actions, log_probs = policy.act(obs, greedy=greedy)
+        record.append((obs, actions, log_probs))
+        obs, *_ = envs.step(actions)
+    return record
+
+
+def recompute(policy, obs, actions):
+    """log pi(action | obs) by one uncached forward of each slot's prefix."""
+    out = []
+    for i in range(len(actions)):
+        n = int(obs["seq_len"][i, 0])
+        ids = torch.as_tensor(np.append(obs["input_ids"][i, :n], actions[i]))[None]
+        with torch.no_grad():
+            lp = policy.log_probs(ids, torch.ones_like(ids))["log_probs"]
+        out.append(float(lp[0, -1]))
+    return np.array(out)
+
+
+def test_cached_stepping_matches_uncached_through_autoresets(policy):
+    envs = textgym.TextGenVectorEnv(num_envs=5, tokenizer=policy.tokenizer, **KW)
+    policy.seed(1)
+    cached = run_loop(policy, envs, steps=40)
+    resets = sum(int((o["seq_len"] == o["prompt_len"]).sum()) for o, _, _ in cached[1:])
+    assert resets >= 5, "the run must include autoresets mid-batch"
+    prompt_lengths = {int(x) for o, _, _ in cached for x in o["prompt_len"][:, 0]}
+    assert len(prompt_lengths) > 1, "the batch must be ragged"
+    policy.seed(1)
+    fresh = run_loop(policy, envs, steps=40, fresh_each_step=True)
+    for (o1, a1, l1), (o2, a2, l2) in zip(cached, fresh):
+        np.testing.assert_array_equal(o1["input_ids"], o2["input_ids"])
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_allclose(l1, l2, atol=1e-4)
+
+
+def test_recorded_log_probs_equal_training_log_probs(policy):
+    envs = textgym.TextGenVectorEnv(num_envs=4, tokenizer=policy.tokenizer, **KW)
+    for obs, actions, log_probs in run_loop(policy, envs, steps=15, seed=3):
+        np.testing.assert_allclose(log_probs, recompute(policy, obs, actions), atol=1e-4)
+
+
+def test_batched_training_log_probs_with_right_padding(policy):
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    batched = policy.log_probs(ids, mask)["log_probs"]
+    alone = policy.log_probs(ids[1:, :2], mask[1:, :2])["log_probs"]
+    assert batched.shape == (2, 4) and batched.dtype == torch.float32
+    torch.testing.assert_close(batched[1, :1], alone[0], atol=1e-5, rtol=0)
+
+
+def test_single_observation_and_greedy_determinism(policy):
+    env = textgym.TextGenEnv(tokenizer=policy.tokenizer, **KW)
+    obs, _ = env.reset(seed=0)
+    a1, lp1 = policy.act(obs, greedy=True)
+    policy.reset_cache()
+    a2, lp2 = policy.act(obs, greedy=True)
+    assert isinstance(a1, int) and isinstance(lp1, float) and a1 == a2 and lp1 == lp2
+    envs = textgym.TextGenVectorEnv(num_envs=3, tokenizer=policy.tokenizer, **KW)
+    r1 = run_loop(policy, envs, steps=10, greedy=True)
+    r2 = run_loop(policy, envs, steps=10, greedy=True)
+    for (_, x, _), (_, y, _) in zip(r1, r2):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_same_seed_same_samples(policy):
+    envs = textgym.TextGenVectorEnv(num_envs=3, tokenizer=policy.tokenizer, **KW)
+    policy.seed(11)
+    r1 = run_loop(policy, envs, steps=12)
+    policy.seed(11)
+    r2 = run_loop(policy, envs, steps=12)
+    for (_, x, _), (_, y, _) in zip(r1, r2):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_active_mask_idles_slots(policy):
+    envs = textgym.TextGenVectorEnv(num_envs=3, tokenizer=policy.tokenizer, **KW)
+    obs, _ = envs.reset(seed=0)
+    actions, log_probs = policy.act(obs, active=np.array([True, False, True]))
+    assert actions[1] == 0 and log_probs[1] == 0.0
+
+
+def test_top_k_top_p_sampling_stays_inside_and_log_probs_agree():
+    p = LMPolicy.from_pretrained("tiny", seed=0, top_k=5, top_p=0.9, temperature=0.8)
+    envs = textgym.TextGenVectorEnv(num_envs=4, tokenizer=p.tokenizer, **KW)
+    for obs, actions, log_probs in run_loop(p, envs, steps=10):
+        np.testing.assert_allclose(log_probs, recompute(p, obs, actions), atol=1e-4)
+        assert np.isfinite(log_probs).all()
+
+
+def test_filter_logits_hand_case():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    top2 = filter_logits(logits, top_k=2)
+    assert torch.isinf(top2[0, 2:]).all() and torch.isfinite(top2[0, :2]).all()
+    # softmax([3,2,1,0]) = [0.644, 0.237, 0.087, 0.032]: top_p=0.8 keeps the first two.
+    nucleus = filter_logits(logits, top_p=0.8)
+    assert torch.isfinite(nucleus[0, :2]).all() and torch.isinf(nucleus[0, 2:]).all()
+
+
+def test_bf16_policy_on_cpu_takes_the_dtype_path():
+    p = LMPolicy.from_pretrained("tiny", seed=0, dtype="bfloat16")
+    assert p.dtype == torch.bfloat16
+    envs = textgym.TextGenVectorEnv(num_envs=2, tokenizer=p.tokenizer, **KW)
+    for obs, actions, log_probs in run_loop(p, envs, steps=6):
+        assert log_probs.dtype == np.float32 and np.isfinite(log_probs).all()
+    ids = torch.tensor([[5, 6, 7]])
+    out = p.log_probs(ids, torch.ones_like(ids), with_entropy=True)
+    assert out["log_probs"].dtype == torch.float32 and out["entropy"].dtype == torch.float32
+
+
+def test_save_and_load_round_trip(policy, tmp_path):
+    policy.save(tmp_path / "p")
+    again = LMPolicy.from_pretrained(tmp_path / "p")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(
+        policy.log_probs(ids, torch.ones_like(ids))["log_probs"], again.log_probs(ids, torch.ones_like(ids))["log_probs"]
+    )
+    assert again.tokenizer.vocab_size == policy.tokenizer.vocab_size
+
+
+BIGGER_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127)) + "\t"
+
+
+def test_tokenizer_mismatch_is_a_clear_error(policy):
+    env = textgym.TextGenVectorEnv(num_envs=2, task="copy", tokenizer=textgym.CharTokenizer(BIGGER_ALPHABET), max_new_tokens=4)
+    with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
+        policy.check_env(env)
+    obs, _ = env.reset(seed=0)
+    policy.reset_cache()
+    with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
+        policy.act(obs)
+
+
+def test_bad_sampling_arguments():
+    with pytest.raises(ValueError, match="temperature"):
+        LMPolicy.from_pretrained("tiny", temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        LMPolicy.from_pretrained("tiny", top_p=1.5)
+
+
+@pytest.mark.default_model
+def test_default_model_takes_env_steps():
+    p = LMPolicy.from_pretrained("smollm2-135m-instruct", temperature=0.7, seed=0)
+    envs = textgym.TextGenVectorEnv(num_envs=2, task="addition", tokenizer=p.tokenizer, max_new_tokens=8)
+    for obs, actions, log_probs in run_loop(p, envs, steps=8):
+        np.testing.assert_allclose(log_probs, recompute(p, obs, actions), atol=2e-4)
