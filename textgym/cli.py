@@ -1,0 +1,72 @@
+"""The `textgym` command: `textgym train`, `textgym tasks`, `textgym rewards`, `textgym bench`.
+
+`tasks` and `rewards` need only textgym; `train` and `bench` live in agents/ (torch) and are
+imported only when asked for, so `textgym tasks` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    import textgym
+
+    for name in textgym.list_tasks():
+        task = textgym.make_task(name)
+        split = next(s for s in task.SPLITS if task.num_examples(s) != 0)
+        ex = task.example(split, 0)
+        size = task.num_examples("train")
+        print(f"{name}: {task.description}")
+        print(f"    train examples: {'unbounded' if size is None else size}; max answer chars: {task.max_answer_chars}")
+        print(f"    prompt: {task.format_prompt(ex)!r}")
+        print(f"    answer: {ex.answer!r}")
+    return 0
+
+
+def _rewards(args: argparse.Namespace) -> int:
+    import textgym
+
+    for name in textgym.list_rewards():
+        fn = textgym.get_reward(name)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"{name}: {doc[0] if doc else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="textgym", description="Token-level text generation as Gymnasium RL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an LM with REINFORCE (default: SmolLM2-135M-Instruct on addition)")
+    first = (argv if argv is not None else sys.argv[1:])[:1]
+    from_agents = first == ["train"]
+    if from_agents:
+        from agents.train import add_arguments
+
+        add_arguments(p)
+    sub.add_parser("tasks", help="list the built-in tasks with a sample prompt and answer")
+    sub.add_parser("rewards", help="list the registered reward functions")
+    pb = sub.add_parser("bench", help="benchmark agents on tasks (see `textgym bench --help`)")
+    if first == ["bench"]:
+        from agents.bench import add_arguments as add_bench_arguments
+
+        add_bench_arguments(pb)
+
+    args = parser.parse_args(argv)
+    if args.command == "tasks":
+        return _tasks(args)
+    if args.command == "rewards":
+        return _rewards(args)
+    if args.command == "train":
+        from agents.train import run
+
+        return run(args)
+    from agents.bench import run as run_bench
+
+    return run_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
