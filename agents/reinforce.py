@@ -425,6 +425,8 @@ class REINFORCE:
             _check_writable(log_path)
         end = self.iteration + int(iterations)
         bar = _progress(total=int(iterations), enabled=progress_bar)
+        if log_path:
+            _truncate_metrics(log_path / "metrics.jsonl", self.iteration if self.iteration > 0 else -1)
         metrics_file = open(log_path / "metrics.jsonl", "a", buffering=1) if log_path else None
         last_eval: dict[str, float] = {}
         interrupted = False
@@ -469,7 +471,7 @@ class REINFORCE:
                     postfix["val"] = f"{last_eval['reward']:.2f}"
                 bar.set_postfix(postfix)
                 if log_path and save_every and self.iteration % save_every == 0:
-                    self.save(log_path / "checkpoint")
+                    self.checkpoint(log_path)
                 if callback is not None and callback(metrics) is False:
                     break
         except KeyboardInterrupt:
@@ -480,7 +482,7 @@ class REINFORCE:
             if metrics_file:
                 metrics_file.close()
         if log_path:
-            self.save(log_path / "checkpoint")
+            self.checkpoint(log_path)
             plot_metrics(log_path / "metrics.jsonl", log_path / "rewards.png")
         if interrupted:
             raise KeyboardInterrupt
@@ -511,9 +513,13 @@ class REINFORCE:
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write policy weights, optimizer, value head, baseline state and iteration, atomically."""
+        """Write policy weights, optimizer, value head, baseline state and iteration to `path`.
+
+        The directory appears complete or not at all (written beside it, then renamed); an
+        existing `path` is replaced.
+        """
         path = Path(path)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -531,20 +537,35 @@ class REINFORCE:
             state["value_head"] = self.value_head.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
         torch.save(state, tmp / "agent.pt")
-        old = path.with_name(path.name + f".old-{os.getpid()}")
         if path.exists():
-            os.replace(path, old)
+            shutil.rmtree(path)
         os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
         return path
+
+    def checkpoint(self, run_dir: str | os.PathLike, keep: int = 1) -> Path:
+        """Save into run_dir/checkpoint-<iteration> and point run_dir/latest at it, atomically.
+
+        A kill at any moment leaves `latest` naming a complete checkpoint: the new directory is
+        complete before the pointer moves (temp file + rename), and old ones go only after.
+        """
+        run_dir = Path(run_dir)
+        target = self.save(run_dir / f"checkpoint-{self.iteration:06d}")
+        pointer = run_dir / ".latest.tmp"
+        pointer.write_text(target.name + "\n")
+        os.replace(pointer, run_dir / "latest")
+        for old in sorted(run_dir.glob("checkpoint-*"))[:-keep]:
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        return target
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", **overrides: Any) -> "REINFORCE":
         """Restore an agent saved by `save` (weights, optimizer, iteration) to continue training."""
         path = Path(path)
+        if not (path / "agent.pt").exists() and (path / "latest").exists():
+            path = path / (path / "latest").read_text().strip()  # a run directory: its latest checkpoint
         if not (path / "agent.pt").exists():
-            raise FileNotFoundError(f"{path} holds no textgym checkpoint (agent.pt is missing)")
+            raise FileNotFoundError(f"{path} holds no textgym checkpoint (agent.pt is missing, and no 'latest' pointer)")
         state = torch.load(path / "agent.pt", map_location="cpu", weights_only=False)
         policy = LMPolicy.from_pretrained(path / "policy", device=device, dtype=dtype, **state["policy_sampling"])
         hparams = {**state["hparams"], **overrides}
@@ -566,6 +587,28 @@ def _reference_log_probs(reference: torch.nn.Module, policy: LMPolicy, ids: torc
         return policy.log_probs(ids, attn)["log_probs"]
     finally:
         policy.model = model
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep the metrics of iterations up to `iteration` (the checkpoint being resumed), atomically.
+
+    A run killed after logging iteration k but before its next checkpoint would otherwise log
+    iterations past the checkpoint twice; a line cut off mid-write is dropped too. Iterations are
+    seeded from (seed, iteration), so the resumed run logs the same iterations again.
+    """
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("iteration", 0) <= iteration:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def _check_writable(path: Path) -> None:

@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     resume = Path(args.resume) if args.resume else None
     out = Path(args.out) if args.out else resume or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume is not None:
-        if not (resume / "checkpoint" / "agent.pt").exists():
-            raise SystemExit(f"error: {resume} has no checkpoint to resume from (expected {resume / 'checkpoint'})")
-        agent = REINFORCE.load(resume / "checkpoint", device=args.device, dtype=args.dtype)
+        if not (resume / "latest").exists():
+            raise SystemExit(f"error: {resume} has no checkpoint to resume from ({resume / 'latest'} is missing)")
+        agent = REINFORCE.load(resume, device=args.device, dtype=args.dtype)
         policy = agent.policy
         config = json.loads((resume / "config.json").read_text())
         task, task_kwargs, prompts, group = config["task"], config["task_kwargs"], config["prompts"], config["group_size"]
@@ -124,10 +124,14 @@ def run(args: argparse.Namespace) -> int:
                       temperature=policy.temperature, top_k=policy.top_k, top_p=policy.top_p)  # fmt: skip
         (out / "config.json").write_text(json.dumps(config, indent=2))
     print(f"task {task} {task_kwargs or ''}: {prompts} prompts x {group} samples per update, {iterations} updates -> {out}")
-    agent.learn(
-        envs, iterations=iterations, eval_env=eval_env, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-        progress_bar=not args.no_progress, log_dir=out, save_every=args.save_every,
-    )  # fmt: skip
+    try:
+        agent.learn(
+            envs, iterations=iterations, eval_env=eval_env, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+            progress_bar=not args.no_progress, log_dir=out, save_every=args.save_every,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"interrupted at iteration {agent.iteration}; checkpoint saved. Continue with: textgym train --resume {out}")
+        return 130
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in rows if "val_reward" in r]
     if evals:
@@ -135,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation reward: {first['val_reward']:.3f} (iteration {first['iteration']}) -> "
               f"{last['val_reward']:.3f} ± {last['val_reward_ci95']:.3f} (iteration {last['iteration']}); "
               f"accuracy {first['val_accuracy']:.3f} -> {last['val_accuracy']:.3f}")  # fmt: skip
-    print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {out / 'checkpoint'}")
+    latest = out / (out / "latest").read_text().strip()
+    print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0
 
 
