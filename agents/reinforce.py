@@ -302,18 +302,60 @@ class REINFORCE:
     def update(self, batch: Rollouts, group_size: int = 1) -> dict[str, float]:
         """One policy-gradient step (per epoch) on a batch of rollouts; returns its metrics."""
         hp = self.hparams
+        model = self.policy.model
+        advantages = self._advantages(batch, group_size)
+        stats: dict[str, list[float]] = {k: [] for k in ("entropy", "kl", "clip_fraction", "grad_norm", "value_loss")}
+        for epoch in range(hp["epochs"]):
+            finite = self.compute_gradients(batch, advantages=advantages, epoch=epoch, stats=stats)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), hp["max_grad_norm"] if hp["max_grad_norm"] else float("inf")
+            )
+            if not finite or not torch.isfinite(grad_norm):
+                self._skip_update("loss" if not finite else "gradient")
+                break
+            self.bad_updates = 0
+            self.optimizer.step()
+            stats["grad_norm"].append(float(grad_norm))
+            if self.value_head is not None:
+                self.value_optimizer.step()
+                self.value_optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.policy.reset_cache()  # the weights changed: cached keys/values are stale
+        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        out["skipped_update"] = float(self.bad_updates > 0)
+        return out
+
+    def compute_gradients(
+        self,
+        batch: Rollouts,
+        group_size: int = 1,
+        *,
+        advantages: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+        epoch: int = 0,
+        stats: dict[str, list[float]] | None = None,
+    ) -> bool:
+        """Set `.grad` of the policy (and value head) to the gradient of the batch's loss; no step.
+
+        The batch goes through in micro-batches of `micro_batch_size` whose losses are weighted so
+        that the accumulated gradient is the whole batch's. `advantages` is what `_advantages`
+        returned (computed here when None, which advances the running-mean baseline); `epoch` > 0
+        is off-policy. Per-micro-batch metrics are appended to `stats`. Returns False, with the
+        gradient incomplete, as soon as a micro-batch loss is not finite.
+        """
+        hp = self.hparams
         policy, model = self.policy, self.policy.model
         device = policy.device
-        returns, advantages, loss_type = self._advantages(batch, group_size)
+        stats = {} if stats is None else stats
+        returns, advantages, loss_type = self._advantages(batch, group_size) if advantages is None else advantages
         n = batch.input_ids.shape[0]
         mb = hp["micro_batch_size"] or n
         total_tokens = int(batch.completion_mask.sum())
-        stats: dict[str, list[float]] = {k: [] for k in ("entropy", "kl", "clip_fraction", "grad_norm", "value_loss")}
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.value_head is not None:
+            self.value_optimizer.zero_grad(set_to_none=True)
+        off_policy = epoch > 0
         model.train()
-        for epoch in range(hp["epochs"]):
-            self.optimizer.zero_grad(set_to_none=True)
-            off_policy = epoch > 0
-            finite = True
+        try:
             for start in range(0, n, mb):
                 sl = slice(start, start + mb)
                 width = int(batch.attention_mask[sl].sum(dim=1).max())  # trim right padding
@@ -328,14 +370,14 @@ class REINFORCE:
                     ret = returns[sl, : width - 1].to(device)
                     value_loss = L.masked_mean((values - ret) ** 2, mask)  # regress V(s_t) to G_t
                     (value_loss * (mask.sum() / max(total_tokens, 1))).backward()
-                    stats["value_loss"].append(float(value_loss))
+                    stats.setdefault("value_loss", []).append(float(value_loss))
                     adv = torch.where(mask, ret - values.detach(), torch.zeros_like(ret))  # eq. 22, b = V(s_t)
                 if off_policy or hp["epochs"] > 1:
                     old = batch.old_log_probs[sl, : width - 1].to(device)
                     per_token, meta = L.policy_gradient_loss(
                         log_probs, "clipped", advantages=adv, old_log_probs=old, cliprange=hp["cliprange"], mask=mask
                     )  # eq. 27: importance ratio π_θ / π_θold against the recorded behaviour
-                    stats["clip_fraction"].append(float(meta["clip_fraction"]))
+                    stats.setdefault("clip_fraction", []).append(float(meta["clip_fraction"]))
                 elif loss_type == "no_baseline":
                     per_token, _ = L.policy_gradient_loss(log_probs, "no_baseline", raw_rewards=adv)  # eq. 21
                 else:
@@ -347,7 +389,7 @@ class REINFORCE:
                         ref = _reference_log_probs(self.reference, policy, ids, attn)
                     kl = L.kl_penalty(log_probs, ref, kind="k3")
                     per_token = per_token + hp["kl_coef"] * kl
-                    stats["kl"].append(float(L.masked_mean(kl.detach(), mask)))
+                    stats.setdefault("kl", []).append(float(L.masked_mean(kl.detach(), mask)))
                 loss = L.aggregate_loss(per_token, mask, hp["loss_aggregation"])
                 # Weight the micro-batch so the accumulated gradient is the whole batch's.
                 if hp["loss_aggregation"] == "token_mean":
@@ -355,31 +397,17 @@ class REINFORCE:
                 else:
                     loss = loss * (ids.shape[0] / n)
                 if not torch.isfinite(loss):
-                    finite = False
-                    break
+                    return False
                 loss.backward()
-                stats["entropy"].append(float(L.masked_mean(out["entropy"].detach(), mask)))
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), hp["max_grad_norm"] if hp["max_grad_norm"] else float("inf")
-            )
-            if not finite or not torch.isfinite(grad_norm):
-                self._skip_update("loss" if not finite else "gradient")
-                break
-            self.bad_updates = 0
-            self.optimizer.step()
-            stats["grad_norm"].append(float(grad_norm))
-            if self.value_head is not None:
-                self.value_optimizer.step()
-                self.value_optimizer.zero_grad(set_to_none=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        model.eval()
-        policy.reset_cache()  # the weights changed: cached keys/values are stale
-        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
-        out["skipped_update"] = float(self.bad_updates > 0)
-        return out
+                stats.setdefault("entropy", []).append(float(L.masked_mean(out["entropy"].detach(), mask)))
+        finally:
+            model.eval()
+        return True
 
     def _skip_update(self, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.value_head is not None:  # its gradient came from the same bad batch
+            self.value_optimizer.zero_grad(set_to_none=True)
         self.bad_updates += 1
         if self.bad_updates >= self.hparams["max_bad_updates"]:
             raise FloatingPointError(
