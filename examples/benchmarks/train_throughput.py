@@ -1,0 +1,149 @@
+"""Training throughput: textgym's REINFORCE vs TRL's GRPOTrainer, same model, batch, group, lengths.
+
+Both run the same recipe: P prompts x G samples per update (group baseline), at most N new tokens
+at temperature T, AdamW at the same learning rate, no KL term, one gradient step per batch. Each
+update is sampling + reward + one forward/backward; the measure is completion tokens per second of
+wall time over whole updates (sampling included), after `--warmup` updates that are not counted.
+TRL is an optional, bench-only dependency (`pip install trl`; it also brings `datasets`).
+
+    python examples/benchmarks/train_throughput.py                    # SmolLM2-135M-Instruct, addition
+    python examples/benchmarks/train_throughput.py --model tiny --task copy --max-new-tokens 6 --updates 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def reinforce_updates(args) -> list[tuple[float, int]]:
+    """(seconds, completion tokens) of each REINFORCE update after the warm-up."""
+    import textgym
+    from agents import REINFORCE, LMPolicy
+
+    policy = LMPolicy.from_pretrained(args.model, temperature=args.temperature, seed=args.seed, dtype="float32")
+    envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
+                                    task=args.task, tokenizer=policy.tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed)
+    marks: list[tuple[float, int]] = []
+
+    def callback(metrics: dict) -> None:
+        marks.append((time.perf_counter(), int(round(metrics["episode_length"] * envs.num_envs))))
+
+    start = time.perf_counter()
+    agent.learn(envs, iterations=args.warmup + args.updates, progress_bar=False, callback=callback)
+    times = [start] + [t for t, _ in marks]
+    return [(times[i + 1] - times[i], marks[i][1]) for i in range(args.warmup, len(marks))]
+
+
+def hf_tokenizer_for(tokenizer):
+    """TRL needs an HF tokenizer: the textgym one's, or an HF fast tokenizer with the char vocab."""
+    if hasattr(tokenizer, "hf"):
+        return tokenizer.hf
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as RawTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": tokenizer.eos_token_id, **{ch: i for i, ch in enumerate(tokenizer.token_strings) if ch}}
+    raw = RawTokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>")
+    assert hf.encode("Copy: ab\n", add_special_tokens=False) == tokenizer.encode("Copy: ab\n")
+    return hf
+
+
+def trl_updates(args) -> list[tuple[float, int]]:
+    """(seconds, completion tokens) of each GRPOTrainer step after the warm-up."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agents.models import load_model
+    from textgym.env import EpisodeRules
+    from textgym.rewards import score
+
+    model, tokenizer = load_model(args.model, device="auto", dtype="float32")
+    rules = EpisodeRules.build(task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
+    steps = args.warmup + args.updates
+    size = rules.task.num_examples("train") or 10_000
+    examples = [rules.task.example("train", (args.seed * 7919 + i) % size) for i in range(steps * args.prompts)]
+    # The prompts exactly as the env builds them (chat template applied where the env applies it).
+    data = Dataset.from_dict({"prompt": [rules.prompt_text(e) for e in examples], "row": list(range(len(examples)))})
+
+    def textgym_reward(prompts, completions, row, **_):
+        return [score(rules.reward_fn, c, examples[r]).reward for c, r in zip(completions, row)]
+
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            marks.append((time.perf_counter(), 0))
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            length = (logs or {}).get("completions/mean_length")
+            if length is not None and marks:
+                marks[-1] = (marks[-1][0], int(round(length * args.prompts * args.group_size)))
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.prompts * args.group_size,
+        num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=args.temperature,
+        learning_rate=args.lr, max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
+        beta=0.0, seed=args.seed, bf16=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        shuffle_dataset=False,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=textgym_reward, args=config, train_dataset=data,
+                          processing_class=hf_tokenizer_for(tokenizer), callbacks=[Clock()])  # fmt: skip
+    trainer.train()
+    end = time.perf_counter()
+    times = [t for t, _ in marks] + [end]
+    return [(times[i + 1] - times[i], marks[i][1]) for i in range(args.warmup, len(marks))]
+
+
+def summarize(name: str, updates: list[tuple[float, int]]) -> float:
+    seconds = sum(s for s, _ in updates)
+    tokens = sum(n for _, n in updates)
+    rate = tokens / seconds
+    print(f"{name:>10}: {len(updates)} updates, median {statistics.median(s for s, _ in updates):.2f} s/update, "
+          f"{tokens / len(updates):.0f} completion tokens/update, {rate:.1f} tokens/s")  # fmt: skip
+    return rate
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--updates", type=int, default=4, help="timed updates per trainer")
+    p.add_argument("--warmup", type=int, default=1, help="untimed updates first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        print("TRL is not installed; this benchmark compares against TRL's GRPOTrainer. Install it with:\n"
+              "    pip install trl\n(or `pip install -e .[bench]`), then run this script again.")  # fmt: skip
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples, "
+          f"<= {args.max_new_tokens} new tokens, T={args.temperature}, lr={args.lr}, {torch.get_num_threads()} threads, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}, trl {trl.__version__}")  # fmt: skip
+    ours = summarize("REINFORCE", reinforce_updates(args))
+    theirs = summarize("TRL GRPO", trl_updates(args))
+    print(f"ratio REINFORCE / TRL GRPOTrainer: {ours / theirs:.2f}x completion tokens/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
