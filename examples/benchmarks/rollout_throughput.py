@@ -1,0 +1,175 @@
+"""Rollout throughput: the env.step loop (LMPolicy.act over TextGenVectorEnv) vs model.generate,
+vs re-encoding the prefix every step, vs the bare KV-cache forward loop.
+
+Every variant turns the same left-padded batch of `addition` prompts (chat format) into exactly
+B x N new tokens: the end token is masked out everywhere and the env has no stop strings, so
+nobody stops early. The variants alternate inside each repeat (the machine is shared, so only
+ratios measured side by side mean anything) and the table reports medians.
+
+    (a) env.step loop   policy.act(obs) -> envs.step(actions), the policy's per-slot KV cache
+    (b) generate        model.generate(do_sample=True, same temperature, min/max_new_tokens=N)
+    (c) no cache        one forward of the whole prefix per step, then sample
+    (d) limit           one-token forward passes through a DynamicCache; no sampling, no env
+
+    python examples/benchmarks/rollout_throughput.py [--batch 8 32] [--new-tokens 32 64] [--repeats 3]
+    python examples/benchmarks/rollout_throughput.py --model tiny --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
+
+import textgym
+from agents import LMPolicy
+
+
+class BanTokens(LogitsProcessor):
+    """-inf on the end token and on ids past the tokenizer's vocabulary (what the policy never samples)."""
+
+    def __init__(self, banned: torch.Tensor):
+        self.banned = banned
+
+    def __call__(self, input_ids, scores):
+        return scores.masked_fill(self.banned[: scores.shape[-1]], float("-inf"))
+
+
+def make_setup(policy: LMPolicy, batch: int, new_tokens: int, seed: int = 0):
+    envs = textgym.TextGenVectorEnv(num_envs=batch, task="addition", tokenizer=policy.tokenizer,
+                                    max_new_tokens=new_tokens, stop_strings=())
+    obs, _ = envs.reset(seed=seed)
+    lengths = obs["seq_len"][:, 0]
+    width = int(lengths.max())
+    ids = np.zeros((batch, width), dtype=np.int64)
+    mask = np.zeros((batch, width), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = obs["input_ids"][i, :n]
+        mask[i, width - n:] = 1
+    return envs, torch.as_tensor(ids), torch.as_tensor(mask)
+
+
+def env_loop(policy, envs, new_tokens, seed=0, timings=None):
+    """(a) The ordinary Gymnasium loop; returns the number of tokens generated."""
+    policy.reset_cache()
+    obs, _ = envs.reset(seed=seed)
+    tokens = 0
+    for _ in range(new_tokens):
+        t0 = time.perf_counter()
+        actions, _ = policy.act(obs)
+        t1 = time.perf_counter()
+        obs, _, terminated, truncated, _ = envs.step(actions)
+        t2 = time.perf_counter()
+        tokens += len(actions)
+        if timings is not None:
+            timings["act"] += t1 - t0
+            timings["step"] += t2 - t1
+    assert not terminated.any() and truncated.all(), "an episode ended early: the benchmark is unfair"
+    return tokens
+
+
+def generate(policy, ids, mask, new_tokens, banned):
+    """(b) Hugging Face generate, sampling at the policy's temperature with nothing filtered."""
+    out = policy.model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=True, temperature=policy.temperature, top_k=0, top_p=1.0,
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, logits_processor=LogitsProcessorList([BanTokens(banned)]),
+        pad_token_id=policy.tokenizer.eos_token_id,
+    )
+    return (out.shape[1] - ids.shape[1]) * ids.shape[0]
+
+
+def _positions(mask):
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def no_cache(policy, ids, mask, new_tokens, banned):
+    """(c) Re-encode the whole prefix every step (no KV cache), then sample."""
+    model = policy.model
+    for _ in range(new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1).logits[:, -1]
+        logits = logits.float().masked_fill(banned[: logits.shape[-1]], float("-inf")) / policy.temperature
+        nxt = torch.multinomial(logits.softmax(-1), 1)
+        ids = torch.cat([ids, nxt], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+    return new_tokens * ids.shape[0]
+
+
+def kv_limit(policy, ids, mask, new_tokens, banned=None):
+    """(d) The floor: prefill, then one-token forwards through a DynamicCache; no sampling, no env."""
+    model = policy.model
+    cache = DynamicCache()
+    positions = _positions(mask)
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    token, pos = ids[:, -1:], positions[:, -1:]
+    for _ in range(new_tokens - 1):  # the prefill produced the first token's logits
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        pos = pos + 1
+        model(input_ids=token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return new_tokens * ids.shape[0]
+
+
+def measure(policy, batch, new_tokens, repeats):
+    envs, ids, mask = make_setup(policy, batch, new_tokens)
+    banned = torch.zeros(max(policy.model.config.vocab_size, policy.vocab_size), dtype=torch.bool)
+    banned[policy.vocab_size:] = True
+    banned[policy.tokenizer.eos_token_id] = True
+    policy.restrict_actions(~banned[: policy.vocab_size].numpy())
+    variants = {
+        "a": lambda n: env_loop(policy, envs if n == new_tokens else short_envs, n),
+        "b": lambda n: generate(policy, ids, mask, n, banned),
+        "c": lambda n: no_cache(policy, ids, mask, n, banned),
+        "d": lambda n: kv_limit(policy, ids, mask, n),
+    }
+    short_envs, _, _ = make_setup(policy, batch, min(4, new_tokens))
+    rates = {k: [] for k in variants}
+    with torch.no_grad():
+        for fn in variants.values():  # warm-up (a few tokens: allocator, kernels, caches)
+            fn(min(4, new_tokens))
+        for r in range(repeats):
+            order = list(variants) if r % 2 == 0 else list(variants)[::-1]  # alternate the order
+            for k in order:
+                t0 = time.perf_counter()
+                tokens = variants[k](new_tokens)
+                rates[k].append(tokens / (time.perf_counter() - t0))
+    policy.restrict_actions(None)
+    # Ratios are taken within each repeat (variants measured minutes apart on a shared machine are
+    # not comparable), then the median over repeats.
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    for other in "bcd":
+        out["a/" + other] = statistics.median(a / o for a, o in zip(rates["a"], rates[other]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one repeat (proves it runs)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.new_tokens, args.repeats = [2], [4], 1
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    policy = LMPolicy.from_pretrained(args.model, device="cpu", temperature=args.temperature, seed=0)
+
+    print(f"\n{args.model}, {torch.get_num_threads()} CPU threads, T={args.temperature}, "
+          f"median of {args.repeats} alternating repeats, useful tokens/s\n")
+    print("| B | N | (a) env.step loop | (b) generate | (c) no cache | (d) KV limit | a/b | a/d | a/c |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for batch in args.batch:
+        for new_tokens in args.new_tokens:
+            m = measure(policy, batch, new_tokens, args.repeats)
+            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | {m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} "
+                  f"| {m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
