@@ -345,12 +345,14 @@ class LMPolicy:
         attention_mask: torch.Tensor,
         with_entropy: bool = False,
         with_hidden: bool = False,
+        model: torch.nn.Module | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs of whole right-padded sequences in one batched forward, with gradients.
 
         Args:
             input_ids: (B, T) prompt + completion ids, right-padded (any pad value; masked out).
             attention_mask: (B, T) 1 on real tokens.
+            model: run this module instead of `self.model` (the same model wrapped, e.g. in DDP).
 
         Returns:
             {"log_probs": (B, T-1) log pi(x_{t+1} | x_{<=t}) under the sampling distribution,
@@ -362,7 +364,7 @@ class LMPolicy:
         attention_mask = attention_mask.to(self.device)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         safe_ids = torch.where(attention_mask.bool(), input_ids, torch.zeros_like(input_ids))
-        result = self.model(
+        result = (model or self.model)(
             input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=with_hidden
         )
         dist_logits = self._sampling_logits(result.logits[:, :-1])

@@ -16,6 +16,7 @@ One iteration of `learn`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -30,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from agents import distributed
 from agents import losses as L
 from agents.policy import LMPolicy
 
@@ -264,6 +266,13 @@ class REINFORCE:
         self.reference = None
         if kl_coef > 0:
             self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
+        # Under torchrun, DDP all-reduces the gradients; its constructor also broadcasts rank 0's
+        # weights, so every rank starts from the same policy.
+        self.dist = distributed.context()
+        self.ddp = None
+        if self.dist.enabled:
+            device_ids = [policy.device.index] if policy.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(policy.model, device_ids=device_ids)
         self.value_head = None
         if baseline == "value":
             hidden = policy.model.config.hidden_size
@@ -284,7 +293,8 @@ class REINFORCE:
         if self.baseline == "mean":
             b = self.running_mean  # from earlier batches only, so it does not depend on these actions
             beta = self.hparams["mean_baseline_decay"]
-            self.running_mean = (1 - beta) * self.running_mean + beta * float(episode_return.mean())
+            batch_mean = self.dist.mean(float(episode_return.mean()))  # the same on every rank
+            self.running_mean = (1 - beta) * self.running_mean + beta * batch_mean
             return returns, returns - b, "reinforce_with_baseline"  # eq. 22 with b(s) = const
         if self.baseline in ("group", "leave_one_out"):
             if len(episode_return) % group_size:
@@ -339,8 +349,8 @@ class REINFORCE:
         The batch goes through in micro-batches of `micro_batch_size` whose losses are weighted so
         that the accumulated gradient is the whole batch's. `advantages` is what `_advantages`
         returned (computed here when None, which advances the running-mean baseline); `epoch` > 0
-        is off-policy. Per-micro-batch metrics are appended to `stats`. Returns False, with the
-        gradient incomplete, as soon as a micro-batch loss is not finite.
+        is off-policy. Per-micro-batch metrics are appended to `stats`. Returns False when a
+        micro-batch loss (on any rank) was not finite; the caller must then discard the gradient.
         """
         hp = self.hparams
         policy, model = self.policy, self.policy.model
@@ -349,7 +359,13 @@ class REINFORCE:
         returns, advantages, loss_type = self._advantages(batch, group_size) if advantages is None else advantages
         n = batch.input_ids.shape[0]
         mb = hp["micro_batch_size"] or n
-        total_tokens = int(batch.completion_mask.sum())
+        # Normalise by counts over all ranks: DDP averages the ranks' gradients, so scaling each
+        # loss by world_size makes the result the gradient of the loss over every rank's episodes.
+        world = self.dist.world_size
+        total_tokens = self.dist.sum(int(batch.completion_mask.sum()))
+        n_total = self.dist.sum(n)
+        forward_model = self.ddp if self.ddp is not None else model
+        finite = True
         self.optimizer.zero_grad(set_to_none=True)
         if self.value_head is not None:
             self.value_optimizer.zero_grad(set_to_none=True)
@@ -362,47 +378,59 @@ class REINFORCE:
                 ids = batch.input_ids[sl, :width].to(device)
                 attn = batch.attention_mask[sl, :width].to(device)
                 mask = batch.completion_mask[sl, : width - 1].to(device)
-                out = policy.log_probs(ids, attn, with_entropy=True, with_hidden=self.value_head is not None)
-                log_probs = out["log_probs"]
-                adv = advantages[sl, : width - 1].to(device)
-                if self.value_head is not None:
-                    values = self.value_head(out["hidden"][:, :-1].detach().float()).squeeze(-1)
-                    ret = returns[sl, : width - 1].to(device)
-                    value_loss = L.masked_mean((values - ret) ** 2, mask)  # regress V(s_t) to G_t
-                    (value_loss * (mask.sum() / max(total_tokens, 1))).backward()
-                    stats.setdefault("value_loss", []).append(float(value_loss))
-                    adv = torch.where(mask, ret - values.detach(), torch.zeros_like(ret))  # eq. 22, b = V(s_t)
-                if off_policy or hp["epochs"] > 1:
-                    old = batch.old_log_probs[sl, : width - 1].to(device)
-                    per_token, meta = L.policy_gradient_loss(
-                        log_probs, "clipped", advantages=adv, old_log_probs=old, cliprange=hp["cliprange"], mask=mask
-                    )  # eq. 27: importance ratio π_θ / π_θold against the recorded behaviour
-                    stats.setdefault("clip_fraction", []).append(float(meta["clip_fraction"]))
-                elif loss_type == "no_baseline":
-                    per_token, _ = L.policy_gradient_loss(log_probs, "no_baseline", raw_rewards=adv)  # eq. 21
-                else:
-                    per_token, _ = L.policy_gradient_loss(log_probs, "reinforce_with_baseline", advantages=adv)  # eq. 22
-                if hp["entropy_coef"] > 0:
-                    per_token = per_token - hp["entropy_coef"] * out["entropy"]
-                if self.reference is not None:
-                    with torch.no_grad():
-                        ref = _reference_log_probs(self.reference, policy, ids, attn)
-                    kl = L.kl_penalty(log_probs, ref, kind="k3")
-                    per_token = per_token + hp["kl_coef"] * kl
-                    stats.setdefault("kl", []).append(float(L.masked_mean(kl.detach(), mask)))
-                loss = L.aggregate_loss(per_token, mask, hp["loss_aggregation"])
-                # Weight the micro-batch so the accumulated gradient is the whole batch's.
-                if hp["loss_aggregation"] == "token_mean":
-                    loss = loss * (mask.sum() / max(total_tokens, 1))
-                else:
-                    loss = loss * (ids.shape[0] / n)
-                if not torch.isfinite(loss):
-                    return False
-                loss.backward()
+                last = start + mb >= n
+                sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+                with sync:  # DDP: accumulate locally, all-reduce on the last micro-batch
+                    out = policy.log_probs(
+                        ids, attn, with_entropy=True, with_hidden=self.value_head is not None, model=forward_model
+                    )
+                    log_probs = out["log_probs"]
+                    adv = advantages[sl, : width - 1].to(device)
+                    if self.value_head is not None:
+                        values = self.value_head(out["hidden"][:, :-1].detach().float()).squeeze(-1)
+                        ret = returns[sl, : width - 1].to(device)
+                        value_loss = L.masked_mean((values - ret) ** 2, mask)  # regress V(s_t) to G_t
+                        (value_loss * (mask.sum() / max(total_tokens, 1))).backward()  # summed over ranks below
+                        stats.setdefault("value_loss", []).append(float(value_loss.detach()))
+                        adv = torch.where(mask, ret - values.detach(), torch.zeros_like(ret))  # eq. 22, b = V(s_t)
+                    if off_policy or hp["epochs"] > 1:
+                        old = batch.old_log_probs[sl, : width - 1].to(device)
+                        per_token, meta = L.policy_gradient_loss(
+                            log_probs, "clipped", advantages=adv, old_log_probs=old, cliprange=hp["cliprange"], mask=mask
+                        )  # eq. 27: importance ratio π_θ / π_θold against the recorded behaviour
+                        stats.setdefault("clip_fraction", []).append(float(meta["clip_fraction"]))
+                    elif loss_type == "no_baseline":
+                        per_token, _ = L.policy_gradient_loss(log_probs, "no_baseline", raw_rewards=adv)  # eq. 21
+                    else:
+                        per_token, _ = L.policy_gradient_loss(log_probs, "reinforce_with_baseline", advantages=adv)  # eq. 22
+                    if hp["entropy_coef"] > 0:
+                        per_token = per_token - hp["entropy_coef"] * out["entropy"]
+                    if self.reference is not None:
+                        with torch.no_grad():
+                            ref = _reference_log_probs(self.reference, policy, ids, attn)
+                        # Only completion tokens are actions. Elsewhere a restricted policy (allowed tokens,
+                        # top-k/p) gives prompt tokens log-prob -inf, and exp(-inf - -inf) is NaN, which
+                        # the mask does not keep out of the gradient.
+                        kl = L.kl_penalty(torch.where(mask, log_probs, 0.0), torch.where(mask, ref, 0.0), kind="k3")
+                        per_token = per_token + hp["kl_coef"] * kl
+                        stats.setdefault("kl", []).append(float(L.masked_mean(kl.detach(), mask)))
+                    loss = L.aggregate_loss(per_token, mask, hp["loss_aggregation"])
+                    # Weight the micro-batch so the accumulated gradient is the whole batch's.
+                    if hp["loss_aggregation"] == "token_mean":
+                        loss = loss * (mask.sum() * world / max(total_tokens, 1))
+                    else:
+                        loss = loss * (ids.shape[0] * world / n_total)
+                    # A non-finite loss still goes backward (its NaNs then fail the gradient check on
+                    # every rank alike): a rank that skipped backward would leave DDP's others waiting.
+                    finite = finite and bool(torch.isfinite(loss))
+                    if loss.requires_grad:
+                        loss.backward()
                 stats.setdefault("entropy", []).append(float(L.masked_mean(out["entropy"].detach(), mask)))
         finally:
             model.eval()
-        return True
+        if self.value_head is not None:
+            self.dist.all_reduce_grads(self.value_head)
+        return self.dist.all_true(finite)
 
     def _skip_update(self, what: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -448,11 +476,14 @@ class REINFORCE:
             raise ValueError(
                 f"baseline={self.baseline!r} compares completions of the same prompt: make the env with group_size >= 2"
             )
-        log_path = Path(log_dir) if log_dir is not None else None
+        # Under torchrun only rank 0 evaluates, logs, draws and checkpoints (the weights are equal).
+        main = self.dist.is_main
+        log_path = Path(log_dir) if log_dir is not None and main else None
         if log_path is not None:
             _check_writable(log_path)
+        eval_env = eval_env if main else None
         end = self.iteration + int(iterations)
-        bar = _progress(total=int(iterations), enabled=progress_bar)
+        bar = _progress(total=int(iterations), enabled=progress_bar and main)
         if log_path:
             _truncate_metrics(log_path / "metrics.jsonl", self.iteration if self.iteration > 0 else -1)
         metrics_file = open(log_path / "metrics.jsonl", "a", buffering=1) if log_path else None
@@ -486,6 +517,7 @@ class REINFORCE:
                     "tokens_per_s": float(batch.lengths.sum()) / max(t1 - t0, 1e-9),
                     "sample_completion": batch.completions[0][:200],
                 }
+                metrics = self.dist.mean_dict(metrics)  # every rank's episodes count
                 if eval_env is not None and (self.iteration % eval_every == 0 or self.iteration == end):
                     last_eval = self._evaluate(eval_env, eval_episodes)
                     metrics.update({f"val_{k}": v for k, v in last_eval.items()})
@@ -536,7 +568,8 @@ class REINFORCE:
 
     def _iteration_seed(self, stream: int) -> int:
         """A seed per (run seed, iteration, stream): resuming at iteration k replays iteration k."""
-        return int(np.random.SeedSequence([self.seed, self.iteration, stream]).generate_state(1)[0])
+        key = [self.seed, self.iteration, stream] + ([self.dist.rank] if self.dist.enabled else [])
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     # -- persistence -----------------------------------------------------------------------------
 

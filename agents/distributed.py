@@ -1,0 +1,94 @@
+"""Data-parallel training on torch.distributed, started by `torchrun`.
+
+    torchrun --nproc_per_node=4 -m textgym.cli train ...                      # one machine, 4 GPUs
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d \\
+             --rdzv_endpoint=HOST:29500 -m textgym.cli train ...             # on each of 2 machines
+
+Each rank steps its own vector-env slots (its own seeds, so its own prompts), computes gradients on
+its own episodes, and DistributedDataParallel all-reduces them; every rank then takes the same
+optimizer step, so the weights stay identical. The losses are normalised by global counts, so N
+ranks with B episodes each compute the gradient one process would on the N·B episodes. gloo on
+CPU, nccl on CUDA. Without torchrun (WORLD_SIZE unset or 1) everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Context", "setup", "context"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the job: rank, world size, and reductions that are no-ops alone."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def mean(self, value: float) -> float:
+        return self.sum(value) / self.world_size
+
+    def all_true(self, flag: bool) -> bool:
+        return self.sum(0.0 if flag else 1.0) == 0.0
+
+    def mean_dict(self, values: dict) -> dict:
+        """Average every number in `values` over the ranks (one collective); others stay rank 0's."""
+        if not self.enabled:
+            return values
+        keys = [k for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t)
+        out = dict(values)
+        out.update({k: float(v) / self.world_size for k, v in zip(keys, t.tolist())})
+        return out
+
+    def all_reduce_grads(self, module: torch.nn.Module) -> None:
+        """Sum the gradients of a module that is not wrapped in DDP (the small value head)."""
+        if not self.enabled:
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def setup() -> Context:
+    """Join the torchrun job described by the environment (idempotent); alone, a 1-rank context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return context()
+
+
+def context() -> Context:
+    """The current job's context (a 1-rank one when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return Context(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return Context()
