@@ -8,6 +8,7 @@ sum), with a group baseline over 8 samples of each of 2 prompts per update.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import sys
 import time
@@ -16,17 +17,22 @@ from pathlib import Path
 # Defaults that differ between the real model and the tiny char-level model.
 MODEL_DEFAULTS = {
     "default": dict(task="addition", max_new_tokens=24, temperature=0.7, lr=1e-5, iterations=50, prompts=2, group_size=8),
-    "tiny": dict(task="copy", max_new_tokens=4, temperature=1.0, lr=3e-3, iterations=150, prompts=8, group_size=8,
-                 task_kwargs={"length": 2, "alphabet": "abc"}),
+    # Sort 6-character strings over "ab" (64 problems; 6 held out for validation), with edit-distance
+    # credit so a half-right answer is better than a wrong one. The randomly initialised tiny model
+    # memorises, rather than learns, tasks with a dozen problems (copy of 2 chars over "abc": 7 to
+    # train on, 0 validation reward after 300 updates); here it goes from 0.33 (chance) to >= 0.9
+    # validation reward in 25-30 updates, 10-15 s on 2 busy CPU cores (seeds 0-2).
+    "tiny": dict(task="sort", max_new_tokens=6, temperature=1.0, lr=1e-3, iterations=60, prompts=8, group_size=8,
+                 task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit"),
 }  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id, a local dir or a .gguf file")
-    p.add_argument("--task", default=None, help="a task from `textgym tasks` (default: addition; copy for --model tiny)")
+    p.add_argument("--task", default=None, help="a task from `textgym tasks` (default: addition; sort for --model tiny)")
     p.add_argument("--task-kwargs", default=None, help='task arguments as JSON, e.g. \'{"digits": 2}\'')
     p.add_argument("--prompt-style", choices=["plain", "r1_zero"], default=None)
-    p.add_argument("--reward", default=None, help="a reward name from `textgym rewards` instead of the task's")
+    p.add_argument("--reward", default=None, help="a reward name from `textgym rewards` instead of the task's (--model tiny: partial_credit)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--prompts", type=int, default=None, help="prompts per update")
@@ -64,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import textgym
+    from agents import distributed
     from agents.policy import LMPolicy
     from agents.reinforce import REINFORCE
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    ctx = distributed.setup()  # under torchrun: join the job (each rank runs this same command)
+    print = builtins.print if ctx.is_main else (lambda *a, **k: None)  # noqa: A001
     defaults = MODEL_DEFAULTS["tiny" if args.model.startswith("tiny") else "default"]
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults.get(name)  # noqa: E731
     task = pick("task")
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         config = json.loads((resume / "config.json").read_text())
         task, task_kwargs, prompts, group = config["task"], config["task_kwargs"], config["prompts"], config["group_size"]
         max_new_tokens, chat = config["max_new_tokens"], config["chat_template"]
+        reward = config.get("reward") if args.reward is None else args.reward
         iterations = config["iterations"] - agent.iteration if args.iterations is None else args.iterations
         print(f"resuming {resume} at iteration {agent.iteration}")
     else:
@@ -106,10 +116,11 @@ def run(args: argparse.Namespace) -> int:
             max_grad_norm=args.max_grad_norm or None, micro_batch_size=args.micro_batch_size,
         )  # fmt: skip
         max_new_tokens = pick("max_new_tokens")
+        reward = pick("reward") if args.task is None else args.reward  # the tiny defaults' reward goes with their task
         chat = {"auto": None, "on": True, "off": False}[args.chat_template]
         iterations = pick("iterations")
     env_kwargs = dict(task=task, task_kwargs=task_kwargs, tokenizer=policy.tokenizer, max_new_tokens=max_new_tokens,
-                      chat_template=chat, reward=args.reward)  # fmt: skip
+                      chat_template=chat, reward=reward)  # fmt: skip
     envs = textgym.TextGenVectorEnv(num_envs=prompts * group, group_size=group, **env_kwargs)
     eval_env = textgym.TextGenVectorEnv(num_envs=min(32, max(args.eval_episodes, 1)), split="validation", **env_kwargs)
     if resume is None and (args.mask_actions == "on" or (args.mask_actions == "auto" and args.model.startswith("tiny"))):
@@ -117,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if agent.baseline in ("group", "leave_one_out") and group < 2:
         raise SystemExit(f"error: --baseline {agent.baseline} needs --group-size >= 2")
 
-    out.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    if ctx.enabled:
+        print(f"data-parallel on {ctx.world_size} ranks: {prompts * group} episodes per rank, {prompts * group * ctx.world_size} per update")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume is None and ctx.is_main:
         config = dict(model=args.model, task=task, task_kwargs=task_kwargs, prompts=prompts, group_size=group,
-                      max_new_tokens=max_new_tokens, chat_template=chat, iterations=iterations, **agent.hparams,
+                      max_new_tokens=max_new_tokens, chat_template=chat, reward=reward, iterations=iterations, **agent.hparams,
                       temperature=policy.temperature, top_k=policy.top_k, top_p=policy.top_p)  # fmt: skip
         (out / "config.json").write_text(json.dumps(config, indent=2))
     print(f"task {task} {task_kwargs or ''}: {prompts} prompts x {group} samples per update, {iterations} updates -> {out}")
@@ -132,7 +146,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted at iteration {agent.iteration}; checkpoint saved. Continue with: textgym train --resume {out}")
         return 130
+    if not ctx.is_main:
+        return 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    trains = [r for r in rows if "train_reward" in r]
+    if trains:
+        print(f"train reward: {trains[0]['train_reward']:.3f} (iteration {trains[0]['iteration']}) -> "
+              f"{trains[-1]['train_reward']:.3f} (iteration {trains[-1]['iteration']})")  # fmt: skip
     evals = [r for r in rows if "val_reward" in r]
     if evals:
         first, last = evals[0], evals[-1]
