@@ -1,6 +1,6 @@
 """Stable-Baselines3 PPO learns a TextGen task: copy a 3-letter string, character by character.
 
-    python examples/sb3_ppo.py                   # ~2-3 minutes on 2 CPU cores
+    python examples/sb3_ppo.py                   # about a minute on 2 CPU cores (60k steps)
     python examples/sb3_ppo.py --timesteps 60000 --out runs/sb3_ppo
 
 The agent is SB3's own `PPO("MultiInputPolicy", env)`, trained through `.learn()`. The env is the
@@ -13,8 +13,11 @@ that make SB3 learn on a char-level task (see agents/sb3.py):
 The task: "Copy: bca" -> "bca", reward 1 for an exact copy (3 new tokens at most). The 27 strings
 over "abc" are split by problem: 21 train, 3 validation, 3 test; the validation strings are never
 seen in training, so the held-out reward measures whether PPO learnt to *copy*, not to memorize.
-Prints the learning curve (timesteps vs. mean training-episode reward and held-out reward) and
-writes it as CSV and PNG.
+Prints the learning curve (timesteps vs. mean training-episode reward, greedy reward on the train
+problems and on the held-out ones) and writes it as CSV and PNG. Measured (seed 0): the training
+episodes pass 0.9 at ~40k steps and greedy decoding solves all 21 train problems; the held-out
+strings are copied only in part (2 of 3 at the end): PPO's MLP over one-hot positions partly
+memorizes the training strings instead of learning to copy.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def main() -> None:
     ax = fig.add_subplot()
     x = [r["timesteps"] for r in curve.rows]
     ax.plot(x, [r["train_reward"] for r in curve.rows], marker=".", label="training episodes (sampled)")
+    ax.plot(x, [r["train_greedy"] for r in curve.rows], marker=".", ls="--", label="train problems (greedy)")
     ax.plot(x, [r["validation_greedy"] for r in curve.rows], marker="o", label="held-out validation problems (greedy)")
     ax.set_xlabel("environment steps (tokens)")
     ax.set_ylabel("mean episode reward")
