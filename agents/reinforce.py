@@ -147,10 +147,22 @@ def evaluate(
     """Mean reward (with a 95% confidence interval), accuracy and length over `episodes` episodes.
 
     `env` is a TextGenVectorEnv (episodes run num_envs at a time) or a single TextGenEnv.
-    The same seed gives the same prompts, so evaluations along a run are comparable.
+    The same seed gives the same prompts and the same samples, so evaluations along a run are
+    comparable; the policy's own sampling stream is left where it was.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if seed is None:
+        return _evaluate(policy, env, episodes, greedy, None)
+    state = policy.generator.get_state()
+    policy.seed(seed)
+    try:
+        return _evaluate(policy, env, episodes, greedy, seed)
+    finally:
+        policy.generator.set_state(state)
+
+
+def _evaluate(policy: LMPolicy, env: Any, episodes: int, greedy: bool, seed: int | None) -> dict[str, float]:
     envs = env.unwrapped if hasattr(env, "unwrapped") else env
     rewards, accuracy, lengths = [], [], []
     if hasattr(envs, "num_envs"):
@@ -558,13 +570,8 @@ class REINFORCE:
         return action, None
 
     def _evaluate(self, env: Any, episodes: int) -> dict[str, float]:
-        # Evaluation must not shift the training run's randomness: keep the generator state.
-        state = self.policy.generator.get_state()
-        self.policy.seed(self.seed + 7919)
-        try:
-            return evaluate(self.policy, env, episodes=episodes, seed=self.seed + 104729)
-        finally:
-            self.policy.generator.set_state(state)
+        # The same prompts and samples at every evaluation; training's random stream is untouched.
+        return evaluate(self.policy, env, episodes=episodes, seed=self.seed + 104729)
 
     def _iteration_seed(self, stream: int) -> int:
         """A seed per (run seed, iteration, stream): resuming at iteration k replays iteration k."""

@@ -382,6 +382,9 @@ def test_evaluate_on_a_vector_env_and_a_single_env():
         assert result["reward_ci95"] >= 0.0 and 1 <= result["episode_length"] <= TASK["max_new_tokens"]
         greedy = agent.evaluate(env, episodes=episodes, greedy=True)
         assert agent.evaluate(env, episodes=episodes, greedy=True) == greedy  # same seed, same prompts
+        state = policy.generator.get_state()
+        assert agent.evaluate(env, episodes=episodes) == result  # same seed, same samples too
+        assert torch.equal(policy.generator.get_state(), state)  # the caller's stream is untouched
     with pytest.raises(ValueError, match="episodes"):
         agent.evaluate(single, episodes=0)
 
