@@ -70,22 +70,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class RandomPolicy:
-    """Uniform over the allowed tokens; the `act` interface of LMPolicy, so `evaluate` runs it."""
+    """Uniform over the allowed tokens, with LMPolicy's `act`/`seed`/`generator`, so `evaluate` runs it
+    and seeds its samples."""
 
     def __init__(self, allowed: np.ndarray, seed: int):
+        import torch
+
         self.tokens = np.flatnonzero(allowed)
-        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator()
+        self.seed(seed)
+
+    def seed(self, seed: int | None) -> None:
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
 
     def act(self, obs: dict, greedy: bool = False, active: np.ndarray | None = None):
-        n = np.asarray(obs["input_ids"]).reshape(-1, np.asarray(obs["input_ids"]).shape[-1]).shape[0]
-        actions = self.tokens[self.rng.integers(len(self.tokens), size=n)]
-        return actions, np.full(n, -math.log(len(self.tokens)), dtype=np.float32)
+        import torch
+
+        ids = np.asarray(obs["input_ids"])
+        n = 1 if ids.ndim == 1 else ids.shape[0]
+        choice = torch.randint(len(self.tokens), (n,), generator=self.generator).numpy()
+        return self.tokens[choice], np.full(n, -math.log(len(self.tokens)), dtype=np.float32)
 
 
-class SB3Policy:
-    """An SB3 model trained on `agents.sb3` one-hot/allowed-token envs, behind the LMPolicy `act`."""
+class SB3Policy(RandomPolicy):
+    """An SB3 model trained on `agents.sb3` one-hot/allowed-token envs, behind LMPolicy's `act`
+    (evaluated deterministically; the generator is only there for `evaluate`'s seeding)."""
 
     def __init__(self, model: Any, tokens: np.ndarray):
+        super().__init__(np.ones(len(tokens), dtype=bool), seed=0)
         self.model, self.tokens = model, tokens
 
     def act(self, obs: dict, greedy: bool = False, active: np.ndarray | None = None):
@@ -220,8 +235,8 @@ def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namesp
             policy.restrict_actions(envs.action_masks()[0])
         else:
             policy.restrict_actions(None)
-    if hasattr(policy, "seed"):
-        policy.seed(args.seed)
+    policy.seed(args.seed)
+    if hasattr(policy, "reset_cache"):
         policy.reset_cache()
     t0 = time.perf_counter()
     result = evaluate(policy, envs, episodes=args.episodes, greedy=spec.kind in ("lm-greedy", "sb3-ppo"), seed=args.seed)
