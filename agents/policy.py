@@ -346,6 +346,7 @@ class LMPolicy:
         with_entropy: bool = False,
         with_hidden: bool = False,
         model: torch.nn.Module | None = None,
+        start: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Per-token log-probs of whole right-padded sequences in one batched forward, with gradients.
 
@@ -353,22 +354,29 @@ class LMPolicy:
             input_ids: (B, T) prompt + completion ids, right-padded (any pad value; masked out).
             attention_mask: (B, T) 1 on real tokens.
             model: run this module instead of `self.model` (the same model wrapped, e.g. in DDP).
+            start: first column wanted. The LM head (a vocabulary-sized matmul, and the
+                log-softmax after it) then runs only on positions >= start: the prompt's
+                positions need hidden states but no logits.
 
         Returns:
-            {"log_probs": (B, T-1) log pi(x_{t+1} | x_{<=t}) under the sampling distribution,
-             "entropy": (B, T-1) when with_entropy, "hidden": (B, T, H) last hidden states when
-             with_hidden}, float32. Position t scores token t+1, so a
-            completion token at index j is at column j-1.
+            {"log_probs": (B, T-1-start) log pi(x_{t+1} | x_{<=t}) for t >= start under the
+             sampling distribution, "entropy": the same shape when with_entropy, "hidden":
+             (B, T, H) last hidden states when with_hidden}, float32. Column t scores token t+1,
+             so with start=0 a completion token at index j is at column j-1.
         """
+        width = input_ids.shape[1]
+        if not 0 <= start < width - 1:
+            raise ValueError(f"start must be in [0, {width - 1}), got {start}")
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         safe_ids = torch.where(attention_mask.bool(), input_ids, torch.zeros_like(input_ids))
         result = (model or self.model)(
-            input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=with_hidden
-        )
+            input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions,
+            output_hidden_states=with_hidden, logits_to_keep=width - start,
+        )  # fmt: skip
         dist_logits = self._sampling_logits(result.logits[:, :-1])
-        out = {"log_probs": token_log_probs(dist_logits, safe_ids[:, 1:])}
+        out = {"log_probs": token_log_probs(dist_logits, safe_ids[:, start + 1 :])}
         if with_hidden:
             out["hidden"] = result.hidden_states[-1]
         if with_entropy:

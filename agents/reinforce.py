@@ -389,24 +389,29 @@ class REINFORCE:
                 width = int(batch.attention_mask[sl].sum(dim=1).max())  # trim right padding
                 ids = batch.input_ids[sl, :width].to(device)
                 attn = batch.attention_mask[sl, :width].to(device)
-                mask = batch.completion_mask[sl, : width - 1].to(device)
+                # Columns before the first action of the micro-batch score prompt tokens: skip their
+                # logits (the LM head is the biggest matmul per token).
+                first = int(batch.completion_mask[sl].any(dim=0).float().argmax())
+                cols = slice(first, width - 1)
+                mask = batch.completion_mask[sl, cols].to(device)
                 last = start + mb >= n
                 sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
                 with sync:  # DDP: accumulate locally, all-reduce on the last micro-batch
                     out = policy.log_probs(
-                        ids, attn, with_entropy=True, with_hidden=self.value_head is not None, model=forward_model
-                    )
+                        ids, attn, with_entropy=True, with_hidden=self.value_head is not None, model=forward_model,
+                        start=first,
+                    )  # fmt: skip
                     log_probs = out["log_probs"]
-                    adv = advantages[sl, : width - 1].to(device)
+                    adv = advantages[sl, cols].to(device)
                     if self.value_head is not None:
-                        values = self.value_head(out["hidden"][:, :-1].detach().float()).squeeze(-1)
-                        ret = returns[sl, : width - 1].to(device)
+                        values = self.value_head(out["hidden"][:, cols].detach().float()).squeeze(-1)
+                        ret = returns[sl, cols].to(device)
                         value_loss = L.masked_mean((values - ret) ** 2, mask)  # regress V(s_t) to G_t
                         (value_loss * (mask.sum() / max(total_tokens, 1))).backward()  # summed over ranks below
                         stats.setdefault("value_loss", []).append(float(value_loss.detach()))
                         adv = torch.where(mask, ret - values.detach(), torch.zeros_like(ret))  # eq. 22, b = V(s_t)
                     if off_policy or hp["epochs"] > 1:
-                        old = batch.old_log_probs[sl, : width - 1].to(device)
+                        old = batch.old_log_probs[sl, cols].to(device)
                         per_token, meta = L.policy_gradient_loss(
                             log_probs, "clipped", advantages=adv, old_log_probs=old, cliprange=hp["cliprange"], mask=mask
                         )  # eq. 27: importance ratio π_θ / π_θold against the recorded behaviour
@@ -419,7 +424,7 @@ class REINFORCE:
                         per_token = per_token - hp["entropy_coef"] * out["entropy"]
                     if self.reference is not None:
                         with torch.no_grad():
-                            ref = _reference_log_probs(self.reference, policy, ids, attn)
+                            ref = _reference_log_probs(self.reference, policy, ids, attn, first)
                         # Only completion tokens are actions. Elsewhere a restricted policy (allowed tokens,
                         # top-k/p) gives prompt tokens log-prob -inf, and exp(-inf - -inf) is NaN, which
                         # the mask does not keep out of the gradient.
@@ -649,12 +654,8 @@ class REINFORCE:
         return agent
 
 
-def _reference_log_probs(reference: torch.nn.Module, policy: LMPolicy, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    model, policy.model = policy.model, reference
-    try:
-        return policy.log_probs(ids, attn)["log_probs"]
-    finally:
-        policy.model = model
+def _reference_log_probs(reference: torch.nn.Module, policy: LMPolicy, ids: torch.Tensor, attn: torch.Tensor, start: int) -> torch.Tensor:
+    return policy.log_probs(ids, attn, model=reference, start=start)["log_probs"]
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:

@@ -169,3 +169,14 @@ def test_default_model_takes_env_steps():
     envs = textgym.TextGenVectorEnv(num_envs=2, task="addition", tokenizer=p.tokenizer, max_new_tokens=8)
     for obs, actions, log_probs in run_loop(p, envs, steps=8):
         np.testing.assert_allclose(log_probs, recompute(p, obs, actions), atol=2e-4)
+
+
+def test_log_probs_from_a_start_column_equal_the_full_ones(policy):
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    full = policy.log_probs(ids, mask, with_entropy=True)
+    part = policy.log_probs(ids, mask, with_entropy=True, start=2)
+    torch.testing.assert_close(part["log_probs"], full["log_probs"][:, 2:])
+    torch.testing.assert_close(part["entropy"], full["entropy"][:, 2:])
+    with pytest.raises(ValueError, match="start"):
+        policy.log_probs(ids, mask, start=5)
