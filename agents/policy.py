@@ -27,7 +27,7 @@ from agents.losses import token_log_probs
 from agents.models import check_compatible, load_model, save_model
 from textgym.tokenizers import DEFAULT_MODEL, Tokenizer
 
-__all__ = ["LMPolicy", "filter_logits"]
+__all__ = ["LMPolicy", "filter_logits", "sample"]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -47,6 +47,18 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def sample(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of (N, V) log-probs, by inverse-CDF sampling.
+
+    One uniform per row against the cumulative distribution: the distribution torch.multinomial
+    draws from, at a fraction of its cost on a 49k vocabulary (it took 8 ms a step at batch 8 on 2
+    CPU cores). `right=True` can only land on a token with positive probability.
+    """
+    cdf = log_probs.exp().cumsum(dim=-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 class LMPolicy:
@@ -234,7 +246,7 @@ class LMPolicy:
         if greedy:
             actions = dist_logits.argmax(dim=-1)
         else:
-            actions = torch.multinomial(log_probs_all.exp(), 1, generator=self.generator).squeeze(-1)
+            actions = sample(log_probs_all, self.generator)
         chosen = log_probs_all.gather(-1, actions[:, None]).squeeze(-1)
         actions_np = actions.cpu().numpy().astype(np.int64)
         log_probs_np = chosen.float().cpu().numpy().astype(np.float32)

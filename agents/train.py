@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Defaults that differ between the real model and the tiny char-level model.
 MODEL_DEFAULTS = {
-    "default": dict(task="addition", max_new_tokens=24, temperature=0.7, lr=1e-5, iterations=50, prompts=2, group_size=8),
+    "default": dict(task="addition", max_new_tokens=24, temperature=0.7, lr=2e-5, iterations=50, prompts=2, group_size=8),
     # Sort 6-character strings over "ab" (64 problems; 6 held out for validation), with edit-distance
     # credit so a half-right answer is better than a wrong one. The randomly initialised tiny model
     # memorises, rather than learns, tasks with a dozen problems (copy of 2 chars over "abc": 7 to
@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-coef", type=float, default=0.0)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast of the update (auto: where the GPU/CPU has native bf16)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--save-every", type=int, default=10)
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             policy, baseline=args.baseline, lr=pick("lr"), seed=args.seed, gamma=args.gamma,
             normalize_std=args.normalize_std, loss_aggregation=args.loss_aggregation, epochs=args.epochs,
             cliprange=args.cliprange, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
-            max_grad_norm=args.max_grad_norm or None, micro_batch_size=args.micro_batch_size,
+            max_grad_norm=args.max_grad_norm or None, micro_batch_size=args.micro_batch_size, amp=args.amp,
         )  # fmt: skip
         max_new_tokens = pick("max_new_tokens")
         reward = pick("reward") if args.task is None else args.reward  # the tiny defaults' reward goes with their task

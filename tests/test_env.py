@@ -261,3 +261,15 @@ def test_checkers_pass_with_the_default_model_tokenizer():
     # The end token ends the episode.
     env.reset(seed=0)
     assert env.step(env.tokenizer.eos_token_id)[2] is True
+
+
+def test_same_seed_same_examples_in_another_process():
+    code = (
+        "import textgym, json; e = textgym.TextGenVectorEnv(num_envs=4, group_size=2, task='countdown');"
+        "print(json.dumps([e.reset(seed=s)[1]['index'].tolist() for s in (0, 1)] + "
+        "[e.examples[0].prompt]))"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout
+            for h in (1, 2)]  # fmt: skip
+    assert runs[0] == runs[1] and runs[0].strip()

@@ -180,3 +180,15 @@ def test_log_probs_from_a_start_column_equal_the_full_ones(policy):
     torch.testing.assert_close(part["entropy"], full["entropy"][:, 2:])
     with pytest.raises(ValueError, match="start"):
         policy.log_probs(ids, mask, start=5)
+
+
+def test_inverse_cdf_sampler_draws_the_distribution():
+    from agents.policy import sample
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    log_probs = probs.log().repeat(20000, 1)
+    draws = sample(log_probs, torch.Generator().manual_seed(0)).view(20000, 2)
+    freq = torch.bincount(draws[:, 0], minlength=5).float() / 20000
+    # Binomial standard error at p=0.5 and n=20000 is 0.0035: 5 SE is 0.018.
+    torch.testing.assert_close(freq, probs[0], atol=0.018, rtol=0)
+    assert freq[1] == 0 and freq[4] == 0 and (draws[:, 1] == 4).all()

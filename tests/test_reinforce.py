@@ -402,3 +402,20 @@ def test_train_command_runs_end_to_end(tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1, 2] and np.isfinite(rows[-1]["val_reward"])
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "tiny" and config["task"] == MODEL_DEFAULTS["tiny"]["task"]
+
+
+def test_bf16_autocast_update_follows_the_fp32_gradient():
+    policy = tiny_policy()
+    envs = vec_env(policy)
+    batch, _ = collect_rollouts(policy, envs, seed=5)
+    grads = {}
+    for amp in ("off", "bf16"):
+        agent = REINFORCE(policy, baseline="group", seed=0, amp=amp)
+        assert (agent.autocast_dtype is None) == (amp == "off")
+        assert agent.compute_gradients(batch, 4)
+        grads[amp] = torch.cat([p.grad.reshape(-1) for p in policy.model.parameters() if p.grad is not None])
+        assert all(p.dtype == torch.float32 for p in policy.model.parameters())
+    cosine = torch.nn.functional.cosine_similarity(grads["off"], grads["bf16"], dim=0)
+    assert grads["off"].norm() > 0 and cosine > 0.98, float(cosine)
+    with pytest.raises(ValueError, match="amp"):
+        REINFORCE(policy, amp="fp8")
