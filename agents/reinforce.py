@@ -619,6 +619,8 @@ class REINFORCE:
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
+        if self.reference is not None:  # the KL anchor is the initial policy, not the resumed one
+            state["reference"] = self.reference.state_dict()
         torch.save(state, tmp / "agent.pt")
         if path.exists():
             shutil.rmtree(path)
@@ -655,6 +657,8 @@ class REINFORCE:
         policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
         agent = cls(policy, **hparams)
         agent.optimizer.load_state_dict(state["optimizer"])
+        if agent.reference is not None and "reference" in state:
+            agent.reference.load_state_dict(state["reference"])
         agent.iteration = state["iteration"]
         agent.running_mean = state["running_mean"]
         policy.generator.set_state(state["generator"])

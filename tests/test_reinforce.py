@@ -419,3 +419,16 @@ def test_bf16_autocast_update_follows_the_fp32_gradient():
     assert grads["off"].norm() > 0 and cosine > 0.98, float(cosine)
     with pytest.raises(ValueError, match="amp"):
         REINFORCE(policy, amp="fp8")
+
+
+def test_kl_reference_survives_save_and_load(tmp_path):
+    policy = tiny_policy()
+    envs = vec_env(policy)
+    agent = REINFORCE(policy, baseline="group", seed=0, kl_coef=0.1, lr=1e-2)
+    agent.learn(envs, iterations=2, progress_bar=False)
+    agent.save(tmp_path / "ckpt")
+    again = REINFORCE.load(tmp_path / "ckpt")
+    initial = tiny_policy().model.state_dict()
+    for name, tensor in again.reference.state_dict().items():
+        assert torch.equal(tensor, initial[name]), f"the reference must stay the initial policy ({name})"
+    assert any(not torch.equal(t, initial[n]) for n, t in again.policy.model.state_dict().items())
