@@ -29,7 +29,7 @@ def reinforce_updates(args) -> list[tuple[float, int]]:
     policy = LMPolicy.from_pretrained(args.model, temperature=args.temperature, seed=args.seed, dtype="float32")
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
                                     task=args.task, tokenizer=policy.tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
-    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed)
+    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed, amp=args.amp)
     marks: list[tuple[float, int]] = []
 
     def callback(metrics: dict) -> None:
@@ -126,6 +126,8 @@ def main() -> int:
     p.add_argument("--updates", type=int, default=4, help="timed updates per trainer")
     p.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
+                   help="REINFORCE's update precision (off: float32 like TRL here; auto: what textgym train uses)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     try:
