@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -128,7 +129,6 @@ class EpisodeRules:
         elif max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
         rules.obs_len = int(max_prompt_tokens) + rules.max_new_tokens
-        rules._stop_last_chars = {s[-1] for s in stops if s[-1].isascii()}
         rules._stop_window = max((len(s) for s in stops), default=0) + 4
         return rules
 
@@ -174,14 +174,26 @@ class EpisodeRules:
         Only the newest few tokens are decoded, and only when the newest token could complete a
         stop string, so the check costs nothing on most steps.
         """
-        if not self.stop_strings:
+        if not self.stop_candidates[last]:
             return False
-        if self._stop_last_chars and len(self._stop_last_chars) == len(self.stop_strings):
-            piece = self.tokenizer.token_strings[last]
-            if not any(ch in piece for ch in self._stop_last_chars):
-                return False
         tail = self.tokenizer.decode(completion[-self._stop_window :])
         return any(s in tail for s in self.stop_strings)
+
+    @cached_property
+    def stop_candidates(self) -> np.ndarray:
+        """Bool per token id: can this token be the one that completes a stop string?
+
+        Only a token whose text holds the string's last character can; the test is exact when
+        those characters are ASCII (byte-level tokens may split other characters, so then every
+        token is a candidate).
+        """
+        vocab = self.tokenizer.vocab_size
+        if not self.stop_strings:
+            return np.zeros(vocab, dtype=bool)
+        last_chars = {s[-1] for s in self.stop_strings}
+        if not all(ch.isascii() for ch in last_chars):
+            return np.ones(vocab, dtype=bool)
+        return np.array([any(ch in piece for ch in last_chars) for piece in self.tokenizer.token_strings], dtype=bool)
 
     def completion_text(self, completion: Sequence[int]) -> str:
         ids = list(completion)

@@ -90,7 +90,7 @@ class TextGenVectorEnv(VectorEnv):
         self._num_examples = self.task.num_examples(self.split)
         self._eos = -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
         # Tokens after which a stop string can be complete: a table lookup replaces most decodes.
-        self._stop_candidate = self._stop_candidates()
+        self._stop_candidate = self.rules.stop_candidates
         self._prompt_cache: dict[int, list[int]] = {}
 
     # -- Gymnasium API ---------------------------------------------------------------------------
@@ -236,19 +236,6 @@ class TextGenVectorEnv(VectorEnv):
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"action {int(arr[i])} of slot {i} is outside the action space [0, {self.vocab_size})")
         return arr.astype(np.int64, copy=False)
-
-    def _stop_candidates(self) -> np.ndarray:
-        candidate = np.zeros(self.vocab_size + 1, dtype=bool)[: self.vocab_size]
-        stops = self.rules.stop_strings
-        if not stops:
-            return candidate
-        last_chars = {s[-1] for s in stops}
-        if not all(ch.isascii() for ch in last_chars):
-            candidate[:] = True
-            return candidate
-        for token, piece in enumerate(self.tokenizer.token_strings):
-            candidate[token] = any(ch in piece for ch in last_chars)
-        return candidate
 
     def _obs(self) -> dict[str, np.ndarray]:
         positions = np.arange(self.obs_len)
