@@ -108,6 +108,7 @@ def r1_zero_reward(check: Callable[[str, "Example"], float] | None = None) -> Ca
     check = check or _default_answer_check
 
     def r1_zero(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+        """R1-zero: the answer in <answer> tags scores, paid only with the right format (components format, answer)."""
         fmt = is_r1_format(completion)
         answer = answer_tag(completion)
         correct = float(check(answer, example)) if answer is not None else 0.0
