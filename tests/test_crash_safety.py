@@ -2,14 +2,12 @@
 no lost or duplicated metrics; Ctrl-C saves and exits cleanly; resumed runs replay exactly."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 
 ARGS = [
     "--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "abc"}',

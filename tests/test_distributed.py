@@ -1,7 +1,6 @@
 """Data-parallel REINFORCE with torchrun (2 CPU processes, gloo): the ranks' weights stay
 bit-identical and equal a single process's on the same global batch."""
 
-import dataclasses
 import json
 import subprocess
 import sys

@@ -218,20 +218,18 @@ class EpisodeRules:
 
     def action_mask(self) -> np.ndarray:
         """Tokens allowed by the task (all when it sets no `allowed_chars`); the end token always."""
-        cached = getattr(self, "_mask", None)
-        if cached is None:
-            allowed = self.task.allowed_chars
-            if allowed is None:
-                cached = np.ones(self.tokenizer.vocab_size, dtype=np.int8)
-            else:
-                chars = set(allowed)
-                cached = np.array(
-                    [bool(s) and set(s) <= chars for s in self.tokenizer.token_strings], dtype=np.int8
-                )
-                if self.tokenizer.eos_token_id is not None:
-                    cached[self.tokenizer.eos_token_id] = 1
-            self._mask = cached
-        return cached.copy()
+        return self._allowed_tokens.copy()
+
+    @cached_property
+    def _allowed_tokens(self) -> np.ndarray:
+        allowed = self.task.allowed_chars
+        if allowed is None:
+            return np.ones(self.tokenizer.vocab_size, dtype=np.int8)
+        chars = set(allowed)
+        mask = np.array([bool(s) and set(s) <= chars for s in self.tokenizer.token_strings], dtype=np.int8)
+        if self.tokenizer.eos_token_id is not None:
+            mask[self.tokenizer.eos_token_id] = 1
+        return mask
 
 
 class TextGenEnv(gym.Env):
