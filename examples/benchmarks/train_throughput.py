@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
+from trl_grpo import TRL_MISSING, grpo_trainer, trl_available
 
 
 def reinforce_updates(args) -> list[tuple[float, int]]:
@@ -41,44 +41,16 @@ def reinforce_updates(args) -> list[tuple[float, int]]:
     return [(times[i + 1] - times[i], marks[i][1]) for i in range(args.warmup, len(marks))]
 
 
-def hf_tokenizer_for(tokenizer):
-    """TRL needs an HF tokenizer: the textgym one's, or an HF fast tokenizer with the char vocab."""
-    if hasattr(tokenizer, "hf"):
-        return tokenizer.hf
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as RawTokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<eos>": tokenizer.eos_token_id, **{ch: i for i, ch in enumerate(tokenizer.token_strings) if ch}}
-    raw = RawTokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
-    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    raw.decoder = decoders.Fuse()
-    hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>")
-    assert hf.encode("Copy: ab\n", add_special_tokens=False) == tokenizer.encode("Copy: ab\n")
-    return hf
-
-
 def trl_updates(args) -> list[tuple[float, int]]:
     """(seconds, completion tokens) of each GRPOTrainer step after the warm-up."""
-    from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from agents.models import load_model
     from textgym.env import EpisodeRules
-    from textgym.rewards import score
 
     model, tokenizer = load_model(args.model, device="auto", dtype="float32")
     rules = EpisodeRules.build(task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
     steps = args.warmup + args.updates
-    size = rules.task.num_examples("train") or 10_000
-    examples = [rules.task.example("train", (args.seed * 7919 + i) % size) for i in range(steps * args.prompts)]
-    # The prompts exactly as the env builds them (chat template applied where the env applies it).
-    data = Dataset.from_dict({"prompt": [rules.prompt_text(e) for e in examples], "row": list(range(len(examples)))})
-
-    def textgym_reward(prompts, completions, row, **_):
-        return [score(rules.reward_fn, c, examples[r]).reward for c, r in zip(completions, row)]
-
     marks: list[tuple[float, int]] = []
 
     class Clock(TrainerCallback):
@@ -90,15 +62,9 @@ def trl_updates(args) -> list[tuple[float, int]]:
             if length is not None and marks:
                 marks[-1] = (marks[-1][0], int(round(length * args.prompts * args.group_size)))
 
-    config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.prompts * args.group_size,
-        num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=args.temperature,
-        learning_rate=args.lr, max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
-        beta=0.0, seed=args.seed, bf16=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-        shuffle_dataset=False,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=textgym_reward, args=config, train_dataset=data,
-                          processing_class=hf_tokenizer_for(tokenizer), callbacks=[Clock()])  # fmt: skip
+    trainer = grpo_trainer(model, tokenizer, rules, prompts=args.prompts, group_size=args.group_size,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
+                           steps=steps, seed=args.seed, callbacks=[Clock()])  # fmt: skip
     trainer.train()
     end = time.perf_counter()
     times = [t for t, _ in marks] + [end]
@@ -130,12 +96,10 @@ def main() -> int:
                    help="REINFORCE's update precision (off: float32 like TRL here; auto: what textgym train uses)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        print("TRL is not installed; this benchmark compares against TRL's GRPOTrainer. Install it with:\n"
-              "    pip install trl\n(or `pip install -e .[bench]`), then run this script again.")  # fmt: skip
+    if not trl_available():
+        print(TRL_MISSING)
         return 0
+    import trl
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples, "

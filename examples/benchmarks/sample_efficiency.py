@@ -1,0 +1,255 @@
+"""Sample efficiency: validation reward vs. training samples, textgym's REINFORCE vs TRL's GRPOTrainer.
+
+Both start from the same model and train on the same task with the same budget of samples: P prompts
+x G completions per update, at most N new tokens at temperature T, the same learning rate, no KL
+term, one gradient step per batch. Every `--eval-every` updates both are scored by the *same*
+evaluator: textgym's `evaluate` on the validation split (problems never trained on), sampling at T
+with a fixed seed, so every point of both curves sees the same prompts and the same random numbers.
+Train rewards (the batch's mean) are logged for both too.
+
+What each agent is, at its defaults:
+  reinforce      `textgym train`'s recipe: group-mean baseline, token-mean loss, constant lr.
+  reinforce-std  the same, with the group advantage divided by the group's std (`normalize_std`).
+  trl            TRL's GRPOTrainer defaults: std-scaled group advantages, DAPO token aggregation,
+                 linearly decaying lr, clipped ratio (= 1 with one step per batch).
+
+    python examples/benchmarks/sample_efficiency.py                       # ~25 min on 2 CPU cores
+    python examples/benchmarks/sample_efficiency.py --agents reinforce reinforce-std trl
+    python examples/benchmarks/sample_efficiency.py --model tiny --task copy --max-new-tokens 4 --updates 2 --eval-every 1
+
+Writes curves.csv, curves.json and curves.png to --out. TRL is an optional, bench-only dependency
+(`pip install trl`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from trl_grpo import TRL_MISSING, grpo_trainer, trl_available
+
+AGENTS = ("reinforce", "reinforce-std", "trl")
+EVAL_SEED = 104729
+
+
+class Evaluator:
+    """The one evaluator both trainers are scored by: validation split, sampled at T, fixed seed."""
+
+    def __init__(self, args, tokenizer):
+        import textgym
+
+        self.args, self.tokenizer = args, tokenizer
+        self.env = textgym.TextGenVectorEnv(num_envs=min(32, args.eval_episodes), split="validation", task=args.task,
+                                            tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        from agents import LMPolicy
+        from agents.reinforce import evaluate
+
+        was_training = model.training
+        model.eval()
+        try:
+            policy = LMPolicy(model, self.tokenizer, temperature=self.args.temperature)
+            return evaluate(policy, self.env, episodes=self.args.eval_episodes, seed=EVAL_SEED)
+        finally:
+            model.train(was_training)
+
+
+class Curve:
+    """Rows of (agent, update, samples, train reward, validation reward ...); prints each eval row."""
+
+    def __init__(self, agent: str, samples_per_update: int):
+        self.agent, self.samples_per_update = agent, samples_per_update
+        self.rows: list[dict] = []
+        self.train_seconds = 0.0
+
+    def add(self, update: int, train_reward: float | None, val: dict[str, float] | None) -> None:
+        row = {"agent": self.agent, "update": update, "samples": update * self.samples_per_update,
+               "train_reward": train_reward}  # fmt: skip
+        if val is not None:
+            row.update(val_reward=val["reward"], val_ci95=val["reward_ci95"], val_accuracy=val["accuracy"],
+                       val_length=val["episode_length"])  # fmt: skip
+            train = "  -  " if train_reward is None else f"{train_reward:.3f}"
+            print(f"{self.agent:>13} update {update:3d} ({row['samples']:4d} samples): train {train}  "
+                  f"validation {val['reward']:.3f} ± {val['reward_ci95']:.3f}", flush=True)  # fmt: skip
+        self.rows.append(row)
+
+
+def load(args):
+    from agents.models import load_model
+
+    torch.manual_seed(args.seed)
+    return load_model(args.model, device="auto", dtype="float32")
+
+
+def run_reinforce(args, normalize_std: bool) -> Curve:
+    import textgym
+    from agents import REINFORCE, LMPolicy
+
+    model, tokenizer = load(args)
+    curve = Curve("reinforce-std" if normalize_std else "reinforce", args.prompts * args.group_size)
+    evaluator = Evaluator(args, tokenizer)
+    policy = LMPolicy(model, tokenizer, temperature=args.temperature, seed=args.seed)
+    envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
+                                    task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed, normalize_std=normalize_std, amp=args.amp)
+    curve.add(0, None, evaluator(model))
+    clock = time.perf_counter()
+
+    def callback(metrics: dict) -> None:
+        nonlocal clock
+        curve.train_seconds += time.perf_counter() - clock
+        it = metrics["iteration"]
+        val = evaluator(model) if it % args.eval_every == 0 or it == args.updates else None
+        curve.add(it, metrics["train_reward"], val)
+        clock = time.perf_counter()
+
+    agent.learn(envs, iterations=args.updates, progress_bar=False, callback=callback)
+    return curve
+
+
+def run_trl(args) -> Curve:
+    from transformers import TrainerCallback
+
+    from textgym.env import EpisodeRules
+
+    model, tokenizer = load(args)
+    curve = Curve("trl", args.prompts * args.group_size)
+    evaluator = Evaluator(args, tokenizer)
+    rules = EpisodeRules.build(task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
+    curve.add(0, None, evaluator(model))
+    train_rewards: dict[int, float] = {}
+
+    class Track(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.clock = time.perf_counter()
+
+        def on_step_end(self, a, state, control, model=None, **kw):
+            curve.train_seconds += time.perf_counter() - self.clock
+            self.pending = state.global_step
+
+        def on_log(self, a, state, control, logs=None, model=None, **kw):
+            # TRL logs the step's mean reward after on_step_end; evaluate once it is known.
+            if logs and "reward" in logs and getattr(self, "pending", None) == state.global_step:
+                step, self.pending = state.global_step, None
+                val = evaluator(model) if step % args.eval_every == 0 or step == args.updates else None
+                curve.add(step, float(logs["reward"]), val)
+
+    trainer = grpo_trainer(model, tokenizer, rules, prompts=args.prompts, group_size=args.group_size,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
+                           steps=args.updates, seed=args.seed, callbacks=[Track()], random_prompts=True)  # fmt: skip
+    trainer.train()
+    if len(curve.rows) != args.updates + 1:
+        raise RuntimeError(f"TRL logged {len(curve.rows) - 1} of {args.updates} steps; its logging keys may have changed")
+    return curve
+
+
+def first_reaching(curve: Curve, level: float) -> int | None:
+    return next((r["samples"] for r in curve.rows if r.get("val_reward", -1) >= level), None)
+
+
+def report(curves: list[Curve], args, out: Path) -> None:
+    evals = {c.agent: {r["update"]: r for r in c.rows if "val_reward" in r} for c in curves}
+    updates = sorted(set().union(*evals.values()))
+    names = [c.agent for c in curves]
+    print("\nvalidation reward (sampled at T, same prompts and seed for every agent)")
+    print(f"{'update':>6} {'samples':>7} " + " ".join(f"{n:>13}" for n in names))
+    for u in updates:
+        cells = [f"{evals[n][u]['val_reward']:13.3f}" if u in evals[n] else f"{'':>13}" for n in names]
+        print(f"{u:>6} {u * args.prompts * args.group_size:>7} " + " ".join(cells))
+    print()
+    for c in curves:
+        vals = [r["val_reward"] for r in c.rows if "val_reward" in r]
+        trains = [r["train_reward"] for r in c.rows if r["train_reward"] is not None]
+        reach = first_reaching(c, args.target)
+        last5 = sum(trains[-5:]) / max(len(trains[-5:]), 1)
+        print(f"{c.agent:>13}: validation {vals[0]:.3f} -> {vals[-1]:.3f}, mean over the curve {sum(vals) / len(vals):.3f}, "
+              f"first >= {args.target}: {'never' if reach is None else f'{reach} samples'}; "
+              f"train reward (last 5 updates) {last5:.3f}; {c.train_seconds / args.updates:.1f} s/update")  # fmt: skip
+    if curves[-1].agent == "trl" and all(first_reaching(c, args.target) for c in curves):
+        theirs = first_reaching(curves[-1], args.target)
+        for c in curves[:-1]:
+            print(f"samples to validation >= {args.target}, TRL GRPO / {c.agent}: "
+                  f"{theirs / first_reaching(c, args.target):.2f}x (above 1: {c.agent} needs fewer)")  # fmt: skip
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for c in curves for r in c.rows]
+    fields = ["agent", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
+    with open(out / "curves.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "curves.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    for i, c in enumerate(curves):
+        color = f"C{i}"
+        ev = [r for r in c.rows if "val_reward" in r]
+        ax.errorbar([r["samples"] for r in ev], [r["val_reward"] for r in ev], yerr=[r["val_ci95"] for r in ev],
+                    marker="o", capsize=2, color=color, label=f"{c.agent} validation")  # fmt: skip
+        tr = [r for r in c.rows if r["train_reward"] is not None]
+        ax.plot([r["samples"] for r in tr], [r["train_reward"] for r in tr], ls=":", alpha=0.6, color=color,
+                label=f"{c.agent} train batch")  # fmt: skip
+    ax.set_xlabel("training samples (completions)")
+    ax.set_ylabel("mean reward")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"{args.task}, {args.model}: {args.prompts}x{args.group_size} per update, T={args.temperature}, lr={args.lr}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png")
+    print(f"wrote {out / 'curves.csv'}, {out / 'curves.json'} and {out / 'curves.png'}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--agents", nargs="+", choices=AGENTS, default=["reinforce", "trl"])
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--lr", type=float, default=2e-5, help="both trainers (textgym train's default)")
+    p.add_argument("--updates", type=int, default=40)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-episodes", type=int, default=64)
+    p.add_argument("--target", type=float, default=0.9, help="report the samples each agent needs to reach it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
+                   help="REINFORCE's update precision (off: float32 like TRL here; auto: what textgym train uses)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/sample_efficiency")
+    args = p.parse_args()
+    for name in ("prompts", "updates", "eval_every", "eval_episodes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.group_size < 2:
+        p.error("--group-size must be >= 2: both trainers compare completions of the same prompt")
+    if "trl" in args.agents and not trl_available():
+        print(TRL_MISSING)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples per update, "
+          f"{args.updates} updates, <= {args.max_new_tokens} new tokens, T={args.temperature}, lr={args.lr}, "
+          f"validation every {args.eval_every} updates on {args.eval_episodes} episodes, {torch.get_num_threads()} threads")  # fmt: skip
+    runners = {"reinforce": lambda: run_reinforce(args, False), "reinforce-std": lambda: run_reinforce(args, True),
+               "trl": lambda: run_trl(args)}  # fmt: skip
+    curves = [runners[name]() for name in AGENTS if name in args.agents]  # TRL last: the reference
+    report(curves, args, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
