@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from textgym.tokenizers import (
     DEFAULT_MODEL,
@@ -199,13 +201,26 @@ def check_compatible(model: PreTrainedModel, tokenizer: Tokenizer) -> None:
         )
 
 
-def _from_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+@contextlib.contextmanager
+def _no_loading_bar():
+    """transformers draws a "Loading weights" bar even for a sub-second load; callers print their own line."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
-    except (ValueError, ImportError) as error:
-        if "sdpa" not in str(error).lower():
-            raise
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)  # architecture without SDPA
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    with _no_loading_bar():
+        try:
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+        except (ValueError, ImportError) as error:
+            if "sdpa" not in str(error).lower():
+                raise
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)  # architecture without SDPA
 
 
 def _load_tokenizer_beside(directory: Path) -> Tokenizer:

@@ -72,6 +72,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="copy")
     p.add_argument("--task-kwargs", default='{"length": 3, "alphabet": "abc"}')
+    p.add_argument("--reward", default=None, help="a registered reward (default: the task's own)")
     p.add_argument("--max-new-tokens", type=int, default=3)
     p.add_argument("--timesteps", type=int, default=60_000)
     p.add_argument("--num-envs", type=int, default=8)
@@ -82,7 +83,7 @@ def main() -> None:
 
     torch.set_num_threads(1)  # SB3's small networks: 1 thread is ~10x faster than 2 on a 2-core CPU
     env_kwargs = dict(task=args.task, task_kwargs=json.loads(args.task_kwargs), tokenizer="char",
-                      max_new_tokens=args.max_new_tokens)  # fmt: skip
+                      max_new_tokens=args.max_new_tokens, reward=args.reward)  # fmt: skip
     env = make_vec_env(args.num_envs, one_hot=True, allowed_actions=True, **env_kwargs)
     env.seed(args.seed)
     # Greedy reward on every problem of the train and of the held-out validation split.
