@@ -11,6 +11,7 @@ Agents:
   reinforce:<dir>     a saved REINFORCE agent's policy (a run directory or its checkpoint/), sampled
   sb3-ppo             Stable-Baselines3 PPO trained here for --sb3-timesteps on the train split, deterministic
                       (one-hot observations, allowed tokens as actions, char tokenizer); toy tasks only
+  sb3-a2c             the same with Stable-Baselines3 A2C
 
 Every agent is evaluated by `agents.reinforce.evaluate` on the same prompts (the split's episodes
 drawn from --seed), so rows are comparable and the same seed gives the same table (tokens/s aside).
@@ -33,6 +34,7 @@ import numpy as np
 
 COLUMNS = ("agent", "task", "reward", "reward_ci95", "accuracy", "completion_length", "tokens_per_s", "episodes")
 
+SB3_AGENTS = ("sb3-ppo", "sb3-a2c")
 # Above these sizes one-hot PPO is not a sensible baseline (and would not learn in a bench run).
 SB3_MAX_ACTIONS = 16
 SB3_MAX_OBS_LEN = 48
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--agents", default="random,lm:tiny,lm-greedy:tiny",
-                   help="comma-separated: random, lm:<model>, lm-greedy:<model>, reinforce:<dir>, sb3-ppo")  # fmt: skip
+                   help="comma-separated: random, lm:<model>, lm-greedy:<model>, reinforce:<dir>, sb3-ppo, sb3-a2c")  # fmt: skip
     p.add_argument("--tasks", default="bandit,copy", help="comma-separated task names (see `textgym tasks`)")
     p.add_argument("--task-kwargs", default=None,
                    help='JSON task arguments for every task, e.g. \'{"length": 2}\', or per task: \'{"copy": {"length": 2}}\'')  # fmt: skip
@@ -59,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of lm:/reinforce: agents")
     p.add_argument("--mask-actions", choices=["auto", "on", "off"], default="auto",
                    help="restrict lm: agents to the task's allowed tokens (auto: on for char-tokenizer models)")  # fmt: skip
-    p.add_argument("--sb3-timesteps", type=int, default=20_000, help="PPO training steps of the sb3-ppo agent per task")
+    p.add_argument("--sb3-timesteps", type=int, default=20_000, help="training steps of the sb3-ppo / sb3-a2c agents per task")
     p.add_argument("--num-envs", type=int, default=16, help="episodes evaluated in parallel")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output directory (default: runs/bench-<time>)")
@@ -112,7 +114,7 @@ class SB3Policy(RandomPolicy):
 @dataclass
 class AgentSpec:
     name: str
-    kind: str  # random | lm | lm-greedy | reinforce | sb3-ppo
+    kind: str  # random | lm | lm-greedy | reinforce | sb3-ppo | sb3-a2c
     target: str | None = None
 
 
@@ -120,13 +122,13 @@ def parse_agents(text: str) -> list[AgentSpec]:
     specs = []
     for name in [a.strip() for a in text.split(",") if a.strip()]:
         kind, _, target = name.partition(":")
-        if kind in ("random", "sb3-ppo") and not target:
+        if kind in ("random", *SB3_AGENTS) and not target:
             specs.append(AgentSpec(name, kind))
         elif kind in ("lm", "lm-greedy", "reinforce") and target:
             specs.append(AgentSpec(name, kind, target))
         else:
             raise SystemExit(
-                f"error: unknown agent {name!r}; use random, lm:<model>, lm-greedy:<model>, reinforce:<dir> or sb3-ppo"
+                f"error: unknown agent {name!r}; use random, lm:<model>, lm-greedy:<model>, reinforce:<dir>, sb3-ppo or sb3-a2c"
             )
     if not specs:
         raise SystemExit("error: --agents is empty")
@@ -184,9 +186,9 @@ def _env_kwargs(task: str, task_kwargs: dict, tokenizer: Any, args: argparse.Nam
     return dict(task=task, task_kwargs=task_kwargs, tokenizer=tokenizer, max_new_tokens=int(budget))
 
 
-def _train_sb3(env_kwargs: dict, args: argparse.Namespace) -> SB3Policy:
+def _train_sb3(kind: str, env_kwargs: dict, args: argparse.Namespace) -> SB3Policy:
     import torch
-    from stable_baselines3 import PPO
+    from stable_baselines3 import A2C, PPO
 
     from agents.sb3 import make_vec_env
 
@@ -195,15 +197,18 @@ def _train_sb3(env_kwargs: dict, args: argparse.Namespace) -> SB3Policy:
     tokens = venv.tokens
     if len(tokens) > SB3_MAX_ACTIONS or venv.venv.obs_len > SB3_MAX_OBS_LEN:
         raise Skip(
-            f"sb3-ppo applies to toy configurations (<= {SB3_MAX_ACTIONS} allowed tokens, observations of "
+            f"{kind} applies to toy configurations (<= {SB3_MAX_ACTIONS} allowed tokens, observations of "
             f"<= {SB3_MAX_OBS_LEN} chars); this one has {len(tokens)} allowed tokens and {venv.venv.obs_len} chars"
         )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # SB3's small MLPs: 1 thread is ~10x faster than 2 here
     try:
         train.seed(args.seed)
-        model = PPO("MultiInputPolicy", train, n_steps=64, batch_size=128, ent_coef=0.01, seed=args.seed,
-                    device="cpu", verbose=0)  # fmt: skip
+        if kind == "sb3-ppo":
+            model = PPO("MultiInputPolicy", train, n_steps=64, batch_size=128, ent_coef=0.01, seed=args.seed,
+                        device="cpu", verbose=0)  # fmt: skip
+        else:
+            model = A2C("MultiInputPolicy", train, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
         model.learn(total_timesteps=args.sb3_timesteps)
     finally:
         torch.set_num_threads(threads)
@@ -220,12 +225,12 @@ def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namesp
         kwargs = _env_kwargs(task, task_kwargs, policy.tokenizer, args)
     else:
         kwargs = _env_kwargs(task, task_kwargs, "char", args)
-    if spec.kind == "sb3-ppo":
+    if spec.kind in SB3_AGENTS:
         from textgym.tasks import make_task
 
         if make_task(task, **task_kwargs).allowed_chars is None:
-            raise Skip("sb3-ppo needs a task with a small set of allowed characters")
-        policy = _train_sb3(kwargs, args)
+            raise Skip(f"{spec.kind} needs a task with a small set of allowed characters")
+        policy = _train_sb3(spec.kind, kwargs, args)
     envs = TextGenVectorEnv(num_envs=max(1, min(args.num_envs, args.episodes)), split=args.split, **kwargs)
     if spec.kind == "random":
         policy = RandomPolicy(envs.action_masks()[0], seed=args.seed)
@@ -239,7 +244,7 @@ def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namesp
     if hasattr(policy, "reset_cache"):
         policy.reset_cache()
     t0 = time.perf_counter()
-    result = evaluate(policy, envs, episodes=args.episodes, greedy=spec.kind in ("lm-greedy", "sb3-ppo"), seed=args.seed)
+    result = evaluate(policy, envs, episodes=args.episodes, greedy=spec.kind in ("lm-greedy", *SB3_AGENTS), seed=args.seed)
     elapsed = time.perf_counter() - t0
     tokens = result["episode_length"] * result["episodes"]
     return {

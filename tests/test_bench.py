@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from agents import bench
 
 
@@ -30,12 +32,24 @@ def test_same_seed_same_table(tmp_path):
     assert len(result["results"]) == 3 and result["config"]["seed"] == 1
 
 
-def test_sb3_ppo_skips_tasks_it_does_not_apply_to(tmp_path, capsys):
-    args = ["--agents", "sb3-ppo", "--tasks", "copy", "--episodes", "2", "--out", str(tmp_path), "--no-progress"]
+@pytest.mark.parametrize("agent", ["sb3-ppo", "sb3-a2c"])
+def test_sb3_agents_skip_tasks_they_do_not_apply_to(tmp_path, capsys, agent):
+    args = ["--agents", agent, "--tasks", "copy", "--episodes", "2", "--out", str(tmp_path), "--no-progress"]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
-    assert "skipped sb3-ppo on copy" in out and "toy configurations" in out
+    assert f"skipped {agent} on copy" in out and "toy configurations" in out
     assert json.loads((tmp_path / "bench.json").read_text())["skipped"][0]["task"] == "copy"
+
+
+def test_sb3_ppo_learns_to_sort_held_out_strings(tmp_path):
+    """PPO trained by the bench on the train split sorts the test split's strings, which it never saw."""
+    args = ["--agents", "random,sb3-ppo", "--tasks", "sort", "--task-kwargs", '{"length": 3, "alphabet": "abc"}',
+            "--max-new-tokens", "3", "--sb3-timesteps", "10000", "--split", "test", "--episodes", "16",
+            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert bench.main(args) == 0
+    rows = {r["agent"]: r for r in _rows(tmp_path / "bench.csv")}
+    assert float(rows["sb3-ppo"]["accuracy"]) >= 0.9
+    assert float(rows["random"]["accuracy"]) < 0.3
 
 
 def test_cli_subprocess(tmp_path):
