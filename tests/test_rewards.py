@@ -1,6 +1,8 @@
 """Reward functions, extraction, the registry, `score`'s failure handling, adapters."""
 
 import math
+import os
+import threading
 import time
 
 import numpy as np
@@ -222,6 +224,26 @@ def test_score_timeout_gives_up_waiting():
     assert time.perf_counter() - start < 1.0
     assert result.reward == 0.0 and "timed out after 0.1 s" in result.error
     assert score(boom, "7", EX7, timeout=1).error.startswith("reward 'boom' raised")
+    assert score(lambda c, e: 1.0, "7", EX7, timeout=1).reward == 1.0  # a fresh worker after the hang
+
+
+def test_score_with_timeout_reuses_one_worker_thread():
+    score(lambda c, e: 1.0, "7", EX7, timeout=5)
+    threads = threading.active_count()
+    results = [score(lambda c, e: float(c == "7"), c, EX7, timeout=5).reward for c in ["7", "8"] * 50]
+    assert results == [1.0, 0.0] * 50
+    assert threading.active_count() == threads
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_score_with_timeout_works_in_a_forked_child():
+    score(lambda c, e: 1.0, "7", EX7, timeout=5)  # the parent has a worker thread; the child does not
+    pid = os.fork()
+    if pid == 0:
+        ok = score(lambda c, e: 1.0, "7", EX7, timeout=5).reward == 1.0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
 
 
 # -- adapters ---------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
@@ -134,27 +136,65 @@ def _call(fn: RewardFn, completion: str, example: "Example") -> RewardResult:
     return RewardResult(reward, components, None)
 
 
+class _VerifierThread:
+    """One daemon thread that runs the reward calls of `score(..., timeout=...)`, one at a time.
+
+    Starting a thread per call cost more than the verifiers themselves (most of a vector env step
+    at 64 slots). A call that times out leaves its thread behind (Python cannot kill a thread): the
+    thread is told to exit once that call returns, and the next call gets a fresh thread.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked child inherits this object but not the thread
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True, name="textgym-reward").start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fn, completion, example, box, done = job
+            box.append(_call(fn, completion, example))
+            done.set()
+
+    def call(self, fn: RewardFn, completion: str, example: "Example", timeout: float) -> RewardResult | None:
+        """The result, or None (and this thread abandoned) when `timeout` seconds pass first."""
+        box: list[RewardResult] = []
+        done = threading.Event()
+        self.jobs.put((fn, completion, example, box, done))
+        if done.wait(timeout):
+            return box[0]
+        self.jobs.put(None)
+        return None
+
+
+_worker: _VerifierThread | None = None
+_worker_lock = threading.Lock()
+
+
 def score(fn: str | RewardFn, completion: str, example: "Example", timeout: float | None = None) -> RewardResult:
     """Call a reward safely. Never raises.
 
     Exceptions, a non-number / bool / NaN / inf / None result, or running past `timeout` seconds
-    give reward 0.0 and an `error` message. With a timeout the call runs in a daemon worker thread;
-    on timeout we stop waiting and move on (Python cannot kill the thread; it finishes in the
-    background). Without one there is no thread at all.
+    give reward 0.0 and an `error` message. With a timeout the call runs in a daemon worker thread
+    (one, reused across calls); on timeout we stop waiting and move on (Python cannot kill the
+    thread: it finishes in the background and a fresh worker takes the next call). Without a
+    timeout the call runs inline.
     """
+    global _worker
     try:
         fn = get_reward(fn)
     except ValueError as e:
         return RewardResult(0.0, {}, str(e))
     if timeout is None:
         return _call(fn, completion, example)
-    box: list[RewardResult] = []
-    worker = threading.Thread(target=lambda: box.append(_call(fn, completion, example)), daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not box:
+    with _worker_lock:  # one call at a time, so `timeout` never counts time spent in a queue
+        if _worker is None or _worker.pid != os.getpid():
+            _worker = _VerifierThread()
+        result = _worker.call(fn, completion, example, timeout)
+        if result is None:
+            _worker = None
+    if result is None:
         return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s")
-    return box[0]
+    return result
 
 
 def combine(parts: Mapping[str, RewardFn | str], weights: Mapping[str, float] | None = None) -> RewardFn:
