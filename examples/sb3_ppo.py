@@ -38,7 +38,7 @@ import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.sb3 import episode_rewards, make_env, make_vec_env
+from agents.sb3 import TokenEmbedding, episode_rewards, make_env, make_vec_env
 
 
 class LearningCurve(BaseCallback):
@@ -76,6 +76,8 @@ class LearningCurve(BaseCallback):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=["ppo", "a2c"], default="ppo")
+    p.add_argument("--observation", choices=["one-hot", "embedding"], default="one-hot",
+                   help="one-hot token positions, or raw ids through the TokenEmbedding features extractor")
     p.add_argument("--task", default="sort")
     p.add_argument("--task-kwargs", default='{"length": 5, "alphabet": "abc"}')
     p.add_argument("--reward", default=None, help="a registered reward (default: the task's own)")
@@ -90,18 +92,21 @@ def main() -> None:
     torch.set_num_threads(1)  # SB3's small networks: 1 thread is ~10x faster than 2 on a 2-core CPU
     env_kwargs = dict(task=args.task, task_kwargs=json.loads(args.task_kwargs), tokenizer="char",
                       max_new_tokens=args.max_new_tokens, reward=args.reward)  # fmt: skip
-    env = make_vec_env(args.num_envs, one_hot=True, allowed_actions=True, **env_kwargs)
+    one_hot = args.observation == "one-hot"
+    policy_kwargs = {} if one_hot else dict(features_extractor_class=TokenEmbedding)
+    env = make_vec_env(args.num_envs, one_hot=one_hot, allowed_actions=True, **env_kwargs)
     env.seed(args.seed)
     # Greedy reward on every problem of the train and of the held-out validation split.
-    eval_envs = {split: make_env(one_hot=True, allowed_actions=True, split=split, **env_kwargs)
+    eval_envs = {split: make_env(one_hot=one_hot, allowed_actions=True, split=split, **env_kwargs)
                  for split in ("train", "validation")}  # fmt: skip
     bounded = all(e.unwrapped.task.num_examples(e.unwrapped.split) for e in eval_envs.values())
     curve = LearningCurve(eval_envs, every=args.eval_every, episodes=None if bounded else 100)
 
     if args.algo == "ppo":
-        model = PPO("MultiInputPolicy", env, n_steps=64, batch_size=128, ent_coef=0.01, seed=args.seed, verbose=0)
+        model = PPO("MultiInputPolicy", env, n_steps=64, batch_size=128, ent_coef=0.01, seed=args.seed, verbose=0,
+                    policy_kwargs=policy_kwargs)  # fmt: skip
     else:
-        model = A2C("MultiInputPolicy", env, ent_coef=0.01, seed=args.seed, verbose=0)
+        model = A2C("MultiInputPolicy", env, ent_coef=0.01, seed=args.seed, verbose=0, policy_kwargs=policy_kwargs)
     curve.init_callback(model)
     curve.record()  # before training
     model.learn(total_timesteps=args.timesteps, callback=curve)
