@@ -1,8 +1,10 @@
 """The examples run: the bandit (its baseline lowers the gradient variance) and the benchmarks' smoke modes.
 
-The three scripts start together in subprocesses (each pays the torch import once), then each test
+The scripts start together in subprocesses (each pays the torch import once), then each test
 waits for its own. No timing is asserted: the benchmarks only have to run."""
 
+import csv
+import importlib.util
 import re
 import subprocess
 import sys
@@ -12,19 +14,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--model", "tiny", "--smoke", "--threads", "1"]
+HAVE_TRL = importlib.util.find_spec("trl") is not None
+TINY_TRAINING = ["--model", "tiny", "--task", "sort", "--task-kwargs", '{"length": 3, "alphabet": "ab"}',
+                 "--max-new-tokens", "4", "--threads", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     png = tmp_path_factory.mktemp("bandit") / "bandit.png"
+    curves = tmp_path_factory.mktemp("sample_efficiency")
     commands = {
         "bandit": ["examples/bandit.py", "--updates", "5", "--estimates", "50", "--out", str(png)],
         "rollout": ["examples/benchmarks/rollout_throughput.py", *SMOKE],
         "overhead": ["examples/benchmarks/env_overhead.py", *SMOKE],
     }
+    if HAVE_TRL:  # the TRL comparisons (TRL is a bench-only extra)
+        commands["sample_efficiency"] = [
+            "examples/benchmarks/sample_efficiency.py", *TINY_TRAINING, "--agents", "reinforce", "reinforce-std", "trl",
+            "--updates", "3", "--eval-every", "2", "--eval-episodes", "8", "--out", str(curves),
+        ]  # fmt: skip
+        commands["train_throughput"] = ["examples/benchmarks/train_throughput.py", *TINY_TRAINING, "--updates", "2"]
     procs = {k: subprocess.Popen([sys.executable, *c], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, c in commands.items()}
-    yield {k: (p, png) for k, p in procs.items()}
+    yield {k: (p, curves if k == "sample_efficiency" else png) for k, p in procs.items()}
     for p in procs.values():
         p.kill()
 
@@ -49,3 +61,26 @@ def test_rollout_throughput_smoke(runs):
 
 def test_env_overhead_smoke(runs):
     assert "env share" in output(runs, "overhead")[0]
+
+
+@pytest.mark.skipif(not HAVE_TRL, reason="TRL (the bench extra) is not installed")
+def test_sample_efficiency_scores_every_trainer_with_one_evaluator(runs):
+    stdout, out = output(runs, "sample_efficiency")
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    agents = ["reinforce", "reinforce-std", "trl"]
+    for agent in agents:
+        mine = [r for r in rows if r["agent"] == agent]
+        assert [int(r["update"]) for r in mine] == [0, 1, 2, 3]
+        assert [int(r["samples"]) for r in mine] == [0, 16, 32, 48]  # 2 prompts x 8 samples per update
+        assert [bool(r["val_reward"]) for r in mine] == [True, False, True, True]  # every 2 updates and the last
+        assert all(r["train_reward"] for r in mine[1:])
+    # Same starting weights + the same evaluator (prompts and seed) = the same first point for all.
+    first = {r["agent"]: (r["val_reward"], r["val_length"]) for r in rows if r["update"] == "0"}
+    assert len(set(first.values())) == 1, first
+    assert (out / "curves.png").stat().st_size > 0 and "validation reward" in stdout
+
+
+@pytest.mark.skipif(not HAVE_TRL, reason="TRL (the bench extra) is not installed")
+def test_train_throughput_smoke(runs):
+    assert "ratio REINFORCE / TRL GRPOTrainer" in output(runs, "train_throughput")[0]

@@ -44,8 +44,10 @@ class Evaluator:
         import textgym
 
         self.args, self.tokenizer = args, tokenizer
-        self.env = textgym.TextGenVectorEnv(num_envs=min(32, args.eval_episodes), split="validation", task=args.task,
-                                            tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+        self.env = textgym.TextGenVectorEnv(
+            num_envs=min(32, args.eval_episodes), split="validation", task=args.task, task_kwargs=args.task_kwargs,
+            tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
+        )  # fmt: skip
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         from agents import LMPolicy
@@ -96,7 +98,8 @@ def run_reinforce(args, normalize_std: bool) -> Curve:
     evaluator = Evaluator(args, tokenizer)
     policy = LMPolicy(model, tokenizer, temperature=args.temperature, seed=args.seed)
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
-                                    task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+                                    task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
+                                    max_new_tokens=args.max_new_tokens)  # fmt: skip
     agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed, normalize_std=normalize_std, amp=args.amp)
     curve.add(0, None, evaluator(model))
     clock = time.perf_counter()
@@ -121,7 +124,8 @@ def run_trl(args) -> Curve:
     model, tokenizer = load(args)
     curve = Curve("trl", args.prompts * args.group_size)
     evaluator = Evaluator(args, tokenizer)
-    rules = EpisodeRules.build(task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
+    rules = EpisodeRules.build(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
+                               max_new_tokens=args.max_new_tokens)  # fmt: skip
     curve.add(0, None, evaluator(model))
     train_rewards: dict[int, float] = {}
 
@@ -215,6 +219,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
     p.add_argument("--task", default="addition")
+    p.add_argument("--task-kwargs", type=json.loads, default={}, help="JSON task arguments, e.g. '{\"length\": 2}'")
     p.add_argument("--agents", nargs="+", choices=AGENTS, default=["reinforce", "trl"])
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group-size", type=int, default=8)

@@ -13,6 +13,7 @@ TRL is an optional, bench-only dependency (`pip install trl`; it also brings `da
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -28,7 +29,8 @@ def reinforce_updates(args) -> list[tuple[float, int]]:
 
     policy = LMPolicy.from_pretrained(args.model, temperature=args.temperature, seed=args.seed, dtype="float32")
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
-                                    task=args.task, tokenizer=policy.tokenizer, max_new_tokens=args.max_new_tokens)  # fmt: skip
+                                    task=args.task, task_kwargs=args.task_kwargs, tokenizer=policy.tokenizer,
+                                    max_new_tokens=args.max_new_tokens)  # fmt: skip
     agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed, amp=args.amp)
     marks: list[tuple[float, int]] = []
 
@@ -49,7 +51,8 @@ def trl_updates(args) -> list[tuple[float, int]]:
     from textgym.env import EpisodeRules
 
     model, tokenizer = load_model(args.model, device="auto", dtype="float32")
-    rules = EpisodeRules.build(task=args.task, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
+    rules = EpisodeRules.build(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
+                               max_new_tokens=args.max_new_tokens)  # fmt: skip
     steps = args.warmup + args.updates
     marks: list[tuple[float, int]] = []
 
@@ -84,6 +87,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
     p.add_argument("--task", default="addition")
+    p.add_argument("--task-kwargs", type=json.loads, default={}, help="JSON task arguments, e.g. '{\"length\": 2}'")
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
