@@ -2,7 +2,9 @@
 
 import math
 import os
+import sys
 import threading
+import types
 import time
 
 import numpy as np
@@ -262,12 +264,52 @@ def test_from_trl():
     assert score(from_trl(lambda prompts, completions, **kw: [None, None]), "7", EX7).error
 
 
-def test_reasoning_gym_task_without_package_says_how_to_install():
-    try:
-        import reasoning_gym  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install reasoning-gym"):
-            reasoning_gym_task("leg_counting")
+def test_reasoning_gym_task_without_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # what `import` sees when it is not installed
+    with pytest.raises(ImportError, match="pip install reasoning-gym"):
+        reasoning_gym_task("leg_counting")
+
+
+class FakeReasoningGymDataset(list):
+    """reasoning-gym's dataset interface: iterable entries with question/answer + score_answer."""
+
+    def __init__(self, size, seed):
+        rng = np.random.default_rng(seed)
+        entries = []
+        for _ in range(size):
+            a, b = (int(x) for x in rng.integers(0, 8, 2))  # 64 distinct questions: duplicates happen
+            entries.append({"question": f"What is {a} + {b}?", "answer": str(a + b), "metadata": {"a": a, "b": b}})
+        super().__init__(entries)
+        self.scored = []
+
+    def score_answer(self, answer, entry):
+        self.scored.append((answer, entry))
+        return 1.0 if answer == entry["answer"] else 0.01
+
+
+def test_reasoning_gym_task_adapts_the_dataset_interface(monkeypatch):
+    made = {}
+
+    def create_dataset(name, size, seed, **kwargs):
+        made.update(name=name, size=size, seed=seed, **kwargs)
+        made["dataset"] = FakeReasoningGymDataset(size, seed)
+        return made["dataset"]
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym", types.SimpleNamespace(create_dataset=create_dataset))
+    task = reasoning_gym_task("toy_sums", size=200, seed=3, difficulty=2)
+    assert {k: made[k] for k in ("name", "size", "seed", "difficulty")} == {"name": "toy_sums", "size": 200, "seed": 3, "difficulty": 2}
+    splits = {s: [task.example(s, i) for i in range(task.num_examples(s))] for s in ("train", "validation", "test")}
+    questions = [e.prompt for exs in splits.values() for e in exs]
+    assert len(questions) == len(set(questions)) == len({e["question"] for e in made["dataset"]})  # deduplicated
+    assert all(len(exs) > 0 for exs in splits.values()) and len(splits["train"]) > len(splits["test"])
+    ex = splits["validation"][0]
+    assert task.reward(f"  {ex.answer}\n", ex) == 1.0  # the stripped completion is the answer
+    assert made["dataset"].scored[-1] == (ex.answer, ex.metadata["entry"])
+    assert task.reward("nope", ex) == 0.01  # the dataset's own partial score passes through
+    r1 = reasoning_gym_task("toy_sums", size=200, seed=3, prompt_style="r1_zero")
+    ex = r1.example("train", 0)
+    assert score(r1.reward, f"ok </think> <answer>{ex.answer}</answer>", ex).reward == 1.0
+    assert score(r1.reward, f"ok </think> {ex.answer}", ex).reward == 0.0  # no answer tags, no reward
 
 
 def test_reasoning_gym_task():
