@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-kwargs", default=None, help='task arguments as JSON, e.g. \'{"digits": 2}\'')
     p.add_argument("--prompt-style", choices=["plain", "r1_zero"], default=None)
     p.add_argument("--reward", default=None, help="a reward name from `textgym rewards` instead of the task's (--model tiny: partial_credit)")
+    p.add_argument("--reward-isolation", choices=["thread", "process"], default="thread",
+                   help="run the verifier in a worker process that is killed on timeout (for verifiers that can hang)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--prompts", type=int, default=None, help="prompts per update")
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         chat = {"auto": None, "on": True, "off": False}[args.chat_template]
         iterations = pick("iterations")
     env_kwargs = dict(task=task, task_kwargs=task_kwargs, tokenizer=policy.tokenizer, max_new_tokens=max_new_tokens,
-                      chat_template=chat, reward=reward)  # fmt: skip
+                      chat_template=chat, reward=reward, reward_isolation=args.reward_isolation)  # fmt: skip
     envs = textgym.TextGenVectorEnv(num_envs=prompts * group, group_size=group, **env_kwargs)
     eval_env = textgym.TextGenVectorEnv(num_envs=min(32, max(args.eval_episodes, 1)), split="validation", **env_kwargs)
     if resume is None and (args.mask_actions == "on" or (args.mask_actions == "auto" and args.model.startswith("tiny"))):

@@ -317,3 +317,92 @@ def test_reasoning_gym_task():
     task = reasoning_gym_task("leg_counting", size=50)
     ex = task.example("train", 0)
     assert task.reward(ex.answer, ex) == 1.0
+
+
+# -- process isolation ------------------------------------------------------------------------------
+# Module-level, so they pickle into the worker process.
+
+def spin_forever(completion, example):
+    while True:
+        pass
+
+
+def die_hard(completion, example):
+    os._exit(7)
+
+
+def report_pid(completion, example):
+    return float(os.getpid()), {"ok": float(completion == example.answer)}
+
+
+def pid_or_spin(completion, example):
+    while completion == "spin":
+        pass
+    return float(os.getpid())
+
+
+def test_process_isolation_scores_like_inline():
+    for completion in ("7", "8", "<answer>7</answer>"):
+        for fn in ("exact_match", "numeric_match", r1_zero, boom):
+            inline = score(fn, completion, EX7)
+            isolated = score(fn, completion, EX7, timeout=5, isolation="process")
+            assert (isolated.reward, isolated.components, isolated.error) == (inline.reward, inline.components, inline.error)
+    result = score(report_pid, "7", EX7, isolation="process")
+    assert result.reward != os.getpid() and result.components == {"ok": 1.0}  # it ran elsewhere
+
+
+def test_process_isolation_kills_a_hung_verifier_and_recovers():
+    worker_pid = int(score(pid_or_spin, "7", EX7, timeout=5, isolation="process").reward)
+    start = time.perf_counter()
+    result = score(pid_or_spin, "spin", EX7, timeout=0.3, isolation="process")
+    assert time.perf_counter() - start < 3.0
+    assert result.reward == 0.0 and "timed out after 0.3 s" in result.error
+    with pytest.raises(ProcessLookupError):  # the spinning worker is gone, not burning a core
+        os.kill(worker_pid, 0)
+    assert score(pid_or_spin, "7", EX7, timeout=5, isolation="process").reward not in (0.0, worker_pid)
+
+
+def test_process_isolation_survives_a_verifier_that_kills_its_process():
+    result = score(die_hard, "7", EX7, timeout=5, isolation="process")
+    assert result.reward == 0.0 and "exit code 7" in result.error
+    assert score("exact_match", "7", EX7, timeout=5, isolation="process").reward == 1.0
+
+
+def test_process_isolation_runs_closures_and_keeps_one_worker_per_reward():
+    from textgym.rewards import core
+
+    offset = 0.25
+    closure = lambda c, e: float(c == e.answer) + offset  # noqa: E731  (forked workers need no pickling)
+    assert score(closure, "7", EX7, timeout=5, isolation="process").reward == 1.25
+    pids = {int(score(report_pid, "7", EX7, isolation="process").reward) for _ in range(5)}
+    assert len(pids) == 1  # reused
+    for k in range(core.MAX_REWARD_PROCESSES + 2):  # more reward functions than workers kept
+        assert score(lambda c, e, k=k: float(k), "7", EX7, isolation="process").reward == k
+    assert len(core._process_workers) <= core.MAX_REWARD_PROCESSES
+    assert "unknown isolation" in score("exact_match", "7", EX7, isolation="nope").error
+
+
+def test_process_isolation_explains_unpicklable_examples():
+    ex = Example("q", "7", {"lock": threading.Lock()})
+    result = score("exact_match", "7", ex, timeout=5, isolation="process")
+    assert result.reward == 0.0 and "picklable" in result.error
+
+
+def test_env_reward_isolation_argument():
+    import textgym
+
+    def run(**kw):
+        env = textgym.TextGenEnv(task="copy", task_kwargs={"length": 2, "alphabet": "ab"}, max_new_tokens=3, **kw)
+        env.reset(seed=0)
+        answer = env.tokenizer.encode(env.example.answer) + [env.tokenizer.eos_token_id]
+        return [env.step(a)[1:] for a in answer][-1]
+
+    reward, terminated, _, info = run(reward_isolation="process")
+    assert terminated and reward == 1.0 and "reward_error" not in info
+    reward, _, _, info = run(reward=spin_forever, reward_isolation="process", reward_timeout=0.3)
+    assert reward == 0.0 and "timed out" in info["reward_error"]
+    assert run(reward=lambda c, e: 0.5, reward_isolation="process")[0] == 0.5
+    with pytest.raises(ValueError, match="reward_isolation must be one of"):
+        run(reward_isolation="subprocess")
+    with pytest.raises(ValueError, match="reward_timeout must be a positive"):
+        run(reward_timeout=0)

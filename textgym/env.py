@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from textgym.rewards import RewardResult, get_reward, score
+from textgym.rewards.core import ISOLATIONS, check_isolatable
 from textgym.tasks import Example, Task, make_task
 from textgym.tokenizers import Tokenizer, as_tokenizer
 
@@ -70,6 +71,7 @@ class EpisodeRules:
     chat_template: bool
     system_prompt: str | None
     reward_timeout: float | None
+    reward_isolation: str
     budget_is_terminal: bool
 
     @classmethod
@@ -86,6 +88,7 @@ class EpisodeRules:
         max_prompt_tokens: int | None = None,
         stop_strings: Sequence[str] | None = None,
         reward_timeout: float | None = 10.0,
+        reward_isolation: str = "thread",
         budget_is_terminal: bool = False,
     ) -> "EpisodeRules":
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
@@ -101,6 +104,12 @@ class EpisodeRules:
                 f"chat_template=True but tokenizer {tok.name!r} has no chat template; pass chat_template=False"
             )
         reward_fn = get_reward(reward) if reward is not None else task_obj.reward
+        if reward_isolation not in ISOLATIONS:
+            raise ValueError(f"reward_isolation must be one of {ISOLATIONS}, got {reward_isolation!r}")
+        if reward_isolation == "process":
+            check_isolatable(reward_fn)
+        if reward_timeout is not None and not reward_timeout > 0:
+            raise ValueError(f"reward_timeout must be a positive number of seconds or None, got {reward_timeout!r}")
         stops = tuple(task_obj.stop_strings if stop_strings is None else stop_strings)
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
@@ -116,6 +125,7 @@ class EpisodeRules:
             chat_template=bool(chat_template),
             system_prompt=system_prompt,
             reward_timeout=reward_timeout,
+            reward_isolation=reward_isolation,
             budget_is_terminal=bool(budget_is_terminal),
         )
         num = task_obj.num_examples(split)
@@ -204,7 +214,7 @@ class EpisodeRules:
     def finish(self, completion: Sequence[int], example: Example, ended_by: str) -> tuple[float, dict]:
         """Score a finished completion; returns the reward and the final step's info entries."""
         text = self.completion_text(completion)
-        result: RewardResult = score(self.reward_fn, text, example, timeout=self.reward_timeout)
+        result: RewardResult = score(self.reward_fn, text, example, self.reward_timeout, self.reward_isolation)
         info = {
             "completion": text,
             "answer": example.answer,
@@ -281,7 +291,8 @@ class TextGenEnv(gym.Env):
     (decoded once, without the end token). Built-in verifiers pay 1.0 for a correct answer, some
     with partial or format credit (see `textgym.list_tasks()` and each task's docstring). A reward
     function that raises, returns something that is not a finite number, or runs past
-    `reward_timeout` scores the episode 0.0 and says why in `info["reward_error"]`.
+    `reward_timeout` scores the episode 0.0 and says why in `info["reward_error"]`. With
+    `reward_isolation="process"` the verifier runs in a worker process that is killed on timeout.
 
     ## Starting State
 
@@ -315,6 +326,9 @@ class TextGenEnv(gym.Env):
     - `max_prompt_tokens`: prompt part of the observation; default: measured from the task.
     - `stop_strings`: override the task's stop strings.
     - `reward_timeout`: seconds a reward function may take (None: no limit).
+    - `reward_isolation`: "thread" (default; a timed-out verifier is abandoned but keeps running)
+      or "process" (it runs in a worker process, killed on timeout or replaced if it crashes; the
+      reward function must pickle, i.e. be defined at module level).
     - `budget_is_terminal`: report the end of the budget as `terminated`.
     - `action_mask_in_info`: add `action_mask` to every `info`.
     - `render_mode`: "ansi" (render returns the text) or "human" (prints it).
@@ -346,6 +360,7 @@ class TextGenEnv(gym.Env):
         max_prompt_tokens: int | None = None,
         stop_strings: Sequence[str] | None = None,
         reward_timeout: float | None = 10.0,
+        reward_isolation: str = "thread",
         budget_is_terminal: bool = False,
         action_mask_in_info: bool = False,
         render_mode: str | None = None,
@@ -354,7 +369,7 @@ class TextGenEnv(gym.Env):
             task=task, tokenizer=tokenizer, max_new_tokens=max_new_tokens, reward=reward,
             task_kwargs=task_kwargs, split=split, chat_template=chat_template,
             system_prompt=system_prompt, max_prompt_tokens=max_prompt_tokens,
-            stop_strings=stop_strings, reward_timeout=reward_timeout,
+            stop_strings=stop_strings, reward_timeout=reward_timeout, reward_isolation=reward_isolation,
             budget_is_terminal=budget_is_terminal,
         )  # fmt: skip
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

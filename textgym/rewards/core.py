@@ -9,9 +9,12 @@ one directly: it calls `score`, which turns every way a reward can fail into rew
 from __future__ import annotations
 
 import math
+import multiprocessing
 import numbers
 import os
+import pickle
 import queue
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
@@ -155,7 +158,7 @@ class _VerifierThread:
             box.append(_call(fn, completion, example))
             done.set()
 
-    def call(self, fn: RewardFn, completion: str, example: "Example", timeout: float) -> RewardResult | None:
+    def call(self, fn: RewardFn, completion: str, example: "Example", timeout: float | None) -> RewardResult | None:
         """The result, or None (and this thread abandoned) when `timeout` seconds pass first."""
         box: list[RewardResult] = []
         done = threading.Event()
@@ -166,32 +169,138 @@ class _VerifierThread:
         return None
 
 
-_worker: _VerifierThread | None = None
+_FORK = "fork" in multiprocessing.get_all_start_methods()
+
+
+def _process_main(conn, fn: RewardFn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    while True:
+        try:
+            completion, example = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or exited
+            return
+        conn.send(_call(fn, completion, example))
+
+
+class _VerifierProcess:
+    """A worker process that runs one reward function's calls for `score(..., isolation="process")`.
+
+    Unlike a thread it can be stopped: on a timeout it is killed (SIGKILL), so a verifier stuck in
+    a loop stops burning CPU and memory, and a verifier that crashes the interpreter (a segfault in
+    an extension, `os._exit`) costs one episode's reward instead of the run; the next call starts
+    a fresh process. Where `fork` exists the process is forked with the function already in its
+    memory, so closures and lambdas work; elsewhere (`spawn`) the function must pickle (be defined
+    at module level; `check_isolatable` says so early). Each call sends the completion and the
+    example by pipe.
+    """
+
+    def __init__(self, fn: RewardFn) -> None:
+        self.pid = os.getpid()
+        self.fn = fn
+        ctx = multiprocessing.get_context("fork" if _FORK else "spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_process_main, args=(child, fn), daemon=True, name="textgym-reward")
+        self.process.start()
+        child.close()
+
+    def call(self, completion: str, example: "Example", timeout: float | None) -> RewardResult | None:
+        """The result, or None when `timeout` seconds pass first (the process is killed)."""
+        try:
+            self.conn.send((completion, example))
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            return RewardResult(0.0, {}, f"the example cannot be sent to the reward's worker process ({e}); "
+                                         "keep example metadata picklable or use reward_isolation='thread'")  # fmt: skip
+        if not self.conn.poll(timeout):
+            self.close()
+            return None
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(1.0)
+            code = self.process.exitcode
+            self.close()
+            return RewardResult(0.0, {}, f"reward {reward_name(self.fn)!r} killed its worker process (exit code {code})")
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.process.is_alive()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+
+def check_isolatable(fn: str | RewardFn) -> None:
+    """Raise a ValueError that says what to do if `fn` cannot run in a worker process (only where
+    processes are spawned rather than forked, e.g. on Windows, must the function pickle)."""
+    fn = get_reward(fn)
+    if _FORK:
+        return
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise ValueError(
+            f"reward {reward_name(fn)!r} cannot run in a worker process (reward_isolation='process'): it does not "
+            f"pickle ({e}). Define it at module level, or keep reward_isolation='thread'."
+        ) from None
+
+
+ISOLATIONS = ("thread", "process")
+MAX_REWARD_PROCESSES = 4  # worker processes kept at once (one per reward function; the oldest goes)
+_thread_worker: _VerifierThread | None = None
+_process_workers: dict[int, _VerifierProcess] = {}
 _worker_lock = threading.Lock()
 
 
-def score(fn: str | RewardFn, completion: str, example: "Example", timeout: float | None = None) -> RewardResult:
+def _process_worker(fn: RewardFn) -> _VerifierProcess:
+    worker = _process_workers.get(id(fn))
+    if worker is not None and worker.fn is fn and worker.alive():
+        return worker
+    if worker is not None:
+        _process_workers.pop(id(fn))
+        if worker.pid == os.getpid():
+            worker.close()
+    while len(_process_workers) >= MAX_REWARD_PROCESSES:
+        _process_workers.pop(next(iter(_process_workers))).close()
+    worker = _process_workers[id(fn)] = _VerifierProcess(fn)
+    return worker
+
+
+def score(
+    fn: str | RewardFn, completion: str, example: "Example", timeout: float | None = None, isolation: str = "thread"
+) -> RewardResult:
     """Call a reward safely. Never raises.
 
     Exceptions, a non-number / bool / NaN / inf / None result, or running past `timeout` seconds
-    give reward 0.0 and an `error` message. With a timeout the call runs in a daemon worker thread
-    (one, reused across calls); on timeout we stop waiting and move on (Python cannot kill the
-    thread: it finishes in the background and a fresh worker takes the next call). Without a
-    timeout the call runs inline.
+    give reward 0.0 and an `error` message.
+
+    `isolation="thread"` (default): with a timeout the call runs in a daemon worker thread (one,
+    reused across calls); on timeout we stop waiting and move on, but Python cannot kill the
+    thread: it finishes in the background and a fresh worker takes the next call. Without a
+    timeout the call runs inline. `isolation="process"`: the call runs in a worker process (one per
+    reward function, reused), which is killed on timeout and replaced if the reward crashes it; use
+    it for verifiers that can hang or crash (symbolic math, running generated code). Costs a pipe
+    round trip per call.
     """
-    global _worker
     try:
         fn = get_reward(fn)
     except ValueError as e:
         return RewardResult(0.0, {}, str(e))
-    if timeout is None:
+    if isolation not in ISOLATIONS:
+        return RewardResult(0.0, {}, f"unknown isolation {isolation!r}; use one of {ISOLATIONS}")
+    if timeout is None and isolation == "thread":
         return _call(fn, completion, example)
+    global _thread_worker
     with _worker_lock:  # one call at a time, so `timeout` never counts time spent in a queue
-        if _worker is None or _worker.pid != os.getpid():
-            _worker = _VerifierThread()
-        result = _worker.call(fn, completion, example, timeout)
-        if result is None:
-            _worker = None
+        if isolation == "process":
+            result = _process_worker(fn).call(completion, example, timeout)
+        else:
+            if _thread_worker is None or _thread_worker.pid != os.getpid():  # a forked child has no thread
+                _thread_worker = _VerifierThread()
+            result = _thread_worker.call(fn, completion, example, timeout)
+            if result is None:
+                _thread_worker = None
     if result is None:
         return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s")
     return result
