@@ -157,6 +157,18 @@ def first_reaching(curve: Curve, level: float) -> int | None:
     return next((r["samples"] for r in curve.rows if r.get("val_reward", -1) >= level), None)
 
 
+def save(curves: list[Curve], args, out: Path) -> None:
+    """curves.csv and curves.json: written after each trainer, so a later crash loses nothing."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for c in curves for r in c.rows]
+    fields = ["agent", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
+    with open(out / "curves.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "curves.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+
+
 def report(curves: list[Curve], args, out: Path) -> None:
     evals = {c.agent: {r["update"]: r for r in c.rows if "val_reward" in r} for c in curves}
     updates = sorted(set().union(*evals.values()))
@@ -181,14 +193,6 @@ def report(curves: list[Curve], args, out: Path) -> None:
             print(f"samples to validation >= {args.target}, TRL GRPO / {c.agent}: "
                   f"{theirs / first_reaching(c, args.target):.2f}x (above 1: {c.agent} needs fewer)")  # fmt: skip
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r for c in curves for r in c.rows]
-    fields = ["agent", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
-    with open(out / "curves.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "curves.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +255,10 @@ def main() -> int:
           f"validation every {args.eval_every} updates on {args.eval_episodes} episodes, {torch.get_num_threads()} threads")  # fmt: skip
     runners = {"reinforce": lambda: run_reinforce(args, False), "reinforce-std": lambda: run_reinforce(args, True),
                "trl": lambda: run_trl(args)}  # fmt: skip
-    curves = [runners[name]() for name in AGENTS if name in args.agents]  # TRL last: the reference
+    curves: list[Curve] = []
+    for name in [a for a in AGENTS if a in args.agents]:  # TRL last: the reference
+        curves.append(runners[name]())
+        save(curves, args, Path(args.out))
     report(curves, args, Path(args.out))
     return 0
 
