@@ -13,11 +13,12 @@ What each agent is, at its defaults:
   trl            TRL's GRPOTrainer defaults: std-scaled group advantages, DAPO token aggregation,
                  linearly decaying lr, clipped ratio (= 1 with one step per batch).
 
-    python examples/benchmarks/sample_efficiency.py                       # ~25 min on 2 CPU cores
-    python examples/benchmarks/sample_efficiency.py --agents reinforce reinforce-std trl
+    python examples/benchmarks/sample_efficiency.py                       # ~25 min per seed on 2 CPU cores
+    python examples/benchmarks/sample_efficiency.py --agents reinforce reinforce-std trl --seeds 0 1 2
     python examples/benchmarks/sample_efficiency.py --model tiny --task copy --max-new-tokens 4 --updates 2 --eval-every 1
 
-Writes curves.csv, curves.json and curves.png to --out. TRL is an optional, bench-only dependency
+Writes curves.csv, curves.json and curves.png to --out, after every finished (trainer, seed) run; a
+rerun with the same settings reuses the finished runs found there (add seeds without redoing any). TRL is an optional, bench-only dependency
 (`pip install trl`).
 """
 
@@ -63,44 +64,44 @@ class Evaluator:
 
 
 class Curve:
-    """Rows of (agent, update, samples, train reward, validation reward ...); prints each eval row."""
+    """One trainer's run with one seed: rows of (update, samples, train reward, validation reward ...)."""
 
-    def __init__(self, agent: str, samples_per_update: int):
-        self.agent, self.samples_per_update = agent, samples_per_update
+    def __init__(self, agent: str, seed: int, samples_per_update: int):
+        self.agent, self.seed, self.samples_per_update = agent, seed, samples_per_update
         self.rows: list[dict] = []
         self.train_seconds = 0.0
 
     def add(self, update: int, train_reward: float | None, val: dict[str, float] | None) -> None:
-        row = {"agent": self.agent, "update": update, "samples": update * self.samples_per_update,
+        row = {"agent": self.agent, "seed": self.seed, "update": update, "samples": update * self.samples_per_update,
                "train_reward": train_reward}  # fmt: skip
         if val is not None:
             row.update(val_reward=val["reward"], val_ci95=val["reward_ci95"], val_accuracy=val["accuracy"],
                        val_length=val["episode_length"])  # fmt: skip
             train = "  -  " if train_reward is None else f"{train_reward:.3f}"
-            print(f"{self.agent:>13} update {update:3d} ({row['samples']:4d} samples): train {train}  "
+            print(f"{self.agent:>13} seed {self.seed} update {update:3d} ({row['samples']:4d} samples): train {train}  "
                   f"validation {val['reward']:.3f} ± {val['reward_ci95']:.3f}", flush=True)  # fmt: skip
         self.rows.append(row)
 
 
-def load(args):
+def load(args, seed: int):
     from agents.models import load_model
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     return load_model(args.model, device="auto", dtype="float32")
 
 
-def run_reinforce(args, normalize_std: bool) -> Curve:
+def run_reinforce(args, seed: int, normalize_std: bool) -> Curve:
     import textgym
     from agents import REINFORCE, LMPolicy
 
-    model, tokenizer = load(args)
-    curve = Curve("reinforce-std" if normalize_std else "reinforce", args.prompts * args.group_size)
+    model, tokenizer = load(args, seed)
+    curve = Curve("reinforce-std" if normalize_std else "reinforce", seed, args.prompts * args.group_size)
     evaluator = Evaluator(args, tokenizer)
-    policy = LMPolicy(model, tokenizer, temperature=args.temperature, seed=args.seed)
+    policy = LMPolicy(model, tokenizer, temperature=args.temperature, seed=seed)
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
                                     task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
                                     max_new_tokens=args.max_new_tokens)  # fmt: skip
-    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=args.seed, normalize_std=normalize_std, amp=args.amp)
+    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=seed, normalize_std=normalize_std, amp=args.amp)
     curve.add(0, None, evaluator(model))
     clock = time.perf_counter()
 
@@ -116,18 +117,17 @@ def run_reinforce(args, normalize_std: bool) -> Curve:
     return curve
 
 
-def run_trl(args) -> Curve:
+def run_trl(args, seed: int) -> Curve:
     from transformers import TrainerCallback
 
     from textgym.env import EpisodeRules
 
-    model, tokenizer = load(args)
-    curve = Curve("trl", args.prompts * args.group_size)
+    model, tokenizer = load(args, seed)
+    curve = Curve("trl", seed, args.prompts * args.group_size)
     evaluator = Evaluator(args, tokenizer)
     rules = EpisodeRules.build(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
                                max_new_tokens=args.max_new_tokens)  # fmt: skip
     curve.add(0, None, evaluator(model))
-    train_rewards: dict[int, float] = {}
 
     class Track(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -146,52 +146,79 @@ def run_trl(args) -> Curve:
 
     trainer = grpo_trainer(model, tokenizer, rules, prompts=args.prompts, group_size=args.group_size,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, lr=args.lr,
-                           steps=args.updates, seed=args.seed, callbacks=[Track()], random_prompts=True)  # fmt: skip
+                           steps=args.updates, seed=seed, callbacks=[Track()], random_prompts=True)  # fmt: skip
     trainer.train()
     if len(curve.rows) != args.updates + 1:
         raise RuntimeError(f"TRL logged {len(curve.rows) - 1} of {args.updates} steps; its logging keys may have changed")
     return curve
 
 
-def first_reaching(curve: Curve, level: float) -> int | None:
-    return next((r["samples"] for r in curve.rows if r.get("val_reward", -1) >= level), None)
+def first_reaching(rows: list[dict], level: float) -> int | None:
+    """Samples at the first evaluation whose validation reward is >= level (None: never)."""
+    return next((r["samples"] for r in rows if r.get("val_reward") is not None and r["val_reward"] >= level), None)
 
 
-def save(curves: list[Curve], args, out: Path) -> None:
-    """curves.csv and curves.json: written after each trainer, so a later crash loses nothing."""
+FIELDS = ["agent", "seed", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
+# The settings a saved curve must share with this run to be reused (not seeds, agents, threads, out).
+SAME = ("model", "task", "task_kwargs", "prompts", "group_size", "max_new_tokens", "temperature", "lr", "updates",
+        "eval_every", "eval_episodes", "amp")  # fmt: skip
+
+
+def save(rows: list[dict], args, out: Path) -> None:
+    """curves.csv and curves.json, rewritten after every finished run, so a crash loses nothing."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for c in curves for r in c.rows]
-    fields = ["agent", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
     with open(out / "curves.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "curves.json").write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+    tmp = out / "curves.json.tmp"
+    tmp.write_text(json.dumps({"config": vars(args), "rows": rows}, indent=1))
+    tmp.replace(out / "curves.json")
 
 
-def report(curves: list[Curve], args, out: Path) -> None:
-    evals = {c.agent: {r["update"]: r for r in c.rows if "val_reward" in r} for c in curves}
+def saved_rows(args, out: Path) -> list[dict]:
+    """Rows of finished (agent, seed) runs already in `out` with the same settings, to reuse."""
+    path = out / "curves.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    if any(saved["config"].get(k) != getattr(args, k) for k in SAME):
+        print(f"{path} has other settings: starting over")
+        return []
+    finished = {(r["agent"], r["seed"]) for r in saved["rows"] if r["update"] == args.updates}
+    return [r for r in saved["rows"] if (r["agent"], r["seed"]) in finished]
+
+
+def report(rows: list[dict], args, out: Path) -> None:
+    agents = [a for a in AGENTS if any(r["agent"] == a for r in rows)]
+    seeds = {a: sorted({r["seed"] for r in rows if r["agent"] == a}) for a in agents}
+    runs = {(a, s): [r for r in rows if r["agent"] == a and r["seed"] == s] for a in agents for s in seeds[a]}
+    evals = {a: {} for a in agents}  # agent -> update -> validation rewards over seeds
+    for (a, _), run in runs.items():
+        for r in run:
+            if r.get("val_reward") is not None:
+                evals[a].setdefault(r["update"], []).append(r["val_reward"])
     updates = sorted(set().union(*evals.values()))
-    names = [c.agent for c in curves]
-    print("\nvalidation reward (sampled at T, same prompts and seed for every agent)")
-    print(f"{'update':>6} {'samples':>7} " + " ".join(f"{n:>13}" for n in names))
+    print(f"\nvalidation reward, mean over seeds (sampled at T; the same prompts and random numbers for every agent)")
+    print(f"{'update':>6} {'samples':>7} " + " ".join(f"{a + f' ({len(seeds[a])})':>17}" for a in agents))
     for u in updates:
-        cells = [f"{evals[n][u]['val_reward']:13.3f}" if u in evals[n] else f"{'':>13}" for n in names]
+        cells = [f"{sum(evals[a][u]) / len(evals[a][u]):17.3f}" if u in evals[a] else f"{'':>17}" for a in agents]
         print(f"{u:>6} {u * args.prompts * args.group_size:>7} " + " ".join(cells))
     print()
-    for c in curves:
-        vals = [r["val_reward"] for r in c.rows if "val_reward" in r]
-        trains = [r["train_reward"] for r in c.rows if r["train_reward"] is not None]
-        reach = first_reaching(c, args.target)
-        last5 = sum(trains[-5:]) / max(len(trains[-5:]), 1)
-        print(f"{c.agent:>13}: validation {vals[0]:.3f} -> {vals[-1]:.3f}, mean over the curve {sum(vals) / len(vals):.3f}, "
-              f"first >= {args.target}: {'never' if reach is None else f'{reach} samples'}; "
-              f"train reward (last 5 updates) {last5:.3f}; {c.train_seconds / args.updates:.1f} s/update")  # fmt: skip
-    if curves[-1].agent == "trl" and all(first_reaching(c, args.target) for c in curves):
-        theirs = first_reaching(curves[-1], args.target)
-        for c in curves[:-1]:
-            print(f"samples to validation >= {args.target}, TRL GRPO / {c.agent}: "
-                  f"{theirs / first_reaching(c, args.target):.2f}x (above 1: {c.agent} needs fewer)")  # fmt: skip
+    reach: dict[str, list[int | None]] = {}
+    for a in agents:
+        reach[a] = [first_reaching(runs[a, s], args.target) for s in seeds[a]]
+        finals = [runs[a, s][-1]["val_reward"] for s in seeds[a]]
+        means = [sum(v) / len(v) for v in evals[a].values()]
+        print(f"{a:>13}: final validation {sum(finals) / len(finals):.3f} (per seed {', '.join(f'{v:.3f}' for v in finals)}); "
+              f"mean over the curve {sum(means) / len(means):.3f}; samples to >= {args.target} per seed: "
+              f"{', '.join('never' if v is None else str(v) for v in reach[a])}")  # fmt: skip
+    if "trl" in agents:
+        for a in agents:
+            if a != "trl" and None not in reach[a] + reach["trl"]:
+                ours, theirs = sum(reach[a]) / len(reach[a]), sum(reach["trl"]) / len(reach["trl"])
+                print(f"mean samples to validation >= {args.target}: {a} {ours:.0f}, TRL GRPO {theirs:.0f}; "
+                      f"TRL / {a} = {theirs / ours:.2f}x (above 1: {a} needs fewer)")  # fmt: skip
 
     import matplotlib
 
@@ -200,16 +227,16 @@ def report(curves: list[Curve], args, out: Path) -> None:
 
     fig = Figure(figsize=(7.5, 4.2), dpi=110)
     ax = fig.add_subplot()
-    for i, c in enumerate(curves):
+    for i, a in enumerate(agents):
         color = f"C{i}"
-        ev = [r for r in c.rows if "val_reward" in r]
-        ax.errorbar([r["samples"] for r in ev], [r["val_reward"] for r in ev], yerr=[r["val_ci95"] for r in ev],
-                    marker="o", capsize=2, color=color, label=f"{c.agent} validation")  # fmt: skip
-        tr = [r for r in c.rows if r["train_reward"] is not None]
-        ax.plot([r["samples"] for r in tr], [r["train_reward"] for r in tr], ls=":", alpha=0.6, color=color,
-                label=f"{c.agent} train batch")  # fmt: skip
+        for s in seeds[a]:  # each seed thin, the mean thick
+            ev = [r for r in runs[a, s] if r.get("val_reward") is not None]
+            ax.plot([r["samples"] for r in ev], [r["val_reward"] for r in ev], color=color, alpha=0.3, lw=1)
+        ax.plot([u * args.prompts * args.group_size for u in updates if u in evals[a]],
+                [sum(evals[a][u]) / len(evals[a][u]) for u in updates if u in evals[a]],
+                marker="o", color=color, lw=2, label=f"{a}: validation, mean of {len(seeds[a])} seed(s)")  # fmt: skip
     ax.set_xlabel("training samples (completions)")
-    ax.set_ylabel("mean reward")
+    ax.set_ylabel("validation reward")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"{args.task}, {args.model}: {args.prompts}x{args.group_size} per update, T={args.temperature}, lr={args.lr}")
     ax.grid(alpha=0.3)
@@ -234,7 +261,7 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--target", type=float, default=0.9, help="report the samples each agent needs to reach it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per trainer and seed")
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
                    help="REINFORCE's update precision (off: float32 like TRL here; auto: what textgym train uses)")
     p.add_argument("--threads", type=int, default=None)
@@ -253,13 +280,22 @@ def main() -> int:
     print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples per update, "
           f"{args.updates} updates, <= {args.max_new_tokens} new tokens, T={args.temperature}, lr={args.lr}, "
           f"validation every {args.eval_every} updates on {args.eval_episodes} episodes, {torch.get_num_threads()} threads")  # fmt: skip
-    runners = {"reinforce": lambda: run_reinforce(args, False), "reinforce-std": lambda: run_reinforce(args, True),
-               "trl": lambda: run_trl(args)}  # fmt: skip
-    curves: list[Curve] = []
-    for name in [a for a in AGENTS if a in args.agents]:  # TRL last: the reference
-        curves.append(runners[name]())
-        save(curves, args, Path(args.out))
-    report(curves, args, Path(args.out))
+    runners = {"reinforce": lambda s: run_reinforce(args, s, False), "reinforce-std": lambda s: run_reinforce(args, s, True),
+               "trl": lambda s: run_trl(args, s)}  # fmt: skip
+    out = Path(args.out)
+    rows = saved_rows(args, out)
+    done = {(r["agent"], r["seed"]) for r in rows}
+    for seed in args.seeds:
+        for name in [a for a in AGENTS if a in args.agents]:
+            if (name, seed) in done:
+                print(f"{name} seed {seed}: reusing the finished run in {out / 'curves.json'}")
+                continue
+            curve = runners[name](seed)
+            rows += curve.rows
+            save(rows, args, out)
+            print(f"{name} seed {seed}: {curve.train_seconds / args.updates:.1f} s per update (sampling + update, "
+                  "evaluations excluded)", flush=True)  # fmt: skip
+    report([r for r in rows if r["agent"] in args.agents and r["seed"] in args.seeds], args, out)
     return 0
 
 
