@@ -406,3 +406,12 @@ def test_env_reward_isolation_argument():
         run(reward_isolation="subprocess")
     with pytest.raises(ValueError, match="reward_timeout must be a positive"):
         run(reward_timeout=0)
+
+
+def nested_score(completion, example):
+    # A verifier that itself calls score() with a timeout, inside its worker process.
+    return score("exact_match", completion, example, timeout=5).reward
+
+
+def test_process_isolated_reward_can_call_score_itself():
+    assert score(nested_score, "7", EX7, timeout=5, isolation="process").reward == 1.0

@@ -173,7 +173,11 @@ _FORK = "fork" in multiprocessing.get_all_start_methods()
 
 
 def _process_main(conn, fn: RewardFn) -> None:
+    global _worker_lock, _thread_worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    # Forked while the parent held the lock and owned the workers: none of that is ours.
+    _worker_lock, _thread_worker = threading.Lock(), None
+    _process_workers.clear()
     while True:
         try:
             completion, example = conn.recv()
