@@ -37,6 +37,7 @@ from agents.policy import LMPolicy
 __all__ = ["REINFORCE", "Rollouts", "BASELINES", "evaluate"]
 
 BASELINES = ("none", "mean", "group", "leave_one_out", "value")
+LR_SCHEDULES = ("constant", "linear")
 
 
 @dataclass
@@ -206,6 +207,10 @@ class REINFORCE:
             (mean of the other G-1: unbiased), or "value" (a learned state-value head V(s_t) on the
             LM's last hidden state, regressed to the return; the LM is not trained by it).
         lr: AdamW learning rate of the policy.
+        lr_schedule: "constant", or "linear" (TRL's default): the learning rate of iteration i is
+            lr * (1 - i / end), where end is the iteration the `learn` call runs to. A run stopped
+            early and resumed for its remaining iterations (`textgym train --resume`) continues
+            the same line.
         seed: seeds the env resets and the policy's sampling of every iteration (same seed, same run).
         gamma: discount of per-token returns (1.0: undiscounted, eq. 5; < 1: eq. 6).
         normalize_std: divide group advantages by the group's std (GRPO).
@@ -237,6 +242,7 @@ class REINFORCE:
         baseline: str = "group",
         lr: float = 1e-5,
         seed: int = 0,
+        lr_schedule: str = "constant",
         gamma: float = 1.0,
         normalize_std: bool = False,
         loss_aggregation: str = "token_mean",
@@ -256,6 +262,8 @@ class REINFORCE:
             raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {LR_SCHEDULES}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if loss_aggregation not in L.AGGREGATIONS:
@@ -269,7 +277,7 @@ class REINFORCE:
         self.policy = policy
         self.baseline = baseline
         self.hparams = dict(
-            baseline=baseline, lr=lr, seed=seed, gamma=gamma, normalize_std=normalize_std,
+            baseline=baseline, lr=lr, lr_schedule=lr_schedule, seed=seed, gamma=gamma, normalize_std=normalize_std,
             loss_aggregation=loss_aggregation, epochs=int(epochs), cliprange=cliprange, kl_coef=kl_coef,
             entropy_coef=entropy_coef, max_grad_norm=max_grad_norm, micro_batch_size=micro_batch_size,
             weight_decay=weight_decay, mean_baseline_decay=mean_baseline_decay, value_lr=value_lr,
@@ -526,6 +534,7 @@ class REINFORCE:
                 self.policy.seed(self._iteration_seed(1))
                 batch, timing = collect_rollouts(self.policy, envs_u, seed=self._iteration_seed(0))
                 t1 = time.perf_counter()
+                lr = self._scheduled_lr(end)
                 update_stats = self.update(batch, group_size)
                 t2 = time.perf_counter()
                 self.iteration += 1
@@ -537,6 +546,7 @@ class REINFORCE:
                     "reward_errors": batch.reward_errors,
                     **{f"reward/{k}": v for k, v in batch.components.items()},
                     **update_stats,
+                    "lr": lr,
                     "time_generate_s": timing["generate_s"],
                     "time_env_s": timing["env_s"],
                     "time_update_s": t2 - t1,
@@ -573,6 +583,15 @@ class REINFORCE:
         if interrupted:
             raise KeyboardInterrupt
         return self
+
+    def _scheduled_lr(self, end: int) -> float:
+        """Set (and return) this iteration's learning rate; `end` is the learn call's last iteration."""
+        lr = self.hparams["lr"]
+        if self.hparams["lr_schedule"] == "linear":
+            lr *= max(0.0, 1.0 - self.iteration / max(end, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def evaluate(self, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0) -> dict[str, float]:
         """Mean reward ± 95% CI, accuracy and mean length of the current policy on `env`."""

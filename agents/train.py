@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default="group", choices=["none", "mean", "group", "leave_one_out", "value"])
     p.add_argument("--normalize-std", action="store_true", help="divide group advantages by the group std")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant",
+                   help="linear: decay the learning rate to 0 over the run")
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--loss-aggregation", default="token_mean", choices=["token_mean", "sequence_mean", "sum"])
     p.add_argument("--epochs", type=int, default=1, help="update epochs per batch (>1: clipped importance ratios)")
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
         agent = REINFORCE(
-            policy, baseline=args.baseline, lr=pick("lr"), seed=args.seed, gamma=args.gamma,
+            policy, baseline=args.baseline, lr=pick("lr"), lr_schedule=args.lr_schedule, seed=args.seed, gamma=args.gamma,
             normalize_std=args.normalize_std, loss_aggregation=args.loss_aggregation, epochs=args.epochs,
             cliprange=args.cliprange, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
             max_grad_norm=args.max_grad_norm or None, micro_batch_size=args.micro_batch_size, amp=args.amp,

@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
     }
     if HAVE_TRL:  # the TRL comparisons (TRL is a bench-only extra)
         commands["sample_efficiency"] = [
-            "examples/benchmarks/sample_efficiency.py", *TINY_TRAINING, "--agents", "reinforce", "reinforce-std", "trl",
+            "examples/benchmarks/sample_efficiency.py", *TINY_TRAINING, "--agents", "reinforce", "reinforce-std", "reinforce-linear", "trl",
             "--updates", "3", "--eval-every", "2", "--eval-episodes", "8", "--out", str(curves),
         ]  # fmt: skip
         commands["train_throughput"] = ["examples/benchmarks/train_throughput.py", *TINY_TRAINING, "--updates", "2"]
@@ -68,7 +68,7 @@ def test_sample_efficiency_scores_every_trainer_with_one_evaluator(runs):
     stdout, out = output(runs, "sample_efficiency")
     with open(out / "curves.csv") as f:
         rows = list(csv.DictReader(f))
-    agents = ["reinforce", "reinforce-std", "trl"]
+    agents = ["reinforce", "reinforce-std", "reinforce-linear", "trl"]
     for agent in agents:
         mine = [r for r in rows if r["agent"] == agent]
         assert [int(r["update"]) for r in mine] == [0, 1, 2, 3]

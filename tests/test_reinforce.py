@@ -125,11 +125,36 @@ def test_every_baseline_runs_an_iteration_and_updates_the_weights(baseline):
         (dict(micro_batch_size=0), "micro_batch_size must be >= 1"),
         (dict(loss_aggregation="mean"), "unknown loss_aggregation"),
         (dict(gamma=1.5), "gamma"),
+        (dict(lr_schedule="cosine"), "unknown lr_schedule"),
     ],
 )
 def test_bad_settings_raise_a_clear_error_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         REINFORCE(tiny_policy(), **kwargs)
+
+
+def test_linear_lr_schedule_decays_over_the_run_and_resumes_on_the_same_line(tmp_path):
+    lr = 1e-3
+    policy = tiny_policy()
+    agent = REINFORCE(policy, lr=lr, lr_schedule="linear", seed=0)
+    seen = []
+
+    def stop_after_two(metrics):  # a 4-iteration run, interrupted after 2 and resumed for the other 2
+        seen.append(metrics)
+        return metrics["iteration"] < 2
+
+    agent.learn(vec_env(policy), iterations=4, progress_bar=False, callback=stop_after_two, log_dir=tmp_path)
+    resumed = REINFORCE.load(tmp_path / (tmp_path / "latest").read_text().strip())
+    assert resumed.iteration == 2
+    assert resumed.hparams["lr_schedule"] == "linear"
+    resumed.learn(vec_env(resumed.policy), iterations=2, progress_bar=False, callback=seen.append)
+    # Iteration i of a 4-iteration run: lr * (1 - i / 4); the resumed call continues the line.
+    assert [m["lr"] for m in seen[:2]] == pytest.approx([lr, 0.75 * lr])
+    assert [m["lr"] for m in seen[2:]] == pytest.approx([0.5 * lr, 0.25 * lr])
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * lr)
+    constant = []
+    REINFORCE(policy, lr=lr, seed=0).learn(vec_env(policy), iterations=2, progress_bar=False, callback=constant.append)
+    assert [m["lr"] for m in constant] == [lr, lr]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ Train rewards (the batch's mean) are logged for both too.
 What each agent is, at its defaults:
   reinforce      `textgym train`'s recipe: group-mean baseline, token-mean loss, constant lr.
   reinforce-std  the same, with the group advantage divided by the group's std (`normalize_std`).
+  reinforce-linear  the same as reinforce, with the learning rate decayed linearly to 0 (TRL's schedule).
   trl            TRL's GRPOTrainer defaults: std-scaled group advantages, DAPO token aggregation,
                  linearly decaying lr, clipped ratio (= 1 with one step per batch).
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 from trl_grpo import TRL_MISSING, grpo_trainer, trl_available
 
-AGENTS = ("reinforce", "reinforce-std", "trl")
+AGENTS = ("reinforce", "reinforce-std", "reinforce-linear", "trl")
 EVAL_SEED = 104729
 
 
@@ -78,7 +79,7 @@ class Curve:
             row.update(val_reward=val["reward"], val_ci95=val["reward_ci95"], val_accuracy=val["accuracy"],
                        val_length=val["episode_length"])  # fmt: skip
             train = "  -  " if train_reward is None else f"{train_reward:.3f}"
-            print(f"{self.agent:>13} seed {self.seed} update {update:3d} ({row['samples']:4d} samples): train {train}  "
+            print(f"{self.agent:>16} seed {self.seed} update {update:3d} ({row['samples']:4d} samples): train {train}  "
                   f"validation {val['reward']:.3f} ± {val['reward_ci95']:.3f}", flush=True)  # fmt: skip
         self.rows.append(row)
 
@@ -90,18 +91,19 @@ def load(args, seed: int):
     return load_model(args.model, device="auto", dtype="float32")
 
 
-def run_reinforce(args, seed: int, normalize_std: bool) -> Curve:
+def run_reinforce(args, seed: int, variant: str) -> Curve:
     import textgym
     from agents import REINFORCE, LMPolicy
 
     model, tokenizer = load(args, seed)
-    curve = Curve("reinforce-std" if normalize_std else "reinforce", seed, args.prompts * args.group_size)
+    curve = Curve(variant, seed, args.prompts * args.group_size)
     evaluator = Evaluator(args, tokenizer)
     policy = LMPolicy(model, tokenizer, temperature=args.temperature, seed=seed)
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
                                     task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
                                     max_new_tokens=args.max_new_tokens)  # fmt: skip
-    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=seed, normalize_std=normalize_std, amp=args.amp)
+    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=seed, normalize_std=variant == "reinforce-std",
+                      lr_schedule="linear" if variant == "reinforce-linear" else "constant", amp=args.amp)  # fmt: skip
     curve.add(0, None, evaluator(model))
     clock = time.perf_counter()
 
@@ -200,9 +202,9 @@ def report(rows: list[dict], args, out: Path) -> None:
                 evals[a].setdefault(r["update"], []).append(r["val_reward"])
     updates = sorted(set().union(*evals.values()))
     print(f"\nvalidation reward, mean over seeds (sampled at T; the same prompts and random numbers for every agent)")
-    print(f"{'update':>6} {'samples':>7} " + " ".join(f"{a + f' ({len(seeds[a])})':>17}" for a in agents))
+    print(f"{'update':>6} {'samples':>7} " + " ".join(f"{a + f' ({len(seeds[a])})':>20}" for a in agents))
     for u in updates:
-        cells = [f"{sum(evals[a][u]) / len(evals[a][u]):17.3f}" if u in evals[a] else f"{'':>17}" for a in agents]
+        cells = [f"{sum(evals[a][u]) / len(evals[a][u]):20.3f}" if u in evals[a] else f"{'':>20}" for a in agents]
         print(f"{u:>6} {u * args.prompts * args.group_size:>7} " + " ".join(cells))
     print()
     reach: dict[str, list[int | None]] = {}
@@ -210,7 +212,7 @@ def report(rows: list[dict], args, out: Path) -> None:
         reach[a] = [first_reaching(runs[a, s], args.target) for s in seeds[a]]
         finals = [runs[a, s][-1]["val_reward"] for s in seeds[a]]
         means = [sum(v) / len(v) for v in evals[a].values()]
-        print(f"{a:>13}: final validation {sum(finals) / len(finals):.3f} (per seed {', '.join(f'{v:.3f}' for v in finals)}); "
+        print(f"{a:>16}: final validation {sum(finals) / len(finals):.3f} (per seed {', '.join(f'{v:.3f}' for v in finals)}); "
               f"mean over the curve {sum(means) / len(means):.3f}; samples to >= {args.target} per seed: "
               f"{', '.join('never' if v is None else str(v) for v in reach[a])}")  # fmt: skip
     if "trl" in agents:
@@ -280,8 +282,8 @@ def main() -> int:
     print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples per update, "
           f"{args.updates} updates, <= {args.max_new_tokens} new tokens, T={args.temperature}, lr={args.lr}, "
           f"validation every {args.eval_every} updates on {args.eval_episodes} episodes, {torch.get_num_threads()} threads")  # fmt: skip
-    runners = {"reinforce": lambda s: run_reinforce(args, s, False), "reinforce-std": lambda s: run_reinforce(args, s, True),
-               "trl": lambda s: run_trl(args, s)}  # fmt: skip
+    runners = {name: (lambda s, name=name: run_reinforce(args, s, name)) for name in AGENTS if name != "trl"}
+    runners["trl"] = lambda s: run_trl(args, s)
     out = Path(args.out)
     rows = saved_rows(args, out)
     done = {(r["agent"], r["seed"]) for r in rows}
