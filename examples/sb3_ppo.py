@@ -17,8 +17,8 @@ in training, so the held-out reward measures whether the agent learnt
 to *sort*, not to memorize. Prints the learning curve (timesteps vs. mean training-episode reward,
 greedy reward on the train problems and on the held-out ones) and writes it as CSV and PNG.
 
-Measured here (seed 0, README): PPO passes 0.9 on the training episodes at ~50k steps and solves
-every held-out string greedily from ~40k; A2C gets there at ~100k. Sorting generalizes because the
+Measured here (seed 0, README): PPO passes 0.9 on the training episodes at 40k steps and solves
+every held-out string greedily from 35k; A2C gets there at 100k. Sorting generalizes because the
 answer depends on letter counts, which an MLP over one-hot positions reads off linearly. Copying
 does not (`--task copy`): PPO's MLP learns the training strings (0.93 at 40k steps) but copies only
 some held-out ones, because nothing in a per-position one-hot MLP ties "the k-th generated letter"
