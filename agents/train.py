@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from textgym.rewards.core import ISOLATIONS
+
 # Defaults that differ between the real model and the tiny char-level model.
 MODEL_DEFAULTS = {
     "default": dict(task="addition", max_new_tokens=24, temperature=0.7, lr=2e-5, iterations=50, prompts=2, group_size=8),
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-kwargs", default=None, help='task arguments as JSON, e.g. \'{"digits": 2}\'')
     p.add_argument("--prompt-style", choices=["plain", "r1_zero"], default=None)
     p.add_argument("--reward", default=None, help="a reward name from `textgym rewards` instead of the task's (--model tiny: partial_credit)")
-    p.add_argument("--reward-isolation", choices=["thread", "process"], default="thread",
+    p.add_argument("--reward-isolation", choices=ISOLATIONS, default="thread",
                    help="run the verifier in a worker process that is killed on timeout (for verifiers that can hang)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--iterations", type=int, default=None)

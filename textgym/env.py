@@ -327,8 +327,8 @@ class TextGenEnv(gym.Env):
     - `stop_strings`: override the task's stop strings.
     - `reward_timeout`: seconds a reward function may take (None: no limit).
     - `reward_isolation`: "thread" (default; a timed-out verifier is abandoned but keeps running)
-      or "process" (it runs in a worker process, killed on timeout or replaced if it crashes; the
-      reward function must pickle, i.e. be defined at module level).
+      or "process" (it runs in a forked worker process, killed on timeout or replaced if it
+      crashes; where processes cannot be forked, e.g. Windows, the reward function must pickle).
     - `budget_is_terminal`: report the end of the budget as `terminated`.
     - `action_mask_in_info`: add `action_mask` to every `info`.
     - `render_mode`: "ansi" (render returns the text) or "human" (prints it).
