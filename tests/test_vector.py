@@ -115,15 +115,20 @@ def test_reset_gives_every_group_a_fresh_shared_example():
     assert (a["index"] != b["index"]).any()
 
 
-def test_disabled_autoreset_needs_reset_mask():
+def test_disabled_autoreset_finished_slot_ignores_actions_until_reset_mask():
     envs = TextGenVectorEnv(num_envs=2, autoreset_mode=AutoresetMode.DISABLED, **KW)
     envs.reset(seed=0)
-    envs.step(np.array([0, 5]))
-    with pytest.raises(RuntimeError, match="reset_mask"):
-        envs.step(np.array([5, 5]))
+    _, reward, terminated, truncated, info = envs.step(np.array([0, 5]))  # slot 0 writes the end token
+    assert terminated.tolist() == [True, False] and info["_completion"].tolist() == [True, False]
+    before = envs.step(np.array([5, 5]))[0]
+    obs, reward, terminated, truncated, info = envs.step(np.array([7, 5]))
+    # slot 0 keeps its final state: no token appended, nothing paid or scored again, no new episode
+    np.testing.assert_array_equal(obs["input_ids"][0], before["input_ids"][0])
+    assert reward[0] == 0.0 and not terminated[0] and not truncated[0] and "completion" not in info
+    assert obs["seq_len"][1, 0] == obs["prompt_len"][1, 0] + 3
     obs, info = envs.reset(options={"reset_mask": np.array([True, False])})
     assert obs["seq_len"][0, 0] == obs["prompt_len"][0, 0]
-    assert obs["seq_len"][1, 0] == obs["prompt_len"][1, 0] + 1
+    assert obs["seq_len"][1, 0] == obs["prompt_len"][1, 0] + 3
     envs.step(np.array([5, 5]))
 
 

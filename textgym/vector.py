@@ -132,12 +132,9 @@ class TextGenVectorEnv(VectorEnv):
                 self._episode[i] += 1
                 self._start(int(i))
             active = ~resetting
+        elif self.autoreset_mode == AutoresetMode.DISABLED:
+            active = ~self._done  # a finished slot ignores its action until reset(options={"reset_mask": ...})
         else:
-            if self.autoreset_mode == AutoresetMode.DISABLED and self._done.any():
-                raise RuntimeError(
-                    f"slots {np.flatnonzero(self._done).tolist()} have finished their episodes; with "
-                    "autoreset disabled, call envs.reset(options={'reset_mask': mask}) first"
-                )
             active = np.ones(n, dtype=bool)
 
         rows = np.flatnonzero(active)
@@ -159,7 +156,7 @@ class TextGenVectorEnv(VectorEnv):
             ended_by = "eos" if eos[i] else "stop" if stop[i] else "budget"
             completion = self._ids[i, self._prompt_len[i] : self._seq_len[i]].tolist()
             rewards[i], final_infos[int(i)] = self.rules.finish(completion, self._examples[i], ended_by)
-        self._done = finished.copy()
+        self._done |= finished
 
         if self.autoreset_mode == AutoresetMode.SAME_STEP and finished.any():
             final_obs = self._obs()

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 __all__ = ["from_trl", "reasoning_gym_task"]
 
 
-def from_trl(fn: Callable[..., list]) -> Callable[[str, "Example"], tuple[float, dict[str, float]]]:
+def from_trl(fn: Callable[..., list]) -> Callable[[str, Example], tuple[float, dict[str, float]]]:
     """Turn a TRL reward function into a textgym reward.
 
     TRL calls `fn(prompts=[...], completions=[...], **columns) -> list[float | None]`, one column
@@ -19,7 +19,7 @@ def from_trl(fn: Callable[..., list]) -> Callable[[str, "Example"], tuple[float,
     becomes 0.0 with the component `none` = 1.0, so it is counted rather than silently averaged in.
     """
 
-    def trl_reward(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+    def trl_reward(completion: str, example: Example) -> tuple[float, dict[str, float]]:
         columns = {k: [v] for k, v in example.metadata.items()}
         columns["answer"] = [example.answer]
         out = fn(prompts=[example.prompt], completions=[completion], **columns)

@@ -7,14 +7,12 @@ inside the tags; otherwise at the whole completion.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from textgym.example import Example
 from textgym.rewards.core import register_reward
 from textgym.rewards.extract import answer_tag, boxed, last_number, numbers_equal
 from textgym.rewards.math_equiv import math_equal
-
-if TYPE_CHECKING:
-    from textgym.tasks.base import Example
 
 __all__ = [
     "exact_match",
@@ -41,13 +39,13 @@ def _answer_region(completion: str) -> str:
 
 
 @register_reward("exact_match")
-def exact_match(completion: str, example: "Example") -> float:
+def exact_match(completion: str, example: Example) -> float:
     """1.0 when the answer (inside <answer> tags if any, stripped) equals the reference exactly."""
     return float(_answer_region(completion) == example.answer.strip())
 
 
 @register_reward("numeric_match")
-def numeric_match(completion: str, example: "Example") -> float:
+def numeric_match(completion: str, example: Example) -> float:
     r"""1.0 when the last number (in <answer> tags, else \boxed{}, else anywhere) equals the reference.
 
     Formatting is forgiven: "1,000" == "1000", " 7.0" == "7." == "7".
@@ -61,12 +59,12 @@ def numeric_match(completion: str, example: "Example") -> float:
 
 
 @register_reward("contains")
-def contains(completion: str, example: "Example") -> float:
+def contains(completion: str, example: Example) -> float:
     """1.0 when the reference answer appears anywhere in the completion."""
     return float(example.answer.strip() in completion)
 
 
-def regex(pattern: str, flags: int = 0) -> Callable[[str, "Example"], float]:
+def regex(pattern: str, flags: int = 0) -> Callable[[str, Example], float]:
     r"""A reward that is 1.0 when `pattern` matches the completion (re.search).
 
     "{answer}" in the pattern stands for the reference answer, escaped:
@@ -75,7 +73,7 @@ def regex(pattern: str, flags: int = 0) -> Callable[[str, "Example"], float]:
     needs_answer = "{answer}" in pattern
     fixed = None if needs_answer else re.compile(pattern, flags)
 
-    def matches(completion: str, example: "Example") -> float:
+    def matches(completion: str, example: Example) -> float:
         rx = fixed or re.compile(pattern.replace("{answer}", re.escape(example.answer.strip())), flags)
         return float(rx.search(completion) is not None)
 
@@ -89,16 +87,16 @@ def is_r1_format(completion: str) -> bool:
 
 
 @register_reward("r1_format")
-def r1_format(completion: str, example: "Example") -> float:
+def r1_format(completion: str, example: Example) -> float:
     """1.0 for the R1 format `<think> ... </think> <answer> ... </answer>` (opening <think> optional)."""
     return float(is_r1_format(completion))
 
 
-def _default_answer_check(answer: str, example: "Example") -> float:
+def _default_answer_check(answer: str, example: Example) -> float:
     return float(answer == example.answer.strip() or numbers_equal(answer, example.answer))
 
 
-def r1_zero_reward(check: Callable[[str, "Example"], float] | None = None) -> Callable:
+def r1_zero_reward(check: Callable[[str, Example], float] | None = None) -> Callable:
     """The R1-zero reward: (reward, {"format": f, "answer": a}).
 
     `format` is 1.0 when the completion is in R1 format; `answer` is check(text inside <answer>,
@@ -107,7 +105,7 @@ def r1_zero_reward(check: Callable[[str, "Example"], float] | None = None) -> Ca
     """
     check = check or _default_answer_check
 
-    def r1_zero(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+    def r1_zero(completion: str, example: Example) -> tuple[float, dict[str, float]]:
         """R1-zero: the answer in <answer> tags scores, paid only with the right format (components format, answer)."""
         fmt = is_r1_format(completion)
         answer = answer_tag(completion)
@@ -121,7 +119,7 @@ r1_zero = register_reward("r1_zero", r1_zero_reward())
 
 
 @register_reward("math_equiv")
-def math_equiv(completion: str, example: "Example") -> float:
+def math_equiv(completion: str, example: Example) -> float:
     r"""1.0 when the answer is mathematically equal to the reference ("0.5" == "\frac{1}{2}").
 
     The answer is taken from <answer> tags (a \boxed{} inside them wins), else the last \boxed{},
@@ -148,7 +146,7 @@ def edit_distance(a: str, b: str) -> int:
 
 
 @register_reward("partial_credit")
-def partial_credit(completion: str, example: "Example") -> float:
+def partial_credit(completion: str, example: Example) -> float:
     """1 - edit_distance(answer, reference) / max(len): 1.0 exact, 0.0 nothing in common.
 
     Answers longer than 4x the reference (or 1,000 chars) score 0 without the quadratic work.

@@ -17,10 +17,10 @@ import queue
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
-if TYPE_CHECKING:
-    from textgym.tasks.base import Example
+from textgym.example import Example
+from textgym.registry import Registry
 
 __all__ = [
     "RewardFn",
@@ -33,18 +33,9 @@ __all__ = [
     "combine",
 ]
 
-RewardFn = Callable[[str, "Example"], Union[float, "tuple[float, dict[str, float]]"]]
+RewardFn = Callable[[str, Example], Union[float, "tuple[float, dict[str, float]]"]]
 
-_REWARDS: dict[str, RewardFn] = {}
-
-
-def same_function(a: Any, b: Any) -> bool:
-    # Re-running a module (notebooks, importlib.reload) makes a new function object for the same
-    # definition; that is a re-registration, not a clash.
-    if a is b:
-        return True
-    key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))
-    return key(a) == key(b) and key(a) != (None, None) and "<lambda>" not in str(key(a)[1])
+REWARDS: Registry[RewardFn] = Registry("reward")
 
 
 def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
@@ -57,43 +48,21 @@ def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = 
     Registering the same function again is a no-op; a different one under a taken name raises
     ValueError unless `overwrite=True`.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
-
-    def add(f: RewardFn) -> RewardFn:
-        if not callable(f):
-            raise TypeError(f"reward {name!r} must be callable, got {type(f).__name__}")
-        old = _REWARDS.get(name)
-        if old is not None and not overwrite and not same_function(old, f):
-            raise ValueError(
-                f"a different reward is already registered as {name!r}; "
-                "pick another name or pass overwrite=True"
-            )
-        _REWARDS[name] = f
-        return f
-
-    return add if fn is None else add(fn)
+    return REWARDS.register(name, fn, overwrite=overwrite)
 
 
 def list_rewards() -> list[str]:
-    return sorted(_REWARDS)
+    return REWARDS.names()
 
 
 def get_reward(name_or_fn: str | RewardFn) -> RewardFn:
     """The registered reward called `name_or_fn`, or the callable itself."""
-    if callable(name_or_fn):
-        return name_or_fn
-    if isinstance(name_or_fn, str) and name_or_fn in _REWARDS:
-        return _REWARDS[name_or_fn]
-    raise ValueError(f"unknown reward {name_or_fn!r}; known rewards: {', '.join(list_rewards())}")
+    return name_or_fn if callable(name_or_fn) else REWARDS.get(name_or_fn)
 
 
 def reward_name(fn: Any) -> str:
     """How error messages name a reward: its registered name, else its qualified name."""
-    for name, f in _REWARDS.items():
-        if f is fn:
-            return name
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return REWARDS.name_of(fn) or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 @dataclass(frozen=True)
@@ -127,7 +96,7 @@ def as_result(value: Any) -> tuple[float, dict[str, float]]:
     return _finite_number(value, "reward"), {}
 
 
-def _call(fn: RewardFn, completion: str, example: "Example") -> RewardResult:
+def _call(fn: RewardFn, completion: str, example: Example) -> RewardResult:
     try:
         value = fn(completion, example)
     except Exception as e:  # the point of score(): any failure of user code becomes a 0 reward
@@ -158,7 +127,7 @@ class _VerifierThread:
             box.append(_call(fn, completion, example))
             done.set()
 
-    def call(self, fn: RewardFn, completion: str, example: "Example", timeout: float | None) -> RewardResult | None:
+    def call(self, fn: RewardFn, completion: str, example: Example, timeout: float | None) -> RewardResult | None:
         """The result, or None (and this thread abandoned) when `timeout` seconds pass first."""
         box: list[RewardResult] = []
         done = threading.Event()
@@ -207,7 +176,7 @@ class _VerifierProcess:
         self.process.start()
         child.close()
 
-    def call(self, completion: str, example: "Example", timeout: float | None) -> RewardResult | None:
+    def call(self, completion: str, example: Example, timeout: float | None) -> RewardResult | None:
         """The result, or None when `timeout` seconds pass first (the process is killed)."""
         try:
             self.conn.send((completion, example))
@@ -272,7 +241,7 @@ def _process_worker(fn: RewardFn) -> _VerifierProcess:
 
 
 def score(
-    fn: str | RewardFn, completion: str, example: "Example", timeout: float | None = None, isolation: str = "thread"
+    fn: str | RewardFn, completion: str, example: Example, timeout: float | None = None, isolation: str = "thread"
 ) -> RewardResult:
     """Call a reward safely. Never raises.
 
@@ -329,7 +298,7 @@ def combine(parts: Mapping[str, RewardFn | str], weights: Mapping[str, float] | 
         raise ValueError(f"weights for unknown parts {sorted(unknown)}; parts are {sorted(fns)}")
     w = {name: float(weights.get(name, 1.0)) for name in fns}
 
-    def combined(completion: str, example: "Example") -> tuple[float, dict[str, float]]:
+    def combined(completion: str, example: Example) -> tuple[float, dict[str, float]]:
         total, components = 0.0, {}
         for name, f in fns.items():
             value, sub = as_result(f(completion, example))

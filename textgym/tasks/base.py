@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from textgym.rewards.core import as_result, get_reward, same_function
+from textgym.example import Example
+from textgym.registry import Registry
+from textgym.rewards.core import as_result, get_reward
 from textgym.rewards.builtin import r1_zero_reward
 from textgym.rewards.extract import first_line
 
@@ -42,13 +43,6 @@ R1_ZERO_TEMPLATE = (
 # sampled, and a sample is kept only if its hash puts it in the requested split.
 ENUMERATE_LIMIT = 10_000
 _MAX_SAMPLING_TRIES = 1000  # P(no test-split hit in 1000 tries at 10%) = 0.9**1000 ~ 1e-46
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str  # the question text, unformatted
-    answer: str  # reference answer as text
-    metadata: Mapping[str, Any] = field(default_factory=dict)  # operands, target, numbers...
 
 
 def _digest(key: str) -> bytes:
@@ -291,8 +285,10 @@ class _ExampleListTask(Task):
 
 # -- registry ---------------------------------------------------------------------------------------
 
-_TASKS: dict[str, Callable[..., Task]] = {}
 _REASONING_GYM_PREFIX = "reasoning_gym:"
+TASKS: Registry[Callable[..., Task]] = Registry(
+    "task", hint=f" (or '{_REASONING_GYM_PREFIX}<dataset>' with reasoning-gym installed)"
+)
 
 
 def register_task(name: str, factory: Callable[..., Task] | None = None, *, overwrite: bool = False):
@@ -301,22 +297,11 @@ def register_task(name: str, factory: Callable[..., Task] | None = None, *, over
     make_task(name, **kwargs) calls the factory with the user's kwargs (seed, prompt_style,
     reward and the task's own). A different factory under a taken name needs overwrite=True.
     """
-
-    def add(f: Callable[..., Task]):
-        if not callable(f):
-            raise TypeError(f"task factory for {name!r} must be callable, got {type(f).__name__}")
-        old = _TASKS.get(name)
-        if old is not None and not overwrite and not same_function(old, f):
-            raise ValueError(f"a different task is already registered as {name!r}; "
-                             "pick another name or pass overwrite=True")
-        _TASKS[name] = f
-        return f
-
-    return add if factory is None else add(factory)
+    return TASKS.register(name, factory, overwrite=overwrite)
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
@@ -331,12 +316,7 @@ def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
         from textgym.rewards.adapters import reasoning_gym_task
 
         return reasoning_gym_task(name_or_task[len(_REASONING_GYM_PREFIX) :], **kwargs)
-    if name_or_task not in _TASKS:
-        raise ValueError(
-            f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
-            f"(or '{_REASONING_GYM_PREFIX}<dataset>' with reasoning-gym installed)"
-        )
-    task = _TASKS[name_or_task](**kwargs)
+    task = TASKS.get(name_or_task)(**kwargs)
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name_or_task!r} returned {type(task).__name__}, not a Task")
     return task
