@@ -12,6 +12,7 @@ their own: `textgym.list_tasks()`, `textgym.list_rewards()`, `@textgym.register_
 
 import gymnasium as _gym
 
+from textgym.config import EnvConfig
 from textgym.env import TextGenEnv
 from textgym.rewards import RewardResult, get_reward, list_rewards, register_reward, score
 from textgym.tasks import Example, Task, list_tasks, make_task, register_task
@@ -24,6 +25,7 @@ ENV_ID = "TextGen-v0"
 
 __all__ = [
     "ENV_ID",
+    "EnvConfig",
     "TextGenEnv",
     "TextGenVectorEnv",
     "Example",

@@ -1,4 +1,5 @@
-"""TextGenVectorEnv: N TextGenEnv slots stepped together in numpy, with group resets."""
+"""TextGenVectorEnv: N TextGenEnv slots stepped together (the N-slot case of
+`textgym.transition.Transition`), with group resets."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textgym.env import EpisodeRules, draw_index, observation_space
-from textgym.tasks import Example
+from textgym.config import EnvConfig
+from textgym.env import pick_example
+from textgym.example import Example
+from textgym.transition import Transition, batch_infos, check_actions, draw_index
 
 __all__ = ["TextGenVectorEnv"]
+
+_NO_OPTIONS: dict = {}
 
 
 class TextGenVectorEnv(VectorEnv):
     """A natively batched TextGenEnv: the state of all slots lives in one (N, L) array.
 
     Step for step it returns what `gymnasium.vector.SyncVectorEnv` of N `TextGenEnv`s returns
-    (slot i seeded seed+i; same observations, rewards, flags and infos), without a Python loop
-    over the slots except for the ones that finish an episode (decode and verify).
+    (slot i seeded seed+i; same observations, rewards, flags and infos) in every autoreset mode,
+    partial resets (`reset(options={"reset_mask": mask})`) included, without a Python loop over
+    the slots except for the ones whose episode ends (decoded, then scored in one hand-off).
 
     Group resets: with `group_size=G`, slots [kG, (k+1)G) form group k and every reset gives them
     the same example, which group baselines (GRPO-style) need. The n-th episode of every slot in a
@@ -29,14 +35,21 @@ class TextGenVectorEnv(VectorEnv):
     slots that finish at different steps still line up and the draw does not depend on timing.
     `reset()` of all slots starts every group on a fresh example together.
 
+    Autoreset: `NEXT_STEP` (Gymnasium's default: the step after an episode ends resets the slot and
+    ignores its action), `SAME_STEP` (the slot is reset on the step it ends; the final observation
+    and info are under `final_obs` / `final_info`), or `DISABLED`: a finished slot then keeps its
+    final state and ignores its actions (reward 0, both flags False) until
+    `reset(options={"reset_mask": mask})` restarts it, so a rollout that wants exactly one episode
+    per slot starts no episode it would throw away and pays for one verifier call per episode.
+    `autoreset_mode` can be changed between episodes (agents switch to `DISABLED` for a rollout).
+
     Args:
         num_envs: number of slots N (a multiple of `group_size`).
         group_size: slots per group G (default 1: each slot draws its own examples).
-        autoreset_mode: `AutoresetMode.NEXT_STEP` (default), `SAME_STEP` or `DISABLED`
-            (then reset finished slots with `reset(options={"reset_mask": mask})`).
+        autoreset_mode: `AutoresetMode.NEXT_STEP` (default), `SAME_STEP` or `DISABLED` (or their names).
         render_mode: "ansi" (render returns one text per slot) or None.
-        action_mask_in_info: add each slot's `action_mask` to the infos.
-        **env_kwargs: the arguments of `TextGenEnv` (task, tokenizer, max_new_tokens, ...).
+        config: an `EnvConfig`; the keyword settings (task, tokenizer, max_new_tokens, ...: see
+            `TextGenEnv`) override it.
     """
 
     def __init__(
@@ -45,8 +58,8 @@ class TextGenVectorEnv(VectorEnv):
         group_size: int = 1,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         render_mode: str | None = None,
-        action_mask_in_info: bool = False,
-        **env_kwargs: Any,
+        config: EnvConfig | None = None,
+        **settings: Any,
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -59,221 +72,161 @@ class TextGenVectorEnv(VectorEnv):
             )
         if render_mode not in (None, "ansi"):
             raise ValueError(f"TextGenVectorEnv renders only 'ansi', got render_mode={render_mode!r}")
-        self.autoreset_mode = AutoresetMode(autoreset_mode)
-        self.split = env_kwargs.get("split", "train")
-        self.rules = EpisodeRules.build(**env_kwargs)
-        self.task, self.tokenizer = self.rules.task, self.rules.tokenizer
+        self.config = (config or EnvConfig()).replace(**settings) if settings else (config or EnvConfig())
         self.num_envs, self.group_size = int(num_envs), int(group_size)
+        self.core = Transition(self.config, num_slots=self.num_envs)
+        self.task, self.tokenizer = self.core.task, self.core.tokenizer
+        self.split = self.config.split
         self.render_mode = render_mode
-        self.action_mask_in_info = action_mask_in_info
-        self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": ["ansi"]}
+        self.metadata = {"render_modes": ["ansi"]}
+        self.autoreset_mode = autoreset_mode
 
-        self.vocab_size = self.tokenizer.vocab_size
-        self.pad_token_id = self.vocab_size
-        self.max_new_tokens = self.rules.max_new_tokens
-        self.obs_len = self.rules.obs_len
+        self.vocab_size = self.core.vocab_size
+        self.pad_token_id = self.core.pad_token_id
+        self.max_new_tokens = self.core.max_new_tokens
+        self.obs_len = self.core.obs_len
         self.single_action_space = spaces.Discrete(self.vocab_size)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.single_observation_space = observation_space(self.obs_len, self.vocab_size)
+        self.single_observation_space = self.core.single_observation_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
         n = self.num_envs
-        self._ids = np.full((n, self.obs_len), self.pad_token_id, dtype=np.int64)
-        self._prompt_len = np.zeros(n, dtype=np.int64)
-        self._seq_len = np.zeros(n, dtype=np.int64)
-        self._done = np.zeros(n, dtype=bool)
-        self._index = np.full(n, -1, dtype=np.int64)
-        self._examples: list[Example | None] = [None] * n
-        self._episode = np.zeros(n, dtype=np.int64)
-        self._queues: list[dict[int, tuple[int, Example]]] = [{} for _ in range(n // self.group_size)]
-        self._rngs: list[np.random.Generator] | None = None
-        self._num_examples = self.task.num_examples(self.split)
-        self._eos = -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id
-        # Tokens after which a stop string can be complete: a table lookup replaces most decodes.
-        self._stop_candidate = self.rules.stop_candidates
-        self._prompt_cache: dict[int, list[int]] = {}
+        self._episode = np.zeros(n, dtype=np.int64)  # episodes each slot started since the last full reset
+        self._queues: list[dict[int, tuple[Example, int]]] = [{} for _ in range(n // self.group_size)]
+        self._rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(n)]
+        self._started = False
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        return self._autoreset_mode
+
+    @autoreset_mode.setter
+    def autoreset_mode(self, mode: AutoresetMode | str) -> None:
+        """An `AutoresetMode`, or its value or name in any case ("NextStep", "next_step", "disabled")."""
+        if not isinstance(mode, AutoresetMode):
+            names = {key.lower(): m for m in AutoresetMode for key in (m.name, m.value, m.name.replace("_", ""))}
+            mode = names.get(str(mode).lower())
+            if mode is None:
+                raise ValueError(f"autoreset_mode must be one of {[m.name.lower() for m in AutoresetMode]}, got {mode!r}")
+        self._autoreset_mode = mode
+        self.metadata["autoreset_mode"] = mode
 
     # -- Gymnasium API ---------------------------------------------------------------------------
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
         n = self.num_envs
-        if seed is not None or self._rngs is None:
-            seeds = _slot_seeds(seed, n)
-            self._rngs = [seeding.np_random(s)[0] for s in seeds]
-        options = options or {}
-        mask = options.get("reset_mask")
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
         if mask is None:
             rows = np.arange(n)
             self._queues = [{} for _ in self._queues]
             self._episode[:] = 0
         else:
-            mask = np.asarray(mask, dtype=bool)
-            if mask.shape != (n,):
-                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},), got {mask.shape}")
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (n,):
+                raise ValueError(f"options['reset_mask'] must be a numpy bool array of shape ({n},), got {mask!r}")
+            if not mask.any():
+                raise ValueError("options['reset_mask'] selects no slot; set at least one True")
             rows = np.flatnonzero(mask)
-            self._episode[rows] += self._started_rows(rows)
+            started = np.array([self.core.examples[i] is not None for i in rows], dtype=np.int64)
+            self._episode[rows] += started  # a slot that had an episode moves on to its group's next example
+        for i, s in zip(rows, _slot_seeds(seed, n)[rows] if seed is not None else [None] * len(rows)):
+            if s is not None:
+                self._rngs[i] = seeding.np_random(int(s))[0]
         for i in rows:
-            self._start(int(i))
-        self._needs_reset = np.zeros(n, dtype=bool)
-        return self._obs(), self._infos()
+            self._start(int(i), options)
+        self._started = True
+        return self.core.observations(), self._infos(rows)
 
     def step(self, actions):
-        if self._rngs is None:
+        if not self._started:
             raise RuntimeError("step() was called before reset(); call envs.reset() first")
-        actions = self._check_actions(actions)
-        n = self.num_envs
-        rewards = np.zeros(n, dtype=np.float64)
-        terminated = np.zeros(n, dtype=bool)
-        truncated = np.zeros(n, dtype=bool)
-
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            resetting = self._needs_reset
-            for i in np.flatnonzero(resetting):
-                self._episode[i] += 1
-                self._start(int(i))
-            active = ~resetting
-        elif self.autoreset_mode == AutoresetMode.DISABLED:
-            active = ~self._done  # a finished slot ignores its action until reset(options={"reset_mask": ...})
-        else:
-            active = np.ones(n, dtype=bool)
-
-        rows = np.flatnonzero(active)
-        pos = self._seq_len[rows]
-        self._ids[rows, pos] = actions[rows]
-        self._seq_len[rows] += 1
-        eos = active & (actions == self._eos)
-        budget = active & (self._seq_len - self._prompt_len >= self.max_new_tokens)
-        stop = np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(active & ~eos & self._stop_candidate[actions]):
-            completion = self._ids[i, self._prompt_len[i] : self._seq_len[i]]
-            stop[i] = self.rules.hits_stop(completion, int(actions[i]))
-        finished = eos | stop | budget
-        truncated[:] = budget & ~eos & ~stop & (not self.rules.budget_is_terminal)
-        terminated[:] = finished & ~truncated
-
-        final_infos: dict[int, dict] = {}
-        for i in np.flatnonzero(finished):
-            ended_by = "eos" if eos[i] else "stop" if stop[i] else "budget"
-            completion = self._ids[i, self._prompt_len[i] : self._seq_len[i]].tolist()
-            rewards[i], final_infos[int(i)] = self.rules.finish(completion, self._examples[i], ended_by)
-        self._done |= finished
+        actions = check_actions(actions, self.num_envs, self.vocab_size)
+        # A slot whose episode ended on the last step: NEXT_STEP resets it now, ignoring its action
+        # (so does SAME_STEP, for slots left finished while the mode was DISABLED); DISABLED leaves it.
+        resetting = self.core.done.copy() if self.autoreset_mode != AutoresetMode.DISABLED else np.zeros(self.num_envs, bool)
+        for i in np.flatnonzero(resetting):
+            self._episode[i] += 1
+            self._start(int(i))
+        outcome = self.core.step(actions, ~resetting)
+        finished = outcome.terminated | outcome.truncated
 
         if self.autoreset_mode == AutoresetMode.SAME_STEP and finished.any():
-            final_obs = self._obs()
-            finals: dict[str, Any] = {}
-            for i in np.flatnonzero(finished):
-                self._add_info(finals, {"final_obs": {k: v[i] for k, v in final_obs.items()}}, int(i))
-                self._add_info(finals, {"final_info": self._slot_info(int(i), final_infos[int(i)])}, int(i))
+            final_obs = self.core.observations()
+            rows = np.flatnonzero(finished)
+            final_infos = {int(i): {**self.core.info(int(i)), **outcome.finals[int(i)]} for i in rows}
+            for i in rows:
                 self._episode[i] += 1
                 self._start(int(i))
-            infos = self._infos()
-            infos.update(finals)
-            return self._obs(), rewards, terminated, truncated, infos
+            infos = self._infos(np.arange(self.num_envs))
+            infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
+            for i in rows:
+                infos["final_obs"][i] = {k: v[i] for k, v in final_obs.items()}
+            infos["_final_obs"] = finished.copy()
+            batch_infos({i: {"final_info": v} for i, v in final_infos.items()}, self.num_envs, infos)
+            return self.core.observations(), outcome.rewards, outcome.terminated, outcome.truncated, infos
 
-        self._needs_reset = finished if self.autoreset_mode == AutoresetMode.NEXT_STEP else self._needs_reset
-        return self._obs(), rewards, terminated, truncated, self._infos(final_infos)
+        infos = self._infos(np.arange(self.num_envs))
+        if outcome.finals:
+            batch_infos(outcome.finals, self.num_envs, infos)
+        return self.core.observations(), outcome.rewards, outcome.terminated, outcome.truncated, infos
 
     def render(self):
-        texts = [self.tokenizer.decode(self._ids[i, : self._seq_len[i]].tolist()) for i in range(self.num_envs)]
-        return texts if self.render_mode == "ansi" else None
+        return [self.core.text(i) for i in range(self.num_envs)] if self.render_mode == "ansi" else None
 
     def action_masks(self) -> np.ndarray:
         """The task's allowed tokens for every slot, a bool array (num_envs, vocab_size)."""
-        return np.broadcast_to(self.rules.action_mask().astype(bool), (self.num_envs, self.vocab_size)).copy()
-
-    # -- internals -------------------------------------------------------------------------------
+        return np.broadcast_to(self.core.action_mask.astype(bool), (self.num_envs, self.vocab_size)).copy()
 
     @property
     def examples(self) -> list[Example | None]:
         """The example of each slot's current episode."""
-        return list(self._examples)
+        return list(self.core.examples)
 
-    def _started_rows(self, rows: np.ndarray) -> np.ndarray:
-        """1 for slots that already had an episode (their next reset moves to the next example)."""
-        return (self._index[rows] >= 0).astype(np.int64)
+    # -- internals -------------------------------------------------------------------------------
 
-    def _example_for(self, slot: int) -> tuple[int, Example]:
+    def _start(self, slot: int, options: dict = _NO_OPTIONS) -> None:
+        self.core.start(slot, *self._example_for(slot, options))
+
+    def _example_for(self, slot: int, options: dict) -> tuple[Example, int]:
+        """The slot's next example: its group's n-th, drawn once by the group's first slot
+        (`reset` options such as `index` apply to the reset they come with, not to autoresets)."""
+        if self.group_size == 1:
+            if not options:  # the common case, kept short: it runs once per episode
+                index = draw_index(self._rngs[slot], self.core.num_examples)
+                return self.core.task.example(self.split, index), index
+            return pick_example(self.core, options, self._rngs[slot])
         group = slot // self.group_size
         queue = self._queues[group]
         episode = int(self._episode[slot])
         if episode not in queue:
-            leader = self._rngs[group * self.group_size]
-            index = draw_index(leader, self._num_examples)
-            queue[episode] = (index, self.task.example(self.split, index))
+            queue[episode] = pick_example(self.core, options, self._rngs[group * self.group_size])
             members = self._episode[group * self.group_size : (group + 1) * self.group_size]
             for old in [k for k in queue if k < members.min()]:
                 del queue[old]
         return queue[episode]
 
-    def _start(self, slot: int) -> None:
-        index, example = self._example_for(slot)
-        ids = self._prompt_cache.get(index) if index >= 0 else None
-        if ids is None:
-            ids = self.rules.prompt_ids(example)
-            self.rules.check_prompt(ids)
-            if len(self._prompt_cache) > 4096:
-                self._prompt_cache.clear()
-            self._prompt_cache[index] = ids
-        row = self._ids[slot]
-        row.fill(self.pad_token_id)
-        row[: len(ids)] = ids
-        self._prompt_len[slot] = self._seq_len[slot] = len(ids)
-        self._index[slot] = index
-        self._examples[slot] = example
-        self._done[slot] = False
-
-    def _check_actions(self, actions) -> np.ndarray:
-        arr = np.asarray(actions)
-        if arr.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), one token id per slot; got {arr.shape}")
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype}")
-        bad = (arr < 0) | (arr >= self.vocab_size)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"action {int(arr[i])} of slot {i} is outside the action space [0, {self.vocab_size})")
-        return arr.astype(np.int64, copy=False)
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        positions = np.arange(self.obs_len)
-        return {
-            "input_ids": self._ids.copy(),
-            "attention_mask": (positions[None, :] < self._seq_len[:, None]).astype(np.int8),
-            "prompt_len": self._prompt_len[:, None].copy(),
-            "seq_len": self._seq_len[:, None].copy(),
-        }
-
-    def _slot_info(self, slot: int, extra: dict | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = {"prompt_len": int(self._prompt_len[slot]), "index": int(self._index[slot])}
-        if self.action_mask_in_info:
-            info["action_mask"] = self.rules.action_mask()
-        if extra:
-            info.update(extra)
-        return info
-
-    def _infos(self, final_infos: dict[int, dict] | None = None) -> dict[str, Any]:
+    def _infos(self, rows: np.ndarray) -> dict[str, Any]:
+        """The per-step info of `rows` (every slot after a step; the reset slots after a reset)."""
         n = self.num_envs
-        everyone = np.ones(n, dtype=bool)
+        present = np.zeros(n, dtype=bool)
+        present[rows] = True
         infos: dict[str, Any] = {
-            "prompt_len": self._prompt_len.copy(),
-            "_prompt_len": everyone.copy(),
-            "index": self._index.copy(),
-            "_index": everyone.copy(),
+            "prompt_len": np.where(present, self.core.prompt_len, 0),
+            "_prompt_len": present.copy(),
+            "index": np.where(present, self.core.index, 0),
+            "_index": present,
         }
-        if self.action_mask_in_info:
-            infos["action_mask"] = np.broadcast_to(self.rules.action_mask(), (n, self.vocab_size)).copy()
-            infos["_action_mask"] = everyone.copy()
-        for slot, extra in sorted((final_infos or {}).items()):
-            self._add_info(infos, extra, slot)
+        if self.config.action_mask_in_info:
+            infos["action_mask"] = np.where(present[:, None], self.core.action_mask[None, :], 0).astype(np.int8)
+            infos["_action_mask"] = present.copy()
         return infos
 
 
-def _slot_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
-    if seed is None:
-        return [None] * n
+def _slot_seeds(seed: int | Sequence[int], n: int) -> np.ndarray:
+    """Slot i's seed: seed + i for an int, else the i-th of a list (None: fresh entropy)."""
     if isinstance(seed, (int, np.integer)):
-        return [int(seed) + i for i in range(n)]
+        return np.array([int(seed) + i for i in range(n)], dtype=object)
     seeds = list(seed)
     if len(seeds) != n:
         raise ValueError(f"reset(seed=...) got {len(seeds)} seeds for {n} slots")
-    return seeds
+    return np.array(seeds, dtype=object)

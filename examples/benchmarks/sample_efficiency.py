@@ -122,13 +122,14 @@ def run_reinforce(args, seed: int, variant: str) -> Curve:
 def run_trl(args, seed: int) -> Curve:
     from transformers import TrainerCallback
 
-    from textgym.env import EpisodeRules
+    from textgym.config import EnvConfig
+    from textgym.transition import Transition
 
     model, tokenizer = load(args, seed)
     curve = Curve("trl", seed, args.prompts * args.group_size)
     evaluator = Evaluator(args, tokenizer)
-    rules = EpisodeRules.build(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
-                               max_new_tokens=args.max_new_tokens)  # fmt: skip
+    rules = Transition(EnvConfig(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
+                                   max_new_tokens=args.max_new_tokens))  # fmt: skip
     curve.add(0, None, evaluator(model))
 
     class Track(TrainerCallback):

@@ -48,11 +48,12 @@ def trl_updates(args) -> list[tuple[float, int]]:
     from transformers import TrainerCallback
 
     from agents.models import load_model
-    from textgym.env import EpisodeRules
+    from textgym.config import EnvConfig
+    from textgym.transition import Transition
 
     model, tokenizer = load_model(args.model, device="auto", dtype="float32")
-    rules = EpisodeRules.build(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
-                               max_new_tokens=args.max_new_tokens)  # fmt: skip
+    rules = Transition(EnvConfig(task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
+                                   max_new_tokens=args.max_new_tokens))  # fmt: skip
     steps = args.warmup + args.updates
     marks: list[tuple[float, int]] = []
 

@@ -52,15 +52,13 @@ def grpo_trainer(model: torch.nn.Module, tokenizer: Any, rules: Any, *, prompts:
                  callbacks: list | None = None, random_prompts: bool = False, **config: Any):  # fmt: skip
     """A GRPOTrainer over `rules.task`'s train split for `steps` steps of `prompts` x `group_size`.
 
-    `rules` is a `textgym.env.EpisodeRules` (prompt formatting + verifier). The prompts are the
+    `rules` is a `textgym.transition.Transition` (prompt formatting + verifier). The prompts are the
     train split in order (`random_prompts=False`) or drawn uniformly at random with `seed`, as the
     env draws them. Extra keyword arguments go to `GRPOConfig` (TRL's defaults otherwise).
     """
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from textgym.rewards import score
 
     size = rules.task.num_examples("train") or 2**31 - 1
     rng = np.random.default_rng(seed)
@@ -69,7 +67,7 @@ def grpo_trainer(model: torch.nn.Module, tokenizer: Any, rules: Any, *, prompts:
     data = Dataset.from_dict({"prompt": [rules.prompt_text(e) for e in examples], "row": list(range(len(examples)))})
 
     def textgym_reward(prompts, completions, row, **_):
-        return [score(rules.reward_fn, c, examples[r]).reward for c, r in zip(completions, row)]
+        return [result.reward for result in rules.score(completions, [examples[r] for r in row])]
 
     # transformers' deprecation notices about names TRL still uses say nothing about the benchmark.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

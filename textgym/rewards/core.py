@@ -16,6 +16,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Union
 
@@ -30,6 +31,7 @@ __all__ = [
     "get_reward",
     "reward_name",
     "score",
+    "score_many",
     "combine",
 ]
 
@@ -108,34 +110,55 @@ def _call(fn: RewardFn, completion: str, example: Example) -> RewardResult:
     return RewardResult(reward, components, None)
 
 
-class _VerifierThread:
-    """One daemon thread that runs the reward calls of `score(..., timeout=...)`, one at a time.
+Item = tuple[str, Example]  # (completion, example): one reward call
 
-    Starting a thread per call cost more than the verifiers themselves (most of a vector env step
-    at 64 slots). A call that times out leaves its thread behind (Python cannot kill a thread): the
-    thread is told to exit once that call returns, and the next call gets a fresh thread.
+
+class _VerifierThread:
+    """One daemon thread that runs the reward calls of `score_many(..., timeout=...)`.
+
+    Starting a thread per call cost more than the verifiers themselves, and so did handing calls
+    over one at a time (about half of a vector env step at 64 slots): a batch of calls (every
+    episode that finished on a step) is one hand-off, and results come back one by one so each
+    call keeps its own timeout. A call that times out leaves its thread behind (Python cannot kill
+    a thread): the thread is told to exit once that call returns, and the rest of the batch goes to
+    a fresh thread.
     """
 
     def __init__(self) -> None:
         self.pid = os.getpid()  # a forked child inherits this object but not the thread
+        self.abandoned = False
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._run, daemon=True, name="textgym-reward").start()
 
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            fn, completion, example, box, done = job
-            box.append(_call(fn, completion, example))
-            done.set()
+            fn, items, starts, results, ready = job
+            for completion, example in items:
+                if self.abandoned:  # the caller gave up on this batch: leave the rest to the next worker
+                    return
+                starts.append(time.monotonic())
+                results.append(_call(fn, completion, example))
+            with ready:
+                ready.notify()
 
-    def call(self, fn: RewardFn, completion: str, example: Example, timeout: float | None) -> RewardResult | None:
-        """The result, or None (and this thread abandoned) when `timeout` seconds pass first."""
-        box: list[RewardResult] = []
-        done = threading.Event()
-        self.jobs.put((fn, completion, example, box, done))
-        if done.wait(timeout):
-            return box[0]
-        self.jobs.put(None)
-        return None
+    def run(self, fn: RewardFn, items: list[Item], timeout: float | None) -> list[RewardResult]:
+        """The results of the leading calls that finished in time (all of them, or up to the one that
+        timed out, which is then missing and this thread abandoned)."""
+        starts: list[float] = []  # when the worker began each call: each call's clock starts there
+        results: list[RewardResult] = []
+        ready = threading.Condition()
+        with ready:
+            self.jobs.put((fn, items, starts, results, ready))
+            while len(results) < len(items):
+                k = len(results)
+                began = starts[k] if len(starts) > k else time.monotonic()
+                left = began + timeout - time.monotonic()
+                if left <= 0 and len(results) == k:
+                    self.abandoned = True
+                    self.jobs.put(None)
+                    return results[:k]
+                ready.wait(max(left, 0.0))  # woken when the batch is done, or at the running call's deadline
+        return results
 
 
 _FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -144,27 +167,29 @@ _FORK = "fork" in multiprocessing.get_all_start_methods()
 def _process_main(conn, fn: RewardFn) -> None:
     global _worker_lock, _thread_worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is not ours
     # Forked while the parent held the lock and owned the workers: none of that is ours.
     _worker_lock, _thread_worker = threading.Lock(), None
     _process_workers.clear()
     while True:
         try:
-            completion, example = conn.recv()
+            items = conn.recv()
         except (EOFError, OSError):  # the parent closed the pipe or exited
             return
-        conn.send(_call(fn, completion, example))
+        for completion, example in items:
+            conn.send(_call(fn, completion, example))
 
 
 class _VerifierProcess:
-    """A worker process that runs one reward function's calls for `score(..., isolation="process")`.
+    """A worker process that runs one reward function's calls for `score_many(..., isolation="process")`.
 
     Unlike a thread it can be stopped: on a timeout it is killed (SIGKILL), so a verifier stuck in
     a loop stops burning CPU and memory, and a verifier that crashes the interpreter (a segfault in
-    an extension, `os._exit`) costs one episode's reward instead of the run; the next call starts
-    a fresh process. Where `fork` exists the process is forked with the function already in its
-    memory, so closures and lambdas work; elsewhere (`spawn`) the function must pickle (be defined
-    at module level; `check_isolatable` says so early). Each call sends the completion and the
-    example by pipe.
+    an extension, `os._exit`) costs one episode's reward instead of the run; the rest of the batch
+    goes to a fresh process. Where `fork` exists the process is forked with the function already in
+    its memory, so closures and lambdas work; elsewhere (`spawn`) the function must pickle (be
+    defined at module level; `check_isolatable` says so early). A batch of calls is one message
+    down the pipe; results come back one by one.
     """
 
     def __init__(self, fn: RewardFn) -> None:
@@ -176,23 +201,32 @@ class _VerifierProcess:
         self.process.start()
         child.close()
 
-    def call(self, completion: str, example: Example, timeout: float | None) -> RewardResult | None:
-        """The result, or None when `timeout` seconds pass first (the process is killed)."""
+    def run(self, items: list[Item], timeout: float | None) -> tuple[list[RewardResult], bool]:
+        """(results of the leading calls that finished, whether the next one timed out).
+
+        A call that crashed the process gets its error result and ends the batch here; the caller
+        sends the rest to a fresh process.
+        """
         try:
-            self.conn.send((completion, example))
+            self.conn.send(items)
         except (pickle.PicklingError, AttributeError, TypeError) as e:
-            return RewardResult(0.0, {}, f"the example cannot be sent to the reward's worker process ({e}); "
-                                         "keep example metadata picklable or use reward_isolation='thread'")  # fmt: skip
-        if not self.conn.poll(timeout):
-            self.close()
-            return None
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError):
-            self.process.join(1.0)
-            code = self.process.exitcode
-            self.close()
-            return RewardResult(0.0, {}, f"reward {reward_name(self.fn)!r} killed its worker process (exit code {code})")
+            error = (f"the example cannot be sent to the reward's worker process ({e}); keep example metadata "
+                     "picklable or use reward_isolation='thread'")  # fmt: skip
+            return [RewardResult(0.0, {}, error) for _ in items], False
+        results: list[RewardResult] = []
+        for _ in items:
+            if not self.conn.poll(timeout):
+                self.close()
+                return results, True
+            try:
+                results.append(self.conn.recv())
+            except (EOFError, OSError):
+                self.process.join(1.0)
+                code = self.process.exitcode
+                self.close()
+                results.append(RewardResult(0.0, {}, f"reward {reward_name(self.fn)!r} killed its worker process (exit code {code})"))
+                return results, False
+        return results, False
 
     def alive(self) -> bool:
         return self.pid == os.getpid() and self.process.is_alive()
@@ -243,40 +277,53 @@ def _process_worker(fn: RewardFn) -> _VerifierProcess:
 def score(
     fn: str | RewardFn, completion: str, example: Example, timeout: float | None = None, isolation: str = "thread"
 ) -> RewardResult:
-    """Call a reward safely. Never raises.
+    """Call a reward safely; never raises. The one-call case of `score_many` (see there)."""
+    return score_many(fn, [(completion, example)], timeout, isolation)[0]
+
+
+def score_many(
+    fn: str | RewardFn, items: list[Item], timeout: float | None = None, isolation: str = "thread"
+) -> list[RewardResult]:
+    """Score (completion, example) pairs with one reward function, safely: never raises.
 
     Exceptions, a non-number / bool / NaN / inf / None result, or running past `timeout` seconds
-    give reward 0.0 and an `error` message.
+    (per call) give reward 0.0 and an `error` message; the other calls are unaffected.
 
-    `isolation="thread"` (default): with a timeout the call runs in a daemon worker thread (one,
-    reused across calls); on timeout we stop waiting and move on, but Python cannot kill the
-    thread: it finishes in the background and a fresh worker takes the next call. Without a
-    timeout the call runs inline. `isolation="process"`: the call runs in a worker process (one per
-    reward function, reused), which is killed on timeout and replaced if the reward crashes it; use
-    it for verifiers that can hang or crash (symbolic math, running generated code). Costs a pipe
-    round trip per call.
+    `isolation="thread"` (default): with a timeout the calls run in a daemon worker thread (one,
+    reused; the batch is one hand-off); on a timeout we stop waiting and move on, but Python cannot
+    kill the thread: it finishes in the background and a fresh worker takes the remaining calls.
+    Without a timeout the calls run inline. `isolation="process"`: the calls run in a worker process
+    (one per reward function, reused), which is killed on timeout and replaced if the reward crashes
+    it; use it for verifiers that can hang or crash (symbolic math, running generated code). Costs a
+    pipe round trip per batch plus one per result.
     """
     try:
         fn = get_reward(fn)
     except ValueError as e:
-        return RewardResult(0.0, {}, str(e))
+        return [RewardResult(0.0, {}, str(e)) for _ in items]
     if isolation not in ISOLATIONS:
-        return RewardResult(0.0, {}, f"unknown isolation {isolation!r}; use one of {ISOLATIONS}")
+        return [RewardResult(0.0, {}, f"unknown isolation {isolation!r}; use one of {ISOLATIONS}") for _ in items]
     if timeout is None and isolation == "thread":
-        return _call(fn, completion, example)
+        return [_call(fn, completion, example) for completion, example in items]
     global _thread_worker
-    with _worker_lock:  # one call at a time, so `timeout` never counts time spent in a queue
-        if isolation == "process":
-            result = _process_worker(fn).call(completion, example, timeout)
-        else:
-            if _thread_worker is None or _thread_worker.pid != os.getpid():  # a forked child has no thread
-                _thread_worker = _VerifierThread()
-            result = _thread_worker.call(fn, completion, example, timeout)
-            if result is None:
-                _thread_worker = None
-    if result is None:
-        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s")
-    return result
+    timed_out = RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s" if timeout else "")
+    results: list[RewardResult] = []
+    with _worker_lock:  # one batch at a time, so `timeout` never counts time spent in a queue
+        while len(results) < len(items):
+            rest = items[len(results) :]
+            if isolation == "process":
+                done, expired = _process_worker(fn).run(rest, timeout)
+            else:
+                if _thread_worker is None or _thread_worker.pid != os.getpid():  # a forked child has no thread
+                    _thread_worker = _VerifierThread()
+                done = _thread_worker.run(fn, rest, timeout)
+                expired = len(done) < len(rest)
+                if expired:
+                    _thread_worker = None
+            results += done
+            if expired:
+                results.append(timed_out)
+    return results
 
 
 def combine(parts: Mapping[str, RewardFn | str], weights: Mapping[str, float] | None = None) -> RewardFn:

@@ -1,0 +1,372 @@
+"""The one transition of TextGen environments, written once, for N slots at a time.
+
+s_{t+1} = s_t ‖ a_t: each active slot's action is appended to its token ids; an episode ends on
+the end token or a stop string (`terminated`) or when its token budget is spent (`truncated`),
+and every episode that ended on a step is scored by the verifier in one hand-off. `TextGenEnv` is
+the one-slot case and `TextGenVectorEnv` the N-slot case of this class; neither repeats any of it.
+
+    from textgym.config import EnvConfig
+    from textgym.transition import Transition
+
+    core = Transition(EnvConfig(task="addition", tokenizer="char", max_new_tokens=8), num_slots=2)
+    core.start(0, core.task.example("train", 0), index=0)
+    outcome = core.step(np.array([5, 0]), active=np.array([True, False]))
+
+It also works alone wherever a program needs what an episode is without stepping one (the prompt
+an example becomes, the verifier's score of a text): `prompt_ids`, `score`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium import spaces
+
+from textgym.config import EnvConfig
+from textgym.example import Example
+from textgym.rewards.core import RewardResult, check_isolatable, get_reward, score_many
+from textgym.tasks import Task, make_task
+from textgym.tokenizers import Tokenizer, as_tokenizer
+
+__all__ = ["Transition", "Outcome", "observation_space", "batch_infos"]
+
+# How many examples are tokenized to size the observation when max_prompt_tokens is not given.
+_PROMPT_PROBE = 4096
+_PROMPT_CACHE = 4096  # prompt ids kept per example index (a finite split is usually smaller)
+
+
+def observation_space(length: int, vocab_size: int) -> spaces.Dict:
+    """The observation space of one slot: a flat Dict of Box spaces (passes SB3's checker)."""
+    return spaces.Dict(
+        {
+            "input_ids": spaces.Box(0, vocab_size, shape=(length,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int8),
+            "prompt_len": spaces.Box(0, length, shape=(1,), dtype=np.int64),
+            "seq_len": spaces.Box(0, length, shape=(1,), dtype=np.int64),
+        }
+    )
+
+
+@dataclass
+class Outcome:
+    """What one step did to the slots: (N,) arrays, and the final info entries of the slots whose
+    episode ended on this step (completion, answer, ended_by, episode_length, reward_components,
+    and reward_error when the verifier failed)."""
+
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    finals: dict[int, dict[str, Any]]
+
+
+class Transition:
+    """The state of N slots and the one rule that moves them: see the module docstring.
+
+    Args:
+        config: the env's settings (`textgym.config.EnvConfig`).
+        num_slots: how many episodes run side by side.
+    """
+
+    def __init__(self, config: EnvConfig, num_slots: int = 1):
+        self.config = config
+        self.task: Task = make_task(config.task, **dict(config.task_kwargs))
+        self.tokenizer: Tokenizer = as_tokenizer(config.tokenizer)
+        tok = self.tokenizer
+        if config.chat_template and not tok.has_chat_template:
+            raise ValueError(f"chat_template=True but tokenizer {tok.name!r} has no chat template; pass chat_template=False")
+        self.chat_template = tok.has_chat_template if config.chat_template is None else config.chat_template
+        self.system_prompt = self.task.system_prompt if config.system_prompt is None else config.system_prompt
+        self.reward_fn = get_reward(config.reward) if config.reward is not None else self.task.reward
+        if config.reward_isolation == "process":
+            check_isolatable(self.reward_fn)
+        self.stop_strings: tuple[str, ...] = tuple(self.task.stop_strings if config.stop_strings is None else config.stop_strings)
+        self.max_new_tokens = int(config.max_new_tokens)
+        self.vocab_size = tok.vocab_size
+        self.pad_token_id = self.vocab_size  # outside the vocabulary, so padding is never an action
+        self.eos_token_id = -1 if tok.eos_token_id is None else tok.eos_token_id
+        self.num_examples = self.task.num_examples(config.split)
+        if self.num_examples == 0:
+            raise ValueError(
+                f"task {self.task.name!r} has no examples in split {config.split!r}; "
+                "pick another split or give the task more examples"
+            )
+        prompt_tokens = config.max_prompt_tokens or self._probe_prompt_tokens()
+        self.obs_len = int(prompt_tokens) + self.max_new_tokens
+        self._stop_window = max((len(s) for s in self.stop_strings), default=0) + 4
+        self._prompt_cache: dict[int, list[int]] = {}
+
+        n = int(num_slots)
+        self.num_slots = n
+        self.ids = np.full((n, self.obs_len), self.pad_token_id, dtype=np.int64)
+        self.prompt_len = np.zeros(n, dtype=np.int64)
+        self.seq_len = np.zeros(n, dtype=np.int64)
+        self.index = np.full(n, -1, dtype=np.int64)
+        self.done = np.ones(n, dtype=bool)  # a slot is done until an episode starts in it
+        self.examples: list[Example | None] = [None] * n
+        self._positions = np.arange(self.obs_len)
+
+    # -- what an episode is ----------------------------------------------------------------------
+
+    @property
+    def single_observation_space(self) -> spaces.Dict:
+        return observation_space(self.obs_len, self.vocab_size)
+
+    def prompt_text(self, example: Example) -> str:
+        """The prompt as the model reads it: the task's formatting, in the chat template if used."""
+        text = self.task.format_prompt(example)
+        if not self.chat_template:
+            return text
+        messages = [{"role": "user", "content": text}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(messages)
+
+    def prompt_ids(self, example: Example, index: int = -1) -> list[int]:
+        """The prompt's token ids (cached by example index when it is one of the split's)."""
+        ids = self._prompt_cache.get(index) if index >= 0 else None
+        if ids is None:
+            ids = self.tokenizer.encode_prompt(self.prompt_text(example))
+            limit = self.obs_len - self.max_new_tokens
+            if len(ids) > limit:
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens does not fit max_prompt_tokens={limit}; "
+                    f"create the env with max_prompt_tokens>={len(ids)}"
+                )
+            if index >= 0:
+                if len(self._prompt_cache) >= _PROMPT_CACHE:
+                    self._prompt_cache.clear()
+                self._prompt_cache[index] = ids
+        return ids
+
+    def completion_texts(self, completions: Sequence[Sequence[int]]) -> list[str]:
+        """The texts the verifier reads: each completion decoded once, without its end token."""
+        eos = self.eos_token_id
+        return self.tokenizer.decode_batch([c[:-1] if len(c) and c[-1] == eos else c for c in completions])
+
+    def score(self, texts: Sequence[str], examples: Sequence[Example]) -> list[RewardResult]:
+        """The verifier's results for finished completions (one hand-off; never raises)."""
+        cfg = self.config
+        return score_many(self.reward_fn, list(zip(texts, examples)), cfg.reward_timeout, cfg.reward_isolation)
+
+    @cached_property
+    def stop_candidates(self) -> np.ndarray:
+        """Bool per token id: can this token be the one that completes a stop string?
+
+        Only a token whose text holds the string's last character can; the test is exact when
+        those characters are ASCII (byte-level tokens may split other characters, so then every
+        token is a candidate). It spares decoding the tail on most steps.
+        """
+        if not self.stop_strings:
+            return np.zeros(self.vocab_size, dtype=bool)
+        last_chars = {s[-1] for s in self.stop_strings}
+        if not all(ch.isascii() for ch in last_chars):
+            return np.ones(self.vocab_size, dtype=bool)
+        return np.array([any(ch in piece for ch in last_chars) for piece in self.tokenizer.token_strings], dtype=bool)
+
+    @cached_property
+    def action_mask(self) -> np.ndarray:
+        """int8 per token id: the tokens the task allows (all when it sets no `allowed_chars`);
+        the end token always. Read-only: copy it before handing it out."""
+        allowed = self.task.allowed_chars
+        if allowed is None:
+            mask = np.ones(self.vocab_size, dtype=np.int8)
+        else:
+            chars = set(allowed)
+            mask = np.array([bool(s) and set(s) <= chars for s in self.tokenizer.token_strings], dtype=np.int8)
+            if self.tokenizer.eos_token_id is not None:
+                mask[self.tokenizer.eos_token_id] = 1
+        mask.setflags(write=False)
+        return mask
+
+    # -- the transition --------------------------------------------------------------------------
+
+    def start(self, slot: int, example: Example, index: int = -1) -> None:
+        """Begin an episode in `slot`: its state becomes the prompt of `example`."""
+        ids = self.prompt_ids(example, index)
+        row = self.ids[slot]
+        row.fill(self.pad_token_id)
+        row[: len(ids)] = ids
+        self.prompt_len[slot] = self.seq_len[slot] = len(ids)
+        self.index[slot] = index
+        self.examples[slot] = example
+        self.done[slot] = False
+
+    def step(self, actions: np.ndarray, active: np.ndarray) -> Outcome:
+        """Append each active slot's action, end the episodes that are over and score them.
+
+        Args:
+            actions: (N,) int64 token ids, already checked against the action space.
+            active: (N,) bool: the slots that take their action; the others keep their state.
+                A slot whose episode is done never counts as active.
+        """
+        n = self.num_slots
+        active = active & ~self.done
+        rows = np.flatnonzero(active)
+        self.ids[rows, self.seq_len[rows]] = actions[rows]  # s_{t+1} = s_t ‖ a_t
+        self.seq_len[rows] += 1
+        eos = active & (actions == self.eos_token_id)
+        stop = np.zeros(n, dtype=bool)
+        if self.stop_strings:
+            for i in np.flatnonzero(active & ~eos & self.stop_candidates[actions]):
+                stop[i] = self._hits_stop(i)
+        budget = active & ~eos & ~stop & (self.seq_len - self.prompt_len >= self.max_new_tokens)
+        finished = eos | stop | budget
+        truncated = budget & (not self.config.budget_is_terminal)
+        rewards = np.zeros(n, dtype=np.float64)
+        finals: dict[int, dict[str, Any]] = {}
+        if finished.any():
+            self.done |= finished
+            ended = np.where(eos, "eos", np.where(stop, "stop", "budget"))
+            finals = self._finish(np.flatnonzero(finished), ended, rewards)
+        return Outcome(rewards, finished & ~truncated, truncated, finals)
+
+    def _hits_stop(self, slot: int) -> bool:
+        """Whether the slot's completion now ends in a stop string (only its tail is decoded)."""
+        start = max(int(self.prompt_len[slot]), int(self.seq_len[slot]) - self._stop_window)
+        tail = self.tokenizer.decode(self.ids[slot, start : self.seq_len[slot]].tolist())
+        return any(s in tail for s in self.stop_strings)
+
+    def _finish(self, rows: np.ndarray, ended: np.ndarray, rewards: np.ndarray) -> dict[int, dict[str, Any]]:
+        """Decode and score the episodes that ended in `rows` (one verifier hand-off); fill `rewards`."""
+        completions = [self.ids[i, self.prompt_len[i] : self.seq_len[i]].tolist() for i in rows]
+        texts = self.completion_texts(completions)
+        results = self.score(texts, [self.examples[i] for i in rows])
+        finals = {}
+        for i, text, completion, result in zip(rows.tolist(), texts, completions, results):
+            rewards[i] = result.reward
+            info = {
+                "completion": text,
+                "answer": self.examples[i].answer,
+                "ended_by": str(ended[i]),
+                "episode_length": len(completion),
+                "reward_components": dict(result.components),
+            }
+            if result.error is not None:
+                info["reward_error"] = result.error
+            finals[i] = info
+        return finals
+
+    # -- what the slots show ---------------------------------------------------------------------
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """Every slot's observation, stacked: (N, L) arrays and (N, 1) lengths, all fresh."""
+        return {
+            "input_ids": self.ids.copy(),
+            "attention_mask": (self._positions[None, :] < self.seq_len[:, None]).astype(np.int8),
+            "prompt_len": self.prompt_len[:, None].copy(),
+            "seq_len": self.seq_len[:, None].copy(),
+        }
+
+    def observation(self, slot: int) -> dict[str, np.ndarray]:
+        """One slot's observation, fresh arrays."""
+        return {
+            "input_ids": self.ids[slot].copy(),
+            "attention_mask": (self._positions < self.seq_len[slot]).astype(np.int8),
+            "prompt_len": self.prompt_len[slot : slot + 1].copy(),
+            "seq_len": self.seq_len[slot : slot + 1].copy(),
+        }
+
+    def info(self, slot: int) -> dict[str, Any]:
+        """The info entries every step of a slot carries."""
+        info: dict[str, Any] = {"prompt_len": int(self.prompt_len[slot]), "index": int(self.index[slot])}
+        if self.config.action_mask_in_info:
+            info["action_mask"] = self.action_mask.copy()
+        return info
+
+    def text(self, slot: int) -> str:
+        """The slot's whole sequence (prompt and completion so far) as text, for rendering."""
+        return self.tokenizer.decode(self.ids[slot, : self.seq_len[slot]].tolist())
+
+    # -- sizing ----------------------------------------------------------------------------------
+
+    def _probe_prompt_tokens(self) -> int:
+        """Size the prompt part of the observation from the task's own examples.
+
+        A small task is measured exactly (every split, so train and eval envs agree); an unbounded
+        one from its first examples, with headroom: a longer prompt later raises a clear error.
+        """
+        sizes = {s: self.task.num_examples(s) for s in Task.SPLITS}
+        exact = all(v is not None for v in sizes.values()) and sum(sizes.values()) <= _PROMPT_PROBE
+        counts = {s: (v or 0) if exact else 64 for s, v in sizes.items()}
+        longest = max(
+            (len(self.tokenizer.encode_prompt(self.prompt_text(self.task.example(s, i)))) for s, k in counts.items() for i in range(k)),
+            default=1,
+        )  # fmt: skip
+        return longest if exact else int(math.ceil(longest * 1.25)) + 8
+
+
+def check_action(action: Any, vocab_size: int) -> int:
+    """Validate one action and return it as a Python int."""
+    if isinstance(action, np.ndarray):
+        if action.shape not in ((), (1,)):
+            raise ValueError(
+                f"action must be a single token id, got an array of shape {action.shape}; "
+                "a vector env takes one id per slot"
+            )
+        action = action.reshape(()).item()
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, numbers.Integral):
+        raise TypeError(f"action must be an integer token id in [0, {vocab_size}), got {type(action).__name__} {action!r}")
+    action = int(action)
+    if not 0 <= action < vocab_size:
+        raise ValueError(f"action {action} is outside the action space [0, {vocab_size})")
+    return action
+
+
+def check_actions(actions: Any, num_slots: int, vocab_size: int) -> np.ndarray:
+    """Validate a vector env's actions (one token id per slot) and return them as int64."""
+    arr = np.asarray(actions)
+    if arr.shape != (num_slots,):
+        raise ValueError(f"actions must have shape ({num_slots},), one token id per slot; got {arr.shape}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"action {int(arr[i])} of slot {i} is outside the action space [0, {vocab_size})")
+    return arr.astype(np.int64, copy=False)
+
+
+def draw_index(rng: np.random.Generator, num_examples: int | None) -> int:
+    """The example index a reset draws: uniform over a finite split, else over 2**31."""
+    return int(rng.integers(0, num_examples if num_examples else 2**31 - 1))
+
+
+def batch_infos(per_slot: dict[int, dict[str, Any]], n: int, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stack per-slot info dicts the way Gymnasium's vector envs do (`VectorEnv._add_info`).
+
+    Every key becomes an (n,)-array with a bool mask `_key` of the slots that have it; dicts
+    recurse; an array's dtype is the type of the first (lowest) slot's value (numbers and bools
+    typed, arrays stacked, anything else an object array). Grouped by key rather than by slot, so
+    a step where many episodes end costs one pass per key.
+    """
+    out = {} if into is None else into
+    slots = sorted(per_slot)
+    keys = list(dict.fromkeys(k for s in slots for k in per_slot[s]))
+    for key in keys:
+        have = [s for s in slots if key in per_slot[s]]
+        values = [per_slot[s][key] for s in have]
+        first = values[0]
+        if isinstance(first, dict):
+            array = batch_infos({s: v for s, v in zip(have, values)}, n, out.get(key, {}))
+        else:
+            array = out.get(key)
+            if array is None:
+                if type(first) in (int, float, bool) or isinstance(first, np.number):
+                    array = np.zeros(n, dtype=type(first))
+                elif isinstance(first, np.ndarray):
+                    array = np.zeros((n, *first.shape), dtype=first.dtype)
+                else:
+                    array = np.full(n, None, dtype=object)
+            for s, v in zip(have, values):
+                array[s] = v
+        mask = out.get(f"_{key}")
+        if mask is None:
+            mask = np.zeros(n, dtype=np.bool_)
+        mask[have] = True
+        out[key], out[f"_{key}"] = array, mask
+    return out
