@@ -218,11 +218,20 @@ class EnvConfig:
         False, "report the end of the token budget as terminated, not truncated (for learners that bootstrap)"
     )
     action_mask_in_info: bool = setting(False, "add the task's allowed tokens (`action_mask`) to every info")
+    max_turns: int | None = setting(None, "multi-turn tasks: the policy's turns per episode (None: the task's)")
+    max_turn_tokens: int | None = setting(None, "multi-turn tasks: the policy's tokens per turn (None: only max_new_tokens)")
+    check_chat_template: Literal["once", "always", "off"] = setting(
+        "once",
+        "multi-turn tasks with a chat template: compare the tokens textgym builds with the template's rendering of "
+        "the whole conversation, once on a probe conversation when the env is made, at the end of every episode, or off",
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
         _positive_int("max_new_tokens", self.max_new_tokens)
         _positive_int("max_prompt_tokens", self.max_prompt_tokens, allow_none=True)
+        _positive_int("max_turns", self.max_turns, allow_none=True)
+        _positive_int("max_turn_tokens", self.max_turn_tokens, allow_none=True)
         if not isinstance(self.task_kwargs, Mapping):
             raise TypeError(f"task_kwargs must be a dict of the task's arguments, got {type(self.task_kwargs).__name__}")
         if self.reward_timeout is not None and not (

@@ -5,6 +5,13 @@ the end token or a stop string (`terminated`) or when its token budget is spent 
 and every episode that ended on a step is scored by the verifier in one hand-off. `TextGenEnv` is
 the one-slot case and `TextGenVectorEnv` the N-slot case of this class; neither repeats any of it.
 
+Multi-turn tasks (`textgym.tasks.multiturn`): those same ends close the policy's *turn*; the task's
+`reply` answers it, and unless the episode is over its reply is appended as tokens of the
+environment, s_{t+1} = s_t ‖ a_t ‖ o_t. The reply is tokenized in context (the chat template's end
+of the assistant turn, the reply's turn, the start of the next assistant turn: the "bridge"); the
+tokens the policy sampled are never decoded and re-encoded. `policy_mask` marks which tokens the
+policy wrote, so learners train on those alone.
+
     from textgym.config import EnvConfig
     from textgym.transition import Transition
 
@@ -31,6 +38,7 @@ from textgym.config import EnvConfig
 from textgym.example import Example
 from textgym.rewards.core import RewardResult, check_isolatable, get_reward, score_many
 from textgym.tasks import Task, make_task
+from textgym.tasks.multiturn import check_reply
 from textgym.tokenizers import Tokenizer, as_tokenizer
 
 __all__ = ["Transition", "Outcome", "observation_space", "batch_infos"]
@@ -38,6 +46,7 @@ __all__ = ["Transition", "Outcome", "observation_space", "batch_infos"]
 # How many examples are tokenized to size the observation when max_prompt_tokens is not given.
 _PROMPT_PROBE = 4096
 _PROMPT_CACHE = 4096  # prompt ids kept per example index (a finite split is usually smaller)
+_TURN = "\x00textgym-turn\x00"  # stands for the policy's turn when the chat template renders a bridge
 
 
 def observation_space(length: int, vocab_size: int) -> spaces.Dict:
@@ -46,6 +55,7 @@ def observation_space(length: int, vocab_size: int) -> spaces.Dict:
         {
             "input_ids": spaces.Box(0, vocab_size, shape=(length,), dtype=np.int64),
             "attention_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int8),
+            "policy_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int8),
             "prompt_len": spaces.Box(0, length, shape=(1,), dtype=np.int64),
             "seq_len": spaces.Box(0, length, shape=(1,), dtype=np.int64),
         }
@@ -81,7 +91,12 @@ class Transition:
             raise ValueError(f"chat_template=True but tokenizer {tok.name!r} has no chat template; pass chat_template=False")
         self.chat_template = tok.has_chat_template if config.chat_template is None else config.chat_template
         self.system_prompt = self.task.system_prompt if config.system_prompt is None else config.system_prompt
+        self.multi_turn = bool(self.task.multi_turn)
+        if self.multi_turn and config.reward is not None:
+            raise ValueError(f"task {self.task.name!r} is multi-turn: its rewards come from its reply(); leave reward=None")
         self.reward_fn = get_reward(config.reward) if config.reward is not None else self.task.reward
+        self.max_turns = int(config.max_turns or getattr(self.task, "max_turns", 1))
+        self.max_turn_tokens = config.max_turn_tokens or getattr(self.task, "max_turn_tokens", None)
         if config.reward_isolation == "process":
             check_isolatable(self.reward_fn)
         self.stop_strings: tuple[str, ...] = tuple(self.task.stop_strings if config.stop_strings is None else config.stop_strings)
@@ -100,15 +115,31 @@ class Transition:
         self._stop_window = max((len(s) for s in self.stop_strings), default=0) + 4
         self._prompt_cache: dict[int, list[int]] = {}
 
-        n = int(num_slots)
-        self.num_slots = n
-        self.ids = np.full((n, self.obs_len), self.pad_token_id, dtype=np.int64)
+        self.num_slots = int(num_slots)
+        self._positions = np.arange(self.obs_len)
+        if self.multi_turn and self.chat_template and config.check_chat_template != "off":
+            self._allocate()
+            self._probe_chat_template()
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """Fresh state for every slot (no episode started)."""
+        n, length = self.num_slots, self.obs_len
+        self.ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
+        self.policy_mask = np.zeros((n, length), dtype=np.int8)  # 1 where the policy sampled the token
         self.prompt_len = np.zeros(n, dtype=np.int64)
         self.seq_len = np.zeros(n, dtype=np.int64)
         self.index = np.full(n, -1, dtype=np.int64)
         self.done = np.ones(n, dtype=bool)  # a slot is done until an episode starts in it
         self.examples: list[Example | None] = [None] * n
-        self._positions = np.arange(self.obs_len)
+        # Multi-turn only: where the policy's current turn began, turns taken, and per episode the
+        # task's state, the conversation as messages and its turns' token spans, the turn rewards.
+        self.turn_start = np.zeros(n, dtype=np.int64)
+        self.turns = np.zeros(n, dtype=np.int64)
+        self.states: list[Any] = [None] * n
+        self.messages: list[list[dict[str, str]]] = [[] for _ in range(n)]
+        self.spans: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self.turn_rewards: list[list[float]] = [[] for _ in range(n)]
 
     # -- what an episode is ----------------------------------------------------------------------
 
@@ -116,28 +147,34 @@ class Transition:
     def single_observation_space(self) -> spaces.Dict:
         return observation_space(self.obs_len, self.vocab_size)
 
-    def prompt_text(self, example: Example) -> str:
-        """The prompt as the model reads it: the task's formatting, in the chat template if used."""
-        text = self.task.format_prompt(example)
-        if not self.chat_template:
-            return text
-        messages = [{"role": "user", "content": text}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return self.tokenizer.apply_chat_template(messages)
+    def prompt_messages(self, example: Example, state: Any = None) -> list[dict[str, str]]:
+        """The prompt as chat messages: the task's, after the system prompt (if any and not the task's own)."""
+        messages = self.task.messages(example, state)
+        if self.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return messages
 
-    def prompt_ids(self, example: Example, index: int = -1) -> list[int]:
-        """The prompt's token ids (cached by example index when it is one of the split's)."""
-        ids = self._prompt_cache.get(index) if index >= 0 else None
+    def prompt_text(self, example: Example, state: Any = None) -> str:
+        """The prompt as the model reads it: the task's formatting, in the chat template if used."""
+        messages = self.prompt_messages(example, state)
+        if self.chat_template:
+            return self.tokenizer.apply_chat_template(messages)
+        return "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+    def prompt_ids(self, example: Example, index: int = -1, state: Any = None) -> list[int]:
+        """The prompt's token ids (cached by example index when it is one of the split's and the
+        prompt does not depend on the episode's state)."""
+        cache = index >= 0 and not self.multi_turn
+        ids = self._prompt_cache.get(index) if cache else None
         if ids is None:
-            ids = self.tokenizer.encode_prompt(self.prompt_text(example))
+            ids = self.tokenizer.encode_prompt(self.prompt_text(example, state))
             limit = self.obs_len - self.max_new_tokens
             if len(ids) > limit:
                 raise ValueError(
                     f"a prompt of {len(ids)} tokens does not fit max_prompt_tokens={limit}; "
                     f"create the env with max_prompt_tokens>={len(ids)}"
                 )
-            if index >= 0:
+            if cache:
                 if len(self._prompt_cache) >= _PROMPT_CACHE:
                     self._prompt_cache.clear()
                 self._prompt_cache[index] = ids
@@ -187,17 +224,24 @@ class Transition:
 
     def start(self, slot: int, example: Example, index: int = -1) -> None:
         """Begin an episode in `slot`: its state becomes the prompt of `example`."""
-        ids = self.prompt_ids(example, index)
+        state = self.task.start(example) if self.multi_turn else None
+        ids = self.prompt_ids(example, index, state)
         row = self.ids[slot]
         row.fill(self.pad_token_id)
         row[: len(ids)] = ids
+        self.policy_mask[slot] = 0
         self.prompt_len[slot] = self.seq_len[slot] = len(ids)
         self.index[slot] = index
         self.examples[slot] = example
         self.done[slot] = False
+        if self.multi_turn:
+            self.turn_start[slot], self.turns[slot], self.states[slot] = len(ids), 0, state
+            self.messages[slot] = self.prompt_messages(example, state)
+            self.spans[slot] = [{"role": "prompt", "text": self.prompt_text(example, state), "start": 0, "end": len(ids)}]
+            self.turn_rewards[slot] = []
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> Outcome:
-        """Append each active slot's action, end the episodes that are over and score them.
+        """Append each active slot's action, end the turns and episodes that are over, score them.
 
         Args:
             actions: (N,) int64 token ids, already checked against the action space.
@@ -207,7 +251,9 @@ class Transition:
         n = self.num_slots
         active = active & ~self.done
         rows = np.flatnonzero(active)
-        self.ids[rows, self.seq_len[rows]] = actions[rows]  # s_{t+1} = s_t ‖ a_t
+        at = self.seq_len[rows]
+        self.ids[rows, at] = actions[rows]  # s_{t+1} = s_t ‖ a_t
+        self.policy_mask[rows, at] = 1
         self.seq_len[rows] += 1
         eos = active & (actions == self.eos_token_id)
         stop = np.zeros(n, dtype=bool)
@@ -215,9 +261,14 @@ class Transition:
             for i in np.flatnonzero(active & ~eos & self.stop_candidates[actions]):
                 stop[i] = self._hits_stop(i)
         budget = active & ~eos & ~stop & (self.seq_len - self.prompt_len >= self.max_new_tokens)
-        finished = eos | stop | budget
-        truncated = budget & (not self.config.budget_is_terminal)
+        turn_full = np.zeros(n, dtype=bool)
+        if self.max_turn_tokens is not None:
+            turn_full = active & ~eos & ~stop & ~budget & (self.seq_len - self.turn_start >= self.max_turn_tokens)
         rewards = np.zeros(n, dtype=np.float64)
+        if self.multi_turn:
+            return self._end_turns(eos, stop, budget, turn_full, rewards)
+        finished = eos | stop | budget | turn_full  # a single turn's budget is the episode's
+        truncated = (budget | turn_full) & (not self.config.budget_is_terminal)
         finals: dict[int, dict[str, Any]] = {}
         if finished.any():
             self.done |= finished
@@ -227,7 +278,7 @@ class Transition:
 
     def _hits_stop(self, slot: int) -> bool:
         """Whether the slot's completion now ends in a stop string (only its tail is decoded)."""
-        start = max(int(self.prompt_len[slot]), int(self.seq_len[slot]) - self._stop_window)
+        start = max(int(self.turn_start[slot] if self.multi_turn else self.prompt_len[slot]), int(self.seq_len[slot]) - self._stop_window)
         tail = self.tokenizer.decode(self.ids[slot, start : self.seq_len[slot]].tolist())
         return any(s in tail for s in self.stop_strings)
 
@@ -251,6 +302,132 @@ class Transition:
             finals[i] = info
         return finals
 
+    # -- multi-turn: the environment's replies --------------------------------------------------
+
+    def _end_turns(self, eos, stop, budget, turn_full, rewards) -> Outcome:
+        """Close the policy's turn in every slot where it ended; ask the task for its reply; append
+        it or end the episode (per slot, in Python: turns end far less often than tokens are taken)."""
+        n = self.num_slots
+        terminated, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        finals: dict[int, dict[str, Any]] = {}
+        for i in np.flatnonzero(eos | stop | budget | turn_full).tolist():
+            start, end = int(self.turn_start[i]), int(self.seq_len[i])
+            turn = self.ids[i, start:end].tolist()
+            text = self.completion_texts([turn])[0]
+            self.spans[i].append({"role": "assistant", "text": text, "start": start, "end": end})
+            self.messages[i].append({"role": "assistant", "content": text})
+            self.turns[i] += 1
+            reply = check_reply(self.task.reply(text, self.examples[i], self.states[i]), self.task)
+            rewards[i] = reply.reward
+            self.turn_rewards[i].append(float(reply.reward))
+            said = reply.as_messages()
+            ended_by = None
+            if reply.done or not said:
+                ended_by = "done"
+            elif budget[i]:
+                ended_by = "budget"
+            elif self.turns[i] >= self.max_turns:
+                ended_by = "turns"
+            else:
+                bridge = self._bridge(i, turn, said)
+                room = int(self.prompt_len[i]) + self.max_new_tokens - end
+                if len(bridge) >= room:  # the reply would leave no room for the policy's next token
+                    ended_by = "budget"
+                else:
+                    self.ids[i, end : end + len(bridge)] = bridge  # s_{t+1} = s_t ‖ a_t ‖ o_t
+                    self.seq_len[i] = self.turn_start[i] = end + len(bridge)
+                    for m in said:
+                        self.messages[i].append(m)
+                    self.spans[i].append({"role": said[-1]["role"], "text": "\n".join(m["content"] for m in said),
+                                          "start": end, "end": end + len(bridge)})  # fmt: skip
+            if ended_by is not None:
+                self.done[i] = True
+                (terminated if ended_by == "done" or self.config.budget_is_terminal else truncated)[i] = True
+                finals[i] = self._final_info(i, ended_by, reply)
+        return Outcome(rewards, terminated, truncated, finals)
+
+    def _bridge(self, slot: int, turn: list[int], said: list[dict[str, str]]) -> list[int]:
+        """The tokens that follow the policy's turn: its end (if the policy did not write it), the
+        reply, the start of the next assistant turn — rendered by the chat template in context and
+        tokenized on their own (they start at a special token, so no seam with the sampled ones)."""
+        if not self.chat_template:
+            return self.tokenizer.encode("\n" + "\n".join(m["content"] for m in said) + "\n")
+        conversation = [*self.messages[slot][:-1], {"role": "assistant", "content": _TURN}, *said]
+        rendered = self.tokenizer.apply_chat_template(conversation)
+        ids = self.tokenizer.encode(rendered[rendered.rindex(_TURN) + len(_TURN) :])
+        # The policy may have written the turn's end itself (its end token, a stop string the
+        # template also writes): those tokens are in the sequence already.
+        for k in range(min(len(ids), len(turn), 8), 0, -1):
+            if turn[-k:] == ids[:k]:
+                return ids[k:]
+        return ids
+
+    def _final_info(self, slot: int, ended_by: str, reply: Any) -> dict[str, Any]:
+        """The last step's info of a multi-turn episode (and the template check, if asked for)."""
+        if self.chat_template and self.config.check_chat_template == "always":
+            self.check_conversation(slot)
+        p, q = int(self.prompt_len[slot]), int(self.seq_len[slot])
+        return {
+            "completion": self.tokenizer.decode(self.ids[slot, p:q].tolist()),
+            "answer": self.examples[slot].answer,
+            "ended_by": ended_by,
+            "episode_length": int(self.policy_mask[slot, p:q].sum()),
+            "reward_components": dict(reply.components),
+            "turns": int(self.turns[slot]),
+            "turn_rewards": list(self.turn_rewards[slot]),
+            "conversation": [dict(span) for span in self.spans[slot]],
+        }
+
+    def check_conversation(self, slot: int) -> None:
+        """Raise a ValueError if the slot's tokens before the policy's current (or last) turn are not
+        what the chat template gives for that conversation.
+
+        textgym appends each reply after the tokens already there; that is right only for a template
+        that renders earlier turns the same when a turn is added ("prefix-preserving"). Some are
+        not: they drop earlier reasoning, or add a block once per conversation.
+        """
+        messages = self.messages[slot]
+        if self.spans[slot][-1]["role"] == "assistant":  # the policy's own last turn is not compared
+            messages = messages[:-1]
+        rendered = self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": _TURN}])
+        expected = rendered[: rendered.rindex(_TURN)]
+        ids = self.ids[slot, : self.turn_start[slot]].tolist()
+        if self.tokenizer.decode(ids) == expected:
+            return
+        k = 0  # the first token whose text departs from the template's
+        while k < len(ids) and expected.startswith(self.tokenizer.decode(ids[: k + 1])):
+            k += 1
+        agreed = len(self.tokenizer.decode(ids[:k]))
+        raise ValueError(
+            f"the chat template of {self.tokenizer.name!r} is not prefix-preserving for this conversation: from token "
+            f"{k} the episode has {ids[k : k + 6]} ({self.tokenizer.decode(ids[k : k + 6])!r}) where rendering the "
+            f"whole conversation gives {expected[agreed : agreed + 40]!r}. textgym appends each reply after the tokens "
+            "already sampled and never re-encodes them, which needs a template that renders earlier turns unchanged "
+            "when a turn is added. Use a tokenizer whose template does (e.g. one that keeps earlier reasoning), or "
+            "chat_template=False for plain-text turns."
+        )
+
+    def _probe_chat_template(self) -> None:
+        """Check the chat template once, on a made-up conversation of the task's first example: a
+        policy turn, then a reply in each role the task's replies take."""
+        split = next(s for s in Task.SPLITS if self.task.num_examples(s) != 0)
+        self.start(0, self.task.example(split, 0))
+        turn = self.tokenizer.encode("<think>a</think> probe")
+        if self.tokenizer.eos_token_id is not None:
+            turn.append(self.tokenizer.eos_token_id)
+        for role in self.task.reply_roles:
+            p = int(self.seq_len[0])
+            self.ids[0, p : p + len(turn)] = turn
+            self.messages[0].append({"role": "assistant", "content": self.completion_texts([turn])[0]})
+            said = [{"role": role, "content": "probe reply"}]
+            bridge = self._bridge(0, turn, said)
+            end = p + len(turn)
+            self.ids[0, end : end + len(bridge)] = bridge
+            self.seq_len[0] = self.turn_start[0] = end + len(bridge)
+            self.messages[0].extend(said)
+            self.spans[0].append({"role": role, "text": "probe reply", "start": end, "end": end + len(bridge)})
+            self.check_conversation(0)
+
     # -- what the slots show ---------------------------------------------------------------------
 
     def observations(self) -> dict[str, np.ndarray]:
@@ -258,6 +435,7 @@ class Transition:
         return {
             "input_ids": self.ids.copy(),
             "attention_mask": (self._positions[None, :] < self.seq_len[:, None]).astype(np.int8),
+            "policy_mask": self.policy_mask.copy(),
             "prompt_len": self.prompt_len[:, None].copy(),
             "seq_len": self.seq_len[:, None].copy(),
         }
@@ -267,6 +445,7 @@ class Transition:
         return {
             "input_ids": self.ids[slot].copy(),
             "attention_mask": (self._positions < self.seq_len[slot]).astype(np.int8),
+            "policy_mask": self.policy_mask[slot].copy(),
             "prompt_len": self.prompt_len[slot : slot + 1].copy(),
             "seq_len": self.seq_len[slot : slot + 1].copy(),
         }
@@ -293,10 +472,11 @@ class Transition:
         sizes = {s: self.task.num_examples(s) for s in Task.SPLITS}
         exact = all(v is not None for v in sizes.values()) and sum(sizes.values()) <= _PROMPT_PROBE
         counts = {s: (v or 0) if exact else 64 for s, v in sizes.items()}
-        longest = max(
-            (len(self.tokenizer.encode_prompt(self.prompt_text(self.task.example(s, i)))) for s, k in counts.items() for i in range(k)),
-            default=1,
-        )  # fmt: skip
+        def length(example: Example) -> int:
+            state = self.task.start(example) if self.multi_turn else None
+            return len(self.tokenizer.encode_prompt(self.prompt_text(example, state)))
+
+        longest = max((length(self.task.example(s, i)) for s, k in counts.items() for i in range(k)), default=1)
         return longest if exact else int(math.ceil(longest * 1.25)) + 8
 
 

@@ -25,9 +25,12 @@ from textgym.tasks.arithmetic import AdditionTask, ComparisonTask, Multiplicatio
 from textgym.tasks.bandit import BanditTask
 from textgym.tasks.countdown import CountdownTask, evaluate_expression
 from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
+from textgym.tasks.multiturn import MessageEnvTask, MultiTurnTask, Reply
+from textgym.tasks.interactive import CalculatorTask, GuessTask, RetryTask, calculate
 
 __all__ = [
     "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
+    "MultiTurnTask", "MessageEnvTask", "Reply", "CalculatorTask", "GuessTask", "RetryTask", "calculate",
 ]

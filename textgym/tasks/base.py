@@ -64,6 +64,7 @@ class Task:
     answer_chars: str | None = None  # characters every reference answer is made of, if restricted
     max_answer_chars: int = 32  # longest reference answer; size max_new_tokens from it
     system_prompt: str | None = None
+    multi_turn = False  # True for tasks whose environment replies (textgym.tasks.multiturn)
     SPLITS = ("train", "validation", "test")
     PROMPT_STYLES = ("plain", "r1_zero")
 
@@ -122,6 +123,10 @@ class Task:
         if self.prompt_style == "r1_zero":
             return R1_ZERO_TEMPLATE.format(question=example.prompt)
         return f"{example.prompt} {self.instruction}".strip()
+
+    def messages(self, example: Example, state: Any = None) -> list[dict[str, str]]:
+        """The prompt as chat messages (the env adds the system prompt and the chat template)."""
+        return [{"role": "user", "content": self.format_prompt(example)}]
 
     def reward(self, completion: str, example: Example) -> float | tuple[float, dict[str, float]]:
         """The verifier. Plain: score the whole completion. r1_zero: (reward, {format, answer})."""
