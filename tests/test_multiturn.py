@@ -237,6 +237,10 @@ def test_calculator_tool_is_exact_and_refuses_code():
     assert task.reply("<calc>10**40 * 10**40</calc>", ex, state).text == "error: number too large"
     assert task.reply("<calc>2**200</calc>", ex, state).text == "error: exponents must be whole numbers up to 64"
     assert task.reply(f"It is {ex.answer}", ex, state).reward == 1.0
+    bare = textgym.make_task("calculator", tool=False)  # the baseline: same problems, no calculator
+    assert [bare.example("validation", i) for i in range(20)] == [task.example("validation", i) for i in range(20)]
+    assert bare.max_turns == 1 and bare.stop_strings == () and "calculator" not in bare.format_prompt(ex)
+    assert bare.reply(f"<calc>{ex.metadata['a']}*{ex.metadata['b']}</calc>", ex, bare.start(ex)).done
 
 
 def test_guess_feedback_and_retry_decay():

@@ -53,6 +53,7 @@ class TextGenEnv(gym.Env):
     |---|---|---|
     | `input_ids` | int64 (L,) | prompt ids, then the completion so far, right-padded with `vocab_size` (outside the vocabulary) |
     | `attention_mask` | int8 (L,) | 1 on real tokens, 0 on padding |
+    | `policy_mask` | int8 (L,) | 1 on the tokens the agent chose (its actions), 0 on the prompt, the environment's replies and padding |
     | `prompt_len` | int64 (1,) | number of prompt tokens |
     | `seq_len` | int64 (1,) | number of real tokens (prompt + completion) |
 
@@ -85,6 +86,25 @@ class TextGenEnv(gym.Env):
     `episode_length`, `reward_components` and, if the reward failed, `reward_error`. Every `info`
     holds `prompt_len` and the example's `index`.
 
+    ## Multi-turn tasks
+
+    With a multi-turn task (`calculator`, `guess`, `retry`, or your own `MultiTurnTask` /
+    `MessageEnvTask`, see `textgym.tasks.multiturn`) the end token, a stop string or
+    `max_turn_tokens` end the agent's *turn*. The task's `reply` answers it; unless the episode is
+    over, the reply is appended to the state as tokens of the environment (`policy_mask` 0):
+    s_{t+1} = s_t ‖ a_t ‖ o_t. With a chat template the reply goes in as the template writes it
+    (the end of the assistant turn, the user or tool turn, the start of the next assistant turn),
+    tokenized in context; the tokens the agent sampled are never decoded and re-encoded. Without
+    one (plain text, e.g. the char tokenizer) it is appended between newlines. A template that
+    renders earlier turns differently once a turn is added (not prefix-preserving) is refused when
+    the env is made, naming the first differing tokens (`check_chat_template`).
+
+    Rewards are paid on the step that ends each turn (the reply's `reward`). The episode ends
+    `terminated` when the reply says `done` (ended_by "done"), `truncated` when the turns
+    (`max_turns`, "turns") or the token budget ("budget": also when a reply would not fit) run
+    out. Its final `info` also holds `turns`, `turn_rewards` and `conversation`: one entry per
+    turn with its role ("prompt", "assistant", "user", "tool"), text and token span [start, end).
+
     ## Arguments
 
     Settings of `textgym.config.EnvConfig`, as keywords (or `config=EnvConfig(...)`, keywords then
@@ -101,7 +121,7 @@ class TextGenEnv(gym.Env):
 
     ## Version History
 
-    - v0: initial release.
+    - v0: initial release; `policy_mask` and multi-turn tasks added without changing single-turn episodes.
     """
 
     metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}

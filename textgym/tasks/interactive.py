@@ -102,6 +102,8 @@ class CalculatorTask(MultiTurnTask):
 
     ## Arguments
     - `digits=3`, `digits2=2`: digits of the two operands (123 * 45 by default).
+    - `tool=True`: offer the calculator. `tool=False` asks the same problems without it (one turn,
+      the prompt ends "Answer with the number."): the baseline the tool is measured against.
     - `max_turns=3`, `seed=0`, `prompt_style="plain"`.
 
     ## Example
@@ -117,16 +119,23 @@ class CalculatorTask(MultiTurnTask):
     answer_chars = None
     reply_roles = ("tool",)
 
-    def __init__(self, digits: int = 3, digits2: int = 2, *, max_turns: int = 3, seed: int = 0, prompt_style: str = "plain"):
+    def __init__(self, digits: int = 3, digits2: int = 2, *, tool: bool = True, max_turns: int = 3, seed: int = 0,
+                 prompt_style: str = "plain"):  # fmt: skip
         super().__init__(seed=seed, prompt_style=prompt_style)
         self.ranges = operand_range(int(digits)), operand_range(int(digits2))
-        self.max_turns = int(max_turns)
-        self.params = {"digits": int(digits), "digits2": int(digits2), "max_turns": self.max_turns}
+        self.tool = bool(tool)
+        self.max_turns = int(max_turns) if self.tool else 1
+        self.params = {"digits": int(digits), "digits2": int(digits2), "tool": self.tool, "max_turns": self.max_turns}
         self.max_answer_chars = int(digits) + int(digits2)
+        if not self.tool:
+            self.instruction = "Answer with the number."
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
-        return ("</calc>",)
+        return ("</calc>",) if self.tool else ()
+
+    def problem_key(self, example: Example) -> str:
+        return example.prompt  # "What is a * b?": the same split with and without the tool
 
     def sample(self, rng: np.random.Generator) -> Example:
         (lo_a, hi_a), (lo_b, hi_b) = self.ranges
@@ -137,8 +146,8 @@ class CalculatorTask(MultiTurnTask):
         return {"calls": 0}
 
     def reply(self, text: str, example: Example, state: dict[str, int]) -> Reply:
-        calls = _CALL.findall(text)
-        if calls or text.rstrip().endswith("</calc>"):
+        calls = _CALL.findall(text) if self.tool else []
+        if calls or (self.tool and text.rstrip().endswith("</calc>")):
             state["calls"] += 1
             try:
                 result = calculate(calls[-1]) if calls else "error: no <calc> before </calc>"
