@@ -7,6 +7,7 @@
     task.reward(completion, ex)              # the verifier
 
 New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
+Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py).
 """
 
 from textgym.tasks.base import (
@@ -15,8 +16,10 @@ from textgym.tasks.base import (
     Example,
     Task,
     list_tasks,
+    list_task_families,
     make_task,
     register_task,
+    register_task_family,
     split_of,
 )
 
@@ -26,8 +29,13 @@ from textgym.tasks.bandit import BanditTask
 from textgym.tasks.countdown import CountdownTask, evaluate_expression
 from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
 
+# Task families ("<family>:<member>" names), registered on import.
+from textgym.tasks.reasoning_gym import ReasoningGymTask, reasoning_gym_config_fields, reasoning_gym_datasets, reasoning_gym_task
+
 __all__ = [
     "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
+    "register_task_family", "list_task_families", "ReasoningGymTask", "reasoning_gym_task",
+    "reasoning_gym_datasets", "reasoning_gym_config_fields",
 ]
