@@ -7,7 +7,8 @@
     task.reward(completion, ex)              # the verifier
 
 New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
-Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py).
+Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py),
+"file:<path>" and "hf:<dataset>" (datasets.py: JSONL/CSV/Parquet files, Hugging Face datasets).
 """
 
 from textgym.tasks.base import (
@@ -30,6 +31,7 @@ from textgym.tasks.countdown import CountdownTask, evaluate_expression
 from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
 
 # Task families ("<family>:<member>" names), registered on import.
+from textgym.tasks.datasets import DatasetTask, from_file, from_hub, from_rows
 from textgym.tasks.reasoning_gym import ReasoningGymTask, reasoning_gym_config_fields, reasoning_gym_datasets, reasoning_gym_task
 
 __all__ = [
@@ -37,5 +39,5 @@ __all__ = [
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
     "register_task_family", "list_task_families", "ReasoningGymTask", "reasoning_gym_task",
-    "reasoning_gym_datasets", "reasoning_gym_config_fields",
+    "reasoning_gym_datasets", "reasoning_gym_config_fields", "DatasetTask", "from_file", "from_hub", "from_rows",
 ]
