@@ -114,3 +114,33 @@ def test_missing_package_says_how_to_install(monkeypatch):
         make_task("reasoning_gym:leg_counting")
     with pytest.raises(ImportError, match="reasoning-gym"):
         reasoning_gym_datasets()
+
+
+def test_curriculum_raises_the_level_when_validation_reward_passes_the_threshold():
+    from textgym.tasks import ReasoningGymCurriculum
+
+    curriculum = ReasoningGymCurriculum("chain_sum", threshold=0.8, patience=2, size=20)
+    first = curriculum.task
+    assert curriculum.level == 0 and curriculum.max_level >= 2
+    assert not curriculum.update(0.9) and not curriculum.update(0.5) and not curriculum.update(0.85)  # streak broken
+    assert curriculum.update(0.8) and curriculum.level == 1  # two in a row at the threshold
+    assert curriculum.task.dataset.config.max_terms > first.dataset.config.max_terms
+    assert curriculum.history == [(0, 0.9), (0, 0.5), (0, 0.85), (0, 0.8)]
+    top = ReasoningGymCurriculum("chain_sum", threshold=0.5, size=20, start_level=1, max_level=2)
+    assert top.update(1.0) and top.level == 2 and not top.update(1.0) and top.level == 2  # stays at the top
+    fixed = ReasoningGymCurriculum("chain_sum", threshold=0.5, size=20, max_terms=2)
+    fixed.update(1.0)
+    assert fixed.task.dataset.config.max_terms == 2  # options given stay fixed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "list_functions"}, "has no curriculum"),
+    ({"name": "nope"}, "unknown reasoning-gym dataset"),
+    ({"name": "chain_sum", "patience": 0}, "patience must be a positive integer"),
+    ({"name": "chain_sum", "start_level": 99}, r"start_level must be in \[0, "),
+])
+def test_curriculum_bad_arguments(kwargs, message):
+    from textgym.tasks import ReasoningGymCurriculum
+
+    with pytest.raises(ValueError, match=message):
+        ReasoningGymCurriculum(size=10, **kwargs)

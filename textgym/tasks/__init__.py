@@ -32,12 +32,14 @@ from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
 
 # Task families ("<family>:<member>" names), registered on import.
 from textgym.tasks.datasets import DatasetTask, from_file, from_hub, from_rows
-from textgym.tasks.reasoning_gym import ReasoningGymTask, reasoning_gym_config_fields, reasoning_gym_datasets, reasoning_gym_task
+from textgym.tasks.reasoning_gym import (
+    ReasoningGymCurriculum, ReasoningGymTask, reasoning_gym_config_fields, reasoning_gym_datasets, reasoning_gym_task,
+)
 
 __all__ = [
     "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
-    "register_task_family", "list_task_families", "ReasoningGymTask", "reasoning_gym_task",
+    "register_task_family", "list_task_families", "ReasoningGymTask", "ReasoningGymCurriculum", "reasoning_gym_task",
     "reasoning_gym_datasets", "reasoning_gym_config_fields", "DatasetTask", "from_file", "from_hub", "from_rows",
 ]

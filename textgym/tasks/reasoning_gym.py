@@ -15,7 +15,10 @@ from typing import Any
 
 from textgym.tasks.base import Example, Task, register_task_family, split_of
 
-__all__ = ["reasoning_gym_task", "reasoning_gym_datasets", "reasoning_gym_config_fields", "FAMILY"]
+__all__ = [
+    "reasoning_gym_task", "reasoning_gym_datasets", "reasoning_gym_config_fields", "ReasoningGymTask",
+    "ReasoningGymCurriculum", "FAMILY",
+]
 
 FAMILY = "reasoning_gym"
 INSTALL = 'pip install "textgym[reasoning]"  (or: pip install reasoning-gym)'
@@ -143,6 +146,10 @@ def reasoning_gym_task(name: str, *, size: int = 1000, seed: int = 0, prompt_sty
     `reasoning_gym_config_fields(name)` lists them); `level` sets every attribute of the
     dataset's reasoning-gym curriculum to that level first (explicit options win).
 
+    All entries are generated here, once: most datasets take well under a millisecond per entry,
+    a few much longer (measured here: knight_swap ~1 s, zebra_puzzles, quantum_lock, puzzle24,
+    futoshiki, intermediate_integration 0.1-0.2 s), so size those with a smaller `size`.
+
     The verifier is the dataset's own `score_answer`, given the answer text: the stripped
     completion in plain style, the text inside <answer> tags in r1_zero style.
 
@@ -155,6 +162,63 @@ def reasoning_gym_task(name: str, *, size: int = 1000, seed: int = 0, prompt_sty
     """
     return ReasoningGymTask(name, size=size, seed=seed, prompt_style=prompt_style, reward=reward,
                             level=level, **config)
+
+
+class ReasoningGymCurriculum:
+    """Raises a reasoning-gym dataset's difficulty once validation reward reaches a threshold.
+
+        curriculum = ReasoningGymCurriculum("chain_sum", threshold=0.8, size=500)
+        env = TextGenEnv(task=curriculum.task, ...)
+        ...                                   # after each evaluation on the validation split:
+        if curriculum.update(validation_reward):
+            env = TextGenEnv(task=curriculum.task, ...)   # the same dataset, one level harder
+
+    A level is reasoning-gym's own curriculum level for the dataset: every difficulty attribute
+    (number of terms, digits, grid size...) at that level, clipped to the attribute's last one.
+    The level goes up by one after `patience` evaluations in a row at or above `threshold`, until
+    `max_level` (default: the highest level any attribute has). Options given in `task_kwargs`
+    stay fixed at every level (they win over the curriculum), and so do size and seed.
+    """
+
+    def __init__(self, name: str, *, threshold: float = 0.8, patience: int = 1, start_level: int = 0,
+                 max_level: int | None = None, **task_kwargs: Any):
+        package = _package()
+        _config_class(name)  # an unknown name: the error that lists the datasets
+        if name not in package.factory.CURRICULA:
+            raise ValueError(f"reasoning-gym dataset {name!r} has no curriculum; datasets with one: "
+                             f"{', '.join(sorted(package.factory.CURRICULA))}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a positive integer, got {patience!r}")
+        if not isinstance(threshold, (int, float)) or threshold != threshold:
+            raise ValueError(f"threshold must be a number, got {threshold!r}")
+        top = max(len(a.levels) for a in package.factory.create_curriculum(name).attributes.values()) - 1
+        self.max_level = top if max_level is None else int(max_level)
+        if not 0 <= start_level <= self.max_level:
+            raise ValueError(f"start_level must be in [0, {self.max_level}] for {name!r}, got {start_level!r}")
+        if "level" in task_kwargs:
+            raise TypeError("the curriculum sets level= itself; use start_level=")
+        self.name, self.threshold, self.patience = name, float(threshold), patience
+        self.task_kwargs = task_kwargs
+        self.level = int(start_level)
+        self.task = reasoning_gym_task(name, level=self.level, **task_kwargs)
+        self.history: list[tuple[int, float]] = []  # (level, reward) of every update
+        self._streak = 0
+
+    def update(self, reward: float) -> bool:
+        """Record a validation reward; True when it raised the level (then `task` is the harder one)."""
+        reward = float(reward)
+        self.history.append((self.level, reward))
+        self._streak = self._streak + 1 if reward >= self.threshold else 0
+        if self._streak < self.patience or self.level >= self.max_level:
+            return False
+        self.level += 1
+        self._streak = 0
+        self.task = reasoning_gym_task(self.name, level=self.level, **self.task_kwargs)
+        return True
+
+    def __repr__(self) -> str:
+        return (f"ReasoningGymCurriculum({self.name!r}, level={self.level}/{self.max_level}, "
+                f"threshold={self.threshold}, patience={self.patience})")
 
 
 register_task_family(FAMILY, reasoning_gym_task)
