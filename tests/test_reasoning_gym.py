@@ -101,6 +101,7 @@ def test_r1_zero_style_scores_the_text_in_answer_tags():
     ("chain_sum", {"min_terms": 5, "max_terms": 2}, "invalid config for reasoning-gym dataset 'chain_sum': max_terms"),
     ("composite", {}, "composite.*pass datasets="),
     ("list_functions", {"level": 1}, "has no curriculum"),
+    ("chain_sum", {"level": 1, "min_terms": 9, "max_terms": 2}, r"max_terms .*\(its reasoning-gym curriculum at level 1 gave"),
     ("chain_sum", {"size": 0}, "size .* must be a positive integer"),
 ])
 def test_bad_config_errors(name, config, message):

@@ -88,14 +88,16 @@ def _create_dataset(name: str, size: int, seed: int, level: int | None, config: 
                              f"datasets with one: {', '.join(sorted(package.factory.CURRICULA))}")
         curriculum = package.factory.create_curriculum(name)
         curriculum.set_global_level(int(level))
-        generated = dataclasses.asdict(curriculum.generate_configuration({"size": size, "seed": seed}))
+        generated_config = curriculum.generate_configuration({"size": size, "seed": seed})
+        generated = {f.name: getattr(generated_config, f.name) for f in dataclasses.fields(generated_config)}
         values = {**generated, **values}
     try:
         dataset_config = config_cls(**values)
         if hasattr(dataset_config, "validate"):
             dataset_config.validate()
     except (AssertionError, TypeError, ValueError) as e:  # its checks are asserts
-        raise ValueError(f"invalid config for reasoning-gym dataset {name!r}: {e or type(e).__name__}") from None
+        at_level = "" if level is None else f" (its reasoning-gym curriculum at level {level} gave {generated})"
+        raise ValueError(f"invalid config for reasoning-gym dataset {name!r}: {e or type(e).__name__}{at_level}") from None
     return package.factory.DATASETS[name][0](config=dataset_config)
 
 
