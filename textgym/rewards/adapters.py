@@ -63,8 +63,10 @@ def from_trl(
     - `completion_ids`, only with a `tokenizer` (a textgym `Tokenizer`, an HF tokenizer or a name
       `as_tokenizer` takes): the tokenizer's encoding of the completion text. textgym gives
       rewards the decoded text, not the sampled ids, so this is a re-encoding: the same ids as
-      sampled whenever the tokenizer encodes its own output back to the same tokens (usual, but
-      not guaranteed at BPE seams: a length-based reward may then see a slightly different length).
+      sampled whenever the tokenizer encodes its own output back to the same tokens, which is usual
+      but not guaranteed at BPE seams (measured with SmolLM2-135M-Instruct at T = 0.7, 48 tokens:
+      21 of 24 sampled completions came back identical, 3 one token longer), so a length- or
+      n-gram-based reward may see a slightly different sequence than the policy wrote.
       A function that requires `completion_ids` without a tokenizer given is refused here.
 
     TRL's None ("this reward does not apply to this example", e.g. an unparseable solution)

@@ -65,7 +65,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Row]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where} is not valid JSON ({e.msg} at column {e.colno}): {line.strip()[:80]!r}") from None
+                raise ValueError(
+                    f"{where} is not valid JSON ({e.msg} at column {e.colno}): {line.strip()[:80]!r}"
+                ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object of fields")
             yield where, row
@@ -80,7 +82,9 @@ def _read_json(path: Path) -> Iterator[tuple[str, Row]]:
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of objects (or JSON Lines as .jsonl)")
+        raise ValueError(
+            f"{path} holds a JSON {type(data).__name__}; expected a list of objects (or JSON Lines as .jsonl)"
+        )
     for number, row in enumerate(data):
         if not isinstance(row, dict):
             raise ValueError(f"{path} item {number} is a JSON {type(row).__name__}, not an object of fields")
@@ -107,7 +111,9 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Row]]:
                 continue
             where = f"{path} line {reader.line_num}"
             if len(values) != len(header):
-                raise ValueError(f"{where} has {len(values)} fields; the header has {len(header)} ({', '.join(header)})")
+                raise ValueError(
+                    f"{where} has {len(values)} fields; the header has {len(header)} ({', '.join(header)})"
+                )
             yield where, dict(zip(header, values))
 
 
@@ -149,7 +155,9 @@ def _extractor(answer_extract: str | Callable[[str], str | None] | None) -> Call
     if answer_extract is None or callable(answer_extract):
         return answer_extract
     if answer_extract not in EXTRACTORS:
-        raise ValueError(f"unknown answer_extract {answer_extract!r}; known: {', '.join(sorted(EXTRACTORS))} (or a function)")
+        raise ValueError(
+            f"unknown answer_extract {answer_extract!r}; known: {', '.join(sorted(EXTRACTORS))} (or a function)"
+        )
     return EXTRACTORS[answer_extract]
 
 
@@ -289,6 +297,7 @@ def from_hub(
     answer_extract: str | Callable[[str], str | None] | None = None,
     reward: Any = "exact_match",
     cache_dir: str | None = None,
+    task_name: str | None = None,
     **task_kwargs: Any,
 ) -> DatasetTask:
     """A task from `datasets.load_dataset(name, config, split=...)`, or from a local directory.
@@ -298,6 +307,7 @@ def from_hub(
     "train", "test": "test"}; a single split name, divided 80/10/10 by hash; or None: the
     dataset's own "train", "validation" and "test" splits, those it has. Without network it works
     from a local directory or the Hugging Face cache; otherwise a ConnectionError says what to do.
+    `task_name` defaults to the last part of `name`; other arguments: see `from_file`.
     """
     if splits is None:
         available = _split_names(name, config, cache_dir)
@@ -312,9 +322,9 @@ def from_hub(
     else:
         rows = {ours: _rows_of(_load_hub_split(name, config, theirs, cache_dir), f"{name}[{theirs}]")
                 for ours, theirs in splits.items()}
-    task_name = task_kwargs.pop("task_name", None) or name.rstrip("/").split("/")[-1]
-    return from_rows(task_name, rows, prompt_field=prompt_field, answer_field=answer_field,
-                     answer_extract=answer_extract, reward=reward, source=name, **task_kwargs)
+    return from_rows(task_name or name.rstrip("/").split("/")[-1], rows, prompt_field=prompt_field,
+                     answer_field=answer_field, answer_extract=answer_extract, reward=reward, source=name,
+                     **task_kwargs)
 
 
 def _rows_of(data, label: str) -> list[tuple[str, Row]]:

@@ -63,7 +63,8 @@ def _dataset_specs(datasets: Any) -> list:
     specs = []
     for spec in datasets:
         if isinstance(spec, dict):
-            spec = DatasetSpec(name=spec["name"], weight=float(spec.get("weight", 1.0)), config=dict(spec.get("config", {})))
+            spec = DatasetSpec(name=spec["name"], weight=float(spec.get("weight", 1.0)),
+                               config=dict(spec.get("config", {})))
         specs.append(spec)
     return specs
 
@@ -97,7 +98,8 @@ def _create_dataset(name: str, size: int, seed: int, level: int | None, config: 
             dataset_config.validate()
     except (AssertionError, TypeError, ValueError) as e:  # its checks are asserts
         at_level = "" if level is None else f" (its reasoning-gym curriculum at level {level} gave {generated})"
-        raise ValueError(f"invalid config for reasoning-gym dataset {name!r}: {e or type(e).__name__}{at_level}") from None
+        message = f"invalid config for reasoning-gym dataset {name!r}: {e or type(e).__name__}{at_level}"
+        raise ValueError(message) from None
     return package.factory.DATASETS[name][0](config=dataset_config)
 
 
@@ -108,7 +110,8 @@ class ReasoningGymTask(Task):
                  reward: Any = None, level: int | None = None, **config: Any):
         super().__init__(seed=seed, prompt_style=prompt_style, reward=reward)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size (how many entries reasoning-gym generates) must be a positive integer, got {size!r}")
+            raise ValueError(f"size (how many entries reasoning-gym generates) must be a positive integer, "
+                             f"got {size!r}")
         self.name = f"{FAMILY}:{name}"
         self.dataset_name = name
         self.params = {"dataset": name, "size": size, **({"level": level} if level is not None else {}), **config}
