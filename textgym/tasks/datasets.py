@@ -247,6 +247,9 @@ def from_file(
     """
     if isinstance(path, Mapping):
         rows: Source | dict[str, Source] = {split: read_rows(p, format) for split, p in path.items()}
+        for split, p in path.items():
+            if not rows[split]:
+                raise ValueError(f"{p} has no rows (it is split {split!r})")
         source = ", ".join(str(p) for p in path.values())
         default_name = Path(next(iter(path.values()))).stem if path else "data"
     else:
