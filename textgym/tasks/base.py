@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from textgym.example import Example
-from textgym.registry import Registry, same_function
+from textgym.registry import Registry
 from textgym.rewards.core import as_result, get_reward
 from textgym.rewards.builtin import r1_zero_reward
 from textgym.rewards.extract import first_line
@@ -289,7 +289,7 @@ class _ExampleListTask(Task):
 TASKS: Registry[Callable[..., Task]] = Registry("task")
 # "family:member" names: the factory of a family builds any of its members, e.g. every
 # reasoning-gym dataset ("reasoning_gym:chain_sum"), without registering each one.
-_FAMILIES: dict[str, Callable[..., Task]] = {}
+FAMILIES: Registry[Callable[..., Task]] = Registry("task family")
 
 
 def register_task(name: str, factory: Callable[..., Task] | None = None, *, overwrite: bool = False):
@@ -312,10 +312,7 @@ def register_task_family(family: str, factory: Callable[..., Task], *, overwrite
     """
     if not isinstance(family, str) or not family or ":" in family:
         raise ValueError(f"a task family is a non-empty name without ':', got {family!r}")
-    old = _FAMILIES.get(family)
-    if old is not None and old is not factory and not overwrite and not same_function(old, factory):
-        raise ValueError(f"task family {family!r} is already registered; pass overwrite=True to replace it")
-    _FAMILIES[family] = factory
+    FAMILIES.register(family, factory, overwrite=overwrite)
 
 
 def list_tasks() -> list[str]:
@@ -324,7 +321,7 @@ def list_tasks() -> list[str]:
 
 
 def list_task_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
 
 
 def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
@@ -337,10 +334,10 @@ def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
         return name_or_task.replace(**kwargs) if kwargs else name_or_task
     if isinstance(name_or_task, str) and ":" in name_or_task:
         family, member = name_or_task.split(":", 1)
-        if family not in _FAMILIES:
+        if family not in FAMILIES:
             raise ValueError(f"unknown task family {family!r} in {name_or_task!r}; task families: "
                              f"{', '.join(list_task_families())}")
-        task = _FAMILIES[family](member, **kwargs)
+        task = FAMILIES.get(family)(member, **kwargs)
     else:
         if isinstance(name_or_task, str) and name_or_task not in TASKS:
             raise ValueError(f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
