@@ -12,10 +12,11 @@ import pytest
 
 from textgym.rewards import (
     RewardResult, combine, contains, exact_match, from_trl, get_reward, list_rewards, math_equal,
-    math_equiv, numeric_match, partial_credit, r1_format, r1_zero, reasoning_gym_task, regex,
+    math_equiv, numeric_match, partial_credit, r1_format, r1_zero, regex,
     register_reward, score,
 )
-from textgym.rewards.extract import answer_tag, boxed, first_line, last_number, parse_number
+from textgym.rewards import boxed_math, gsm8k
+from textgym.rewards.extract import answer_tag, boxed, first_line, gsm8k_answer, last_number, parse_number
 from textgym.tasks import Example
 
 EX7 = Example("What is 3 + 4?", "7", {"a": 3, "b": 4})
@@ -37,11 +38,30 @@ def test_answer_tag(text, expected):
 @pytest.mark.parametrize("text, expected", [
     (r"so \boxed{5}", "5"),
     (r"\boxed{1} and \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{\frac{\sqrt{3}}{2}}.", r"\frac{\sqrt{3}}{2}"),  # nested braces
+    (r"$\boxed{\{1, 2\}}$", r"\{1, 2\}"),  # escaped braces are braces too, and balanced
+    (r"\fbox{7}", "7"),
+    (r"so $\boxed 5$.", "5"),  # MATH sometimes writes it without braces
     (r"\boxed{unclosed", None),
+    (r"\boxed", None),
     ("nothing", None),
 ])
 def test_boxed(text, expected):
     assert boxed(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),
+    ("#### 1,018", "1018"),
+    ("#### -3", "-3"),
+    ("#### $5.50.", "5.50"),
+    ("a #### 1 then #### 2\nextra", "2"),  # the last marker counts, its line only
+    ("#### seven", "seven"),
+    ("####", None),
+    ("The answer is 72", None),
+])
+def test_gsm8k_answer(text, expected):
+    assert gsm8k_answer(text) == expected
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -67,7 +87,7 @@ def test_parse_number_forgives_formatting(text, value):
     assert parse_number(text) == value
 
 
-@pytest.mark.parametrize("text", ["abc", "", "1e5", "nan", "inf", "1" * 500, None])
+@pytest.mark.parametrize("text", ["abc", "", "1e5", "nan", "inf", "1" * 500, None, "1,2", "12,34", "1,0000"])
 def test_parse_number_refuses(text):
     assert parse_number(text) is None
 
@@ -145,6 +165,41 @@ def test_math_equiv_reward():
     assert math_equiv(r"t </think> <answer>\boxed{1/2}</answer>", half) == 1.0
     assert math_equiv("the answer is 7", EX7) == 1.0
     assert math_equiv("no answer", EX7) == 0.0
+
+
+GSM8K_SOLUTION = "She has 1,000 - 982 = 18 apples left.\n#### 18"
+
+
+@pytest.mark.parametrize("completion, reference, expected", [
+    ("18 - 0 = 18.\n#### 18", GSM8K_SOLUTION, 1.0),
+    ("#### 18.0", "18", 1.0),
+    ("So the answer is 18 apples.", GSM8K_SOLUTION, 1.0),  # no marker: the last number
+    ("#### 18 wait, no: 19", GSM8K_SOLUTION, 1.0),  # the marker wins over later numbers
+    ("<think>t</think> <answer>1,018</answer>", "1018", 1.0),
+    ("#### 17", GSM8K_SOLUTION, 0.0),
+    ("I don't know", GSM8K_SOLUTION, 0.0),
+    ("#### 1,2", "12", 0.0),
+])
+def test_gsm8k_reward(completion, reference, expected):
+    assert gsm8k(completion, Example("q", reference)) == expected
+    assert "gsm8k" in list_rewards()
+
+
+MATH_SOLUTION = r"Completing the square, $x = \frac{-1 \pm \sqrt{5}}{2}$, so the sum is $\boxed{\frac{1}{2}}$."
+
+
+@pytest.mark.parametrize("completion, reference, expected", [
+    (r"The sum is \boxed{0.5}.", MATH_SOLUTION, 1.0),
+    (r"\boxed{\dfrac{2}{4}}", r"\frac{1}{2}", 1.0),
+    (r"t </think> <answer>\boxed{\frac{1}{2}}</answer>", MATH_SOLUTION, 1.0),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{1}{\sqrt{2}}", 1.0),
+    ("The sum is 1/2.", MATH_SOLUTION, 0.0),  # MATH grading needs the box
+    (r"\boxed{\frac{1}{3}}", MATH_SOLUTION, 0.0),
+    (r"\boxed{\frac{1}{2}", MATH_SOLUTION, 0.0),  # unclosed
+])
+def test_boxed_math_reward(completion, reference, expected):
+    assert boxed_math(completion, Example("q", reference)) == expected
+    assert "boxed_math" in list_rewards()
 
 
 def test_partial_credit():
@@ -262,61 +317,6 @@ def test_from_trl():
     assert seen == {"prompts": ["What is 3 + 4?"], "a": [3]}
     assert from_trl(lambda prompts, completions, **kw: [None])("7", EX7) == (0.0, {"none": 1.0})
     assert score(from_trl(lambda prompts, completions, **kw: [None, None]), "7", EX7).error
-
-
-def test_reasoning_gym_task_without_package_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # what `import` sees when it is not installed
-    with pytest.raises(ImportError, match="pip install reasoning-gym"):
-        reasoning_gym_task("leg_counting")
-
-
-class FakeReasoningGymDataset(list):
-    """reasoning-gym's dataset interface: iterable entries with question/answer + score_answer."""
-
-    def __init__(self, size, seed):
-        rng = np.random.default_rng(seed)
-        entries = []
-        for _ in range(size):
-            a, b = (int(x) for x in rng.integers(0, 8, 2))  # 64 distinct questions: duplicates happen
-            entries.append({"question": f"What is {a} + {b}?", "answer": str(a + b), "metadata": {"a": a, "b": b}})
-        super().__init__(entries)
-        self.scored = []
-
-    def score_answer(self, answer, entry):
-        self.scored.append((answer, entry))
-        return 1.0 if answer == entry["answer"] else 0.01
-
-
-def test_reasoning_gym_task_adapts_the_dataset_interface(monkeypatch):
-    made = {}
-
-    def create_dataset(name, size, seed, **kwargs):
-        made.update(name=name, size=size, seed=seed, **kwargs)
-        made["dataset"] = FakeReasoningGymDataset(size, seed)
-        return made["dataset"]
-
-    monkeypatch.setitem(sys.modules, "reasoning_gym", types.SimpleNamespace(create_dataset=create_dataset))
-    task = reasoning_gym_task("toy_sums", size=200, seed=3, difficulty=2)
-    assert {k: made[k] for k in ("name", "size", "seed", "difficulty")} == {"name": "toy_sums", "size": 200, "seed": 3, "difficulty": 2}
-    splits = {s: [task.example(s, i) for i in range(task.num_examples(s))] for s in ("train", "validation", "test")}
-    questions = [e.prompt for exs in splits.values() for e in exs]
-    assert len(questions) == len(set(questions)) == len({e["question"] for e in made["dataset"]})  # deduplicated
-    assert all(len(exs) > 0 for exs in splits.values()) and len(splits["train"]) > len(splits["test"])
-    ex = splits["validation"][0]
-    assert task.reward(f"  {ex.answer}\n", ex) == 1.0  # the stripped completion is the answer
-    assert made["dataset"].scored[-1] == (ex.answer, ex.metadata["entry"])
-    assert task.reward("nope", ex) == 0.01  # the dataset's own partial score passes through
-    r1 = reasoning_gym_task("toy_sums", size=200, seed=3, prompt_style="r1_zero")
-    ex = r1.example("train", 0)
-    assert score(r1.reward, f"ok </think> <answer>{ex.answer}</answer>", ex).reward == 1.0
-    assert score(r1.reward, f"ok </think> {ex.answer}", ex).reward == 0.0  # no answer tags, no reward
-
-
-def test_reasoning_gym_task():
-    pytest.importorskip("reasoning_gym")
-    task = reasoning_gym_task("leg_counting", size=50)
-    ex = task.example("train", 0)
-    assert task.reward(ex.answer, ex) == 1.0
 
 
 # -- process isolation ------------------------------------------------------------------------------

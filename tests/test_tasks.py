@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from textgym.rewards import score
-from textgym.tasks import Example, Task, evaluate_expression, list_tasks, make_task, register_task
+from textgym.tasks import (
+    Example, Task, evaluate_expression, list_task_families, list_tasks, make_task, register_task, register_task_family,
+)
 
 BUILTINS = ["addition", "multiplication", "comparison", "copy", "reverse", "sort", "counting",
             "countdown", "bandit"]
@@ -141,6 +143,28 @@ def test_unknown_task_and_bad_kwargs():
         make_task("addition", digits=0)
     with pytest.raises(ValueError, match="alphabet"):
         make_task("copy", alphabet="a a")
+
+
+def test_task_families():
+    made = []
+
+    def family(member, **kwargs):
+        made.append((member, kwargs))
+        return Task.from_examples(f"toys:{member}", train=[("q", "a")])
+
+    register_task_family("test_toys", family)
+    register_task_family("test_toys", family)  # the same factory again: fine
+    assert "test_toys" in list_task_families() and "reasoning_gym" in list_task_families()
+    assert make_task("test_toys:x:y", seed=3).example("train", 0).answer == "a"
+    assert made == [("x:y", {"seed": 3})]  # everything after the first ':' is the member
+    with pytest.raises(ValueError, match="already registered"):
+        register_task_family("test_toys", lambda member, **kw: None)
+    with pytest.raises(ValueError, match="unknown task family 'nope' in 'nope:x'; task families: .*reasoning_gym"):
+        make_task("nope:x")
+    with pytest.raises(ValueError, match="must not contain ':'"):
+        register_task("a:b", lambda **kw: None)
+    with pytest.raises(ValueError, match="without ':'"):
+        register_task_family("a:b", family)
 
 
 def test_reward_override_and_replace():

@@ -9,16 +9,18 @@
     score("short", "hello", example)            # RewardResult(reward=1.0, components={}, error=None)
 
 `extract` pulls answers out of completions; `builtin` holds the registered rewards; `core` the
-registry, `score` (the env's only way to call a reward) and `combine`; `adapters` TRL and
-reasoning-gym.
+registry, `score` (the env's only way to call a reward) and `combine`; `adapters` TRL's reward
+functions. (reasoning-gym's datasets are tasks: `textgym.tasks.reasoning_gym`.)
 """
 
 from textgym.rewards import extract
-from textgym.rewards.adapters import from_trl, reasoning_gym_task
+from textgym.rewards.adapters import from_trl
 from textgym.rewards.builtin import (
+    boxed_math,
     contains,
     edit_distance,
     exact_match,
+    gsm8k,
     is_r1_format,
     math_equiv,
     numeric_match,
@@ -43,6 +45,6 @@ from textgym.rewards.math_equiv import math_equal
 __all__ = [
     "RewardFn", "RewardResult", "register_reward", "list_rewards", "get_reward", "reward_name",
     "score", "combine", "extract", "exact_match", "numeric_match", "contains", "regex", "r1_format",
-    "r1_zero", "r1_zero_reward", "is_r1_format", "math_equiv", "math_equal", "partial_credit",
-    "edit_distance", "from_trl", "reasoning_gym_task",
+    "r1_zero", "r1_zero_reward", "is_r1_format", "math_equiv", "math_equal", "gsm8k", "boxed_math", "partial_credit",
+    "edit_distance", "from_trl",
 ]

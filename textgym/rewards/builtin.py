@@ -11,7 +11,7 @@ from typing import Callable
 
 from textgym.example import Example
 from textgym.rewards.core import register_reward
-from textgym.rewards.extract import answer_tag, boxed, last_number, numbers_equal
+from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, numbers_equal
 from textgym.rewards.math_equiv import math_equal
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "r1_zero_reward",
     "is_r1_format",
     "math_equiv",
+    "gsm8k",
+    "boxed_math",
     "partial_credit",
     "edit_distance",
 ]
@@ -131,6 +133,36 @@ def math_equiv(completion: str, example: Example) -> float:
     else:
         pred = boxed(completion) or last_number(completion)
     return float(math_equal(pred, example.answer))
+
+
+@register_reward("gsm8k")
+def gsm8k(completion: str, example: Example) -> float:
+    """1.0 when the completion's final number equals the GSM8K reference ("#### 1,018" == "1018").
+
+    The completion's answer is the number after its last "####" when it writes one, else the last
+    number (inside <answer> tags if any). The reference may be a whole GSM8K solution (its number
+    after "####" counts) or the bare final answer.
+    """
+    pred = gsm8k_answer(completion)
+    if pred is None:
+        pred = last_number(_answer_region(completion))
+    ref = gsm8k_answer(example.answer)
+    return float(numbers_equal(pred, example.answer.strip() if ref is None else ref))
+
+
+@register_reward("boxed_math")
+def boxed_math(completion: str, example: Example) -> float:
+    r"""1.0 when the last \boxed{} of the completion is mathematically equal to the reference (MATH).
+
+    Strict about the format, as MATH's own grading is: no \boxed{} (inside <answer> tags if any),
+    no reward. The reference may be a whole MATH solution (its last \boxed{} counts) or the bare
+    answer. Equality is `math_equal` (math-verify when installed).
+    """
+    pred = boxed(_answer_region(completion))
+    if pred is None:
+        return 0.0
+    ref = boxed(example.answer)
+    return float(math_equal(pred, example.answer if ref is None else ref))
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -1,26 +1,45 @@
 r"""Are two math answers the same value? ("1/2" vs "\frac{1}{2}" vs "0.5", "2x+1" vs "1+2*x").
 
-math-verify is used when it is installed (`pip install math-verify`); otherwise a small sympy
-path. Model output is untrusted, so the sympy path never calls sympy's string parser (it evals):
-the text is parsed by `ast` and only numbers, names, + - * / ** and a few functions are turned into
-sympy objects, with caps on length, size of exponents and number of nodes, so "9**9**9**9" or a
-10,000-character answer costs microseconds, not minutes.
+Two judges, and either one's "equal" is the verdict (each says so only when it is sure):
+
+- math-verify, when installed (`pip install "textgym[math]"`): LaTeX, intervals, sets, units,
+  percentages. It can spend unbounded time on hostile input (`9^{9^{9^{9}}}`), and its own
+  timeouts use `signal.alarm`, which works only in a process's main thread. So in the main thread
+  it runs here with those timeouts on; in any other thread (where `score()` runs rewards when it
+  has a timeout) it runs in a helper process, in that process's main thread with the same
+  timeouts, and the process is killed and replaced if it does not answer within
+  `HARD_LIMIT_SECONDS`. Either way a call returns within seconds and never hangs the caller.
+- A small sympy path. Model output is untrusted, so it never calls sympy's string parser (it
+  evals): the text is parsed by `ast` and only numbers, names, + - * / ** and a few functions are
+  turned into sympy objects, with caps on length, size of exponents and number of nodes, so
+  "9**9**9**9" or a 10,000-character answer costs microseconds, not minutes.
 """
 
 from __future__ import annotations
 
 import ast
+import atexit
+import json
+import os
+import queue
 import re
+import subprocess
+import sys
+import threading
 
+from textgym.rewards import math_verify_worker
 from textgym.rewards.extract import parse_number
 
-__all__ = ["math_equal"]
+__all__ = ["math_equal", "TIMEOUT_SECONDS", "HARD_LIMIT_SECONDS"]
 
 _MAX_CHARS = 200
 _MAX_NODES = 80
 _MAX_EXPONENT = 100
-_FUNCTIONS = ("sqrt", "sin", "cos", "tan", "log", "ln", "exp", "abs")
-_CONSTANTS = ("pi", "e", "i", "oo", "inf", "infty")
+
+TIMEOUT_SECONDS = math_verify_worker.TIMEOUT_SECONDS  # math-verify's own limit for one parse or comparison
+HARD_LIMIT_SECONDS = 8.0  # a helper process that has not answered by then is killed (below score()'s default 10 s)
+_MATH_VERIFY_MAX_CHARS = 1000  # longer answers are not math-verify's business: they go to the capped sympy path
+_STARTUP_SECONDS = 120.0  # importing sympy and math-verify in a fresh process on a slow, busy machine
 
 
 def _normalize(s: str) -> str:
@@ -111,21 +130,89 @@ def _to_sympy(text: str):
         return None
 
 
+class _HelperProcess:
+    """A Python process that runs math-verify for threads other than the main one."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked child must start its own, not talk to its parent's
+        # run_path: the worker file runs as a script without importing textgym (nor adding its folder to sys.path)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')",
+             math_verify_worker.__file__],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        self.lines: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True, name="textgym-math-verify").start()
+        self.ready = self._next_line(_STARTUP_SECONDS) == "ready"
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)  # end of file: the process is gone
+
+    def _next_line(self, timeout: float) -> str | None:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def ask(self, pred: str, ref: str) -> bool | None:
+        """The verdict, or None when the process fails or overruns (it is then killed)."""
+        if not self.ready:
+            return None
+        try:
+            self.process.stdin.write(json.dumps([pred, ref]) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError):
+            self.ready = False
+            return None
+        line = self._next_line(HARD_LIMIT_SECONDS)
+        if line is None:
+            self.close()
+            return None
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.ready = False
+        if self.pid == os.getpid() and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+_helper: _HelperProcess | None = None
+_helper_lock = threading.Lock()
+
+
+def _close_helper() -> None:
+    if _helper is not None:
+        _helper.close()
+
+
+atexit.register(_close_helper)
+
+
 def _math_verify_equal(pred: str, ref: str) -> bool | None:
+    """math-verify's verdict; None when it is not installed, the text is too long, or it failed."""
+    global _helper
     try:
-        from math_verify import parse, verify
+        import math_verify  # noqa: F401
     except ImportError:
         return None
-    try:
-        # math-verify's own timeouts use signal.alarm, which fails off the main thread (score()
-        # runs rewards in a worker thread when it has a timeout), so they are switched off here.
-        return bool(verify(parse(ref, parsing_timeout=None), parse(pred, parsing_timeout=None), timeout_seconds=None))
-    except Exception:
+    if len(pred) > _MATH_VERIFY_MAX_CHARS or len(ref) > _MATH_VERIFY_MAX_CHARS:
         return None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            return math_verify_worker.verify_here(pred, ref)
+        except Exception:  # math-verify and sympy raise odd types on odd input: not a verdict
+            return None
+    with _helper_lock:
+        if _helper is None or not _helper.ready or _helper.pid != os.getpid():
+            _helper = _HelperProcess()
+        return _helper.ask(pred, ref)
 
 
 def math_equal(pred: str | None, ref: str | None) -> bool:
-    """True when `pred` and `ref` denote the same mathematical value."""
+    """True when `pred` and `ref` denote the same mathematical value (see the module docstring)."""
     if pred is None or ref is None:
         return False
     if "".join(pred.split()) == "".join(ref.split()):  # "(1, 2)" vs "(1,2)": spacing never matters
@@ -133,9 +220,8 @@ def math_equal(pred: str | None, ref: str | None) -> bool:
     a, b = parse_number(_normalize(pred)), parse_number(_normalize(ref))
     if a is not None and b is not None:
         return a == b
-    verdict = _math_verify_equal(pred, ref)
-    if verdict is not None:
-        return verdict
+    if _math_verify_equal(pred, ref):
+        return True
     x, y = _to_sympy(pred), _to_sympy(ref)
     if x is None or y is None:
         return _normalize(pred) == _normalize(ref)

@@ -7,6 +7,10 @@
     task.reward(completion, ex)              # the verifier
 
 New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
+Multi-turn tasks (the environment replies to each turn) subclass `MultiTurnTask` (multiturn.py);
+built-in ones are in interactive.py.
+Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py),
+"file:<path>" and "hf:<dataset>" (datasets.py: JSONL/CSV/Parquet files, Hugging Face datasets).
 """
 
 from textgym.tasks.base import (
@@ -15,8 +19,10 @@ from textgym.tasks.base import (
     Example,
     Task,
     list_tasks,
+    list_task_families,
     make_task,
     register_task,
+    register_task_family,
     split_of,
 )
 
@@ -28,9 +34,17 @@ from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
 from textgym.tasks.multiturn import MessageEnvTask, MultiTurnTask, Reply
 from textgym.tasks.interactive import CalculatorTask, GuessTask, RetryTask, calculate
 
+# Task families ("<family>:<member>" names), registered on import.
+from textgym.tasks.datasets import DatasetTask, from_file, from_hub, from_rows
+from textgym.tasks.reasoning_gym import (
+    ReasoningGymCurriculum, ReasoningGymTask, reasoning_gym_config_fields, reasoning_gym_datasets, reasoning_gym_task,
+)
+
 __all__ = [
     "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
     "MultiTurnTask", "MessageEnvTask", "Reply", "CalculatorTask", "GuessTask", "RetryTask", "calculate",
+    "register_task_family", "list_task_families", "ReasoningGymTask", "ReasoningGymCurriculum", "reasoning_gym_task",
+    "reasoning_gym_datasets", "reasoning_gym_config_fields", "DatasetTask", "from_file", "from_hub", "from_rows",
 ]

@@ -26,7 +26,8 @@ from textgym.rewards.builtin import r1_zero_reward
 from textgym.rewards.extract import first_line
 
 __all__ = [
-    "Example", "Task", "register_task", "list_tasks", "make_task", "split_of", "R1_ZERO_TEMPLATE",
+    "Example", "Task", "register_task", "register_task_family", "list_tasks", "list_task_families",
+    "make_task", "split_of", "R1_ZERO_TEMPLATE",
 ]
 
 # The R1-zero prompt (DeepSeek-R1-Zero, as used in the course primer). The prompt ends inside
@@ -290,10 +291,10 @@ class _ExampleListTask(Task):
 
 # -- registry ---------------------------------------------------------------------------------------
 
-_REASONING_GYM_PREFIX = "reasoning_gym:"
-TASKS: Registry[Callable[..., Task]] = Registry(
-    "task", hint=f" (or '{_REASONING_GYM_PREFIX}<dataset>' with reasoning-gym installed)"
-)
+TASKS: Registry[Callable[..., Task]] = Registry("task")
+# "family:member" names: the factory of a family builds any of its members, e.g. every
+# reasoning-gym dataset ("reasoning_gym:chain_sum"), without registering each one.
+FAMILIES: Registry[Callable[..., Task]] = Registry("task family")
 
 
 def register_task(name: str, factory: Callable[..., Task] | None = None, *, overwrite: bool = False):
@@ -302,26 +303,51 @@ def register_task(name: str, factory: Callable[..., Task] | None = None, *, over
     make_task(name, **kwargs) calls the factory with the user's kwargs (seed, prompt_style,
     reward and the task's own). A different factory under a taken name needs overwrite=True.
     """
+    if isinstance(name, str) and ":" in name:
+        raise ValueError(f"task name {name!r} must not contain ':' (that separates a family from a member; "
+                         "see register_task_family)")
     return TASKS.register(name, factory, overwrite=overwrite)
 
 
+def register_task_family(family: str, factory: Callable[..., Task], *, overwrite: bool = False) -> None:
+    """Let `make_task("<family>:<member>", **kwargs)` call `factory(member, **kwargs)`.
+
+    For sources with many tasks of one kind (a library of datasets, files on disk), where
+    registering each by name is impossible or pointless.
+    """
+    if not isinstance(family, str) or not family or ":" in family:
+        raise ValueError(f"a task family is a non-empty name without ':', got {family!r}")
+    FAMILIES.register(family, factory, overwrite=overwrite)
+
+
 def list_tasks() -> list[str]:
+    """The registered task names (families such as 'reasoning_gym:<dataset>' list their members elsewhere)."""
     return TASKS.names()
+
+
+def list_task_families() -> list[str]:
+    return FAMILIES.names()
 
 
 def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
     """Build a task by name (kwargs: seed=0, prompt_style="plain", reward=None, difficulty params).
 
     A Task instance is returned as is, or copied with a new seed / prompt_style / reward.
-    "reasoning_gym:<dataset>" builds a reasoning-gym task (optional dependency).
+    "<family>:<member>" asks a task family, e.g. "reasoning_gym:chain_sum" (see list_task_families()).
     """
     if isinstance(name_or_task, Task):
         return name_or_task.replace(**kwargs) if kwargs else name_or_task
-    if isinstance(name_or_task, str) and name_or_task.startswith(_REASONING_GYM_PREFIX):
-        from textgym.rewards.adapters import reasoning_gym_task
-
-        return reasoning_gym_task(name_or_task[len(_REASONING_GYM_PREFIX) :], **kwargs)
-    task = TASKS.get(name_or_task)(**kwargs)
+    if isinstance(name_or_task, str) and ":" in name_or_task:
+        family, member = name_or_task.split(":", 1)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown task family {family!r} in {name_or_task!r}; task families: "
+                             f"{', '.join(list_task_families())}")
+        task = FAMILIES.get(family)(member, **kwargs)
+    else:
+        if isinstance(name_or_task, str) and name_or_task not in TASKS:
+            raise ValueError(f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
+                             f"(or '<family>:<member>' with a family from {', '.join(list_task_families())})")
+        task = TASKS.get(name_or_task)(**kwargs)
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name_or_task!r} returned {type(task).__name__}, not a Task")
     return task
