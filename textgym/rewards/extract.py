@@ -97,6 +97,8 @@ def parse_number(text: str | None) -> Fraction | None:
     if text is None:
         return None
     s = text.strip().rstrip(".")
+    if s.isdigit() and s.isascii() and len(s) <= _MAX_NUMBER_CHARS:  # the common case, without the regexes
+        return Fraction(int(s))
     if _GROUPED.fullmatch(s):  # "1,000" but not "1,2" (a list) nor "12,34"
         s = s.replace(",", "")
     if not s or len(s) > _MAX_NUMBER_CHARS or not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", s):
