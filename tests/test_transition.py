@@ -218,3 +218,29 @@ def test_batch_infos_stacks_like_gymnasium():
     for slot, info in per_slot.items():
         expected = envs._add_info(expected, info, slot)
     assert_same(batch_infos(per_slot, 3), expected)
+
+
+def test_rewards_that_ask_get_the_sampled_ids_not_a_re_encoding():
+    from textgym.rewards import combine, from_trl
+
+    tok = textgym.as_tokenizer("smollm2-135m-instruct")
+    sampled = tok.encode("he") + tok.encode("llo")  # "hello" re-encodes to one token, not these two
+    seen = {}
+
+    def by_ids(completion, example, completion_ids=None):
+        seen["ids"] = completion_ids
+        return float(len(completion_ids))
+
+    def trl_length(prompts, completions, completion_ids, **columns):
+        seen["trl"] = completion_ids[0]
+        return [float(len(completion_ids[0]))]
+
+    reward = combine({"ids": by_ids, "trl": from_trl(trl_length, tokenizer=tok), "text": "exact_match"})
+    env = TextGenEnv(task="addition", tokenizer=tok, max_new_tokens=4, reward=reward)
+    env.reset(seed=0)
+    for token in sampled + [tok.eos_token_id]:
+        _, r, terminated, _, info = env.step(token)
+    assert terminated and info["completion"] == "hello"
+    assert seen["ids"] == seen["trl"] == sampled + [tok.eos_token_id]
+    assert info["reward_components"]["ids"] == 3.0 and info["reward_components"]["trl"] == 3.0
+    assert len(tok.encode("hello")) == 1

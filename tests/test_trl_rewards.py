@@ -75,9 +75,10 @@ def test_trl_reward_through_an_env_episode(name):
         assert "reward_error" not in info, info["reward_error"]
         assert info["completion"] == text
         # TRL's own call, as GRPOTrainer makes it for a conversational dataset, with the sampled ids
+        # (GRPOTrainer keeps the first end token in completion_ids; so does the env)
         direct = fn(prompts=[[{"role": "user", "content": PROBLEM.prompt}]],
                     completions=[[{"role": "assistant", "content": text}]],
-                    solution=[PROBLEM.answer], completion_ids=[ids])[0]
+                    solution=[PROBLEM.answer], completion_ids=[ids + [textgym.as_tokenizer(TOKENIZER).eos_token_id]])[0]
         assert got == (0.0 if direct is None else direct), kind
         assert info["reward_components"] == {"none": float(direct is None)}
         expected = EXPECTED_SIGNS[name][kind]

@@ -185,10 +185,14 @@ class Transition:
         eos = self.eos_token_id
         return self.tokenizer.decode_batch([c[:-1] if len(c) and c[-1] == eos else c for c in completions])
 
-    def score(self, texts: Sequence[str], examples: Sequence[Example]) -> list[RewardResult]:
-        """The verifier's results for finished completions (one hand-off; never raises)."""
+    def score(
+        self, texts: Sequence[str], examples: Sequence[Example], ids: Sequence[Sequence[int]] | None = None
+    ) -> list[RewardResult]:
+        """The verifier's results for finished completions (one hand-off; never raises). With `ids`,
+        a verifier that takes `completion_ids` gets the tokens sampled, not a re-encoding."""
         cfg = self.config
-        return score_many(self.reward_fn, list(zip(texts, examples)), cfg.reward_timeout, cfg.reward_isolation)
+        items = list(zip(texts, examples)) if ids is None else list(zip(texts, examples, ids))
+        return score_many(self.reward_fn, items, cfg.reward_timeout, cfg.reward_isolation)
 
     @cached_property
     def stop_candidates(self) -> np.ndarray:
@@ -286,7 +290,7 @@ class Transition:
         """Decode and score the episodes that ended in `rows` (one verifier hand-off); fill `rewards`."""
         completions = [self.ids[i, self.prompt_len[i] : self.seq_len[i]].tolist() for i in rows]
         texts = self.completion_texts(completions)
-        results = self.score(texts, [self.examples[i] for i in rows])
+        results = self.score(texts, [self.examples[i] for i in rows], completions)
         finals = {}
         for i, text, completion, result in zip(rows.tolist(), texts, completions, results):
             rewards[i] = result.reward

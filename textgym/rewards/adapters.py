@@ -60,14 +60,13 @@ def from_trl(
     - the reference answer under each name in `answer_columns` (TRL's math rewards read
       `solution`; default: both `solution` and `answer`), and every `example.metadata` field as a
       column of its own name (the answer wins a clash).
-    - `completion_ids`, only with a `tokenizer` (a textgym `Tokenizer`, an HF tokenizer or a name
-      `as_tokenizer` takes): the tokenizer's encoding of the completion text. textgym gives
-      rewards the decoded text, not the sampled ids, so this is a re-encoding: the same ids as
-      sampled whenever the tokenizer encodes its own output back to the same tokens, which is usual
-      but not guaranteed at BPE seams (measured with SmolLM2-135M-Instruct at T = 0.7, 48 tokens:
-      21 of 24 sampled completions came back identical, 3 one token longer), so a length- or
-      n-gram-based reward may see a slightly different sequence than the policy wrote.
-      A function that requires `completion_ids` without a tokenizer given is refused here.
+    - `completion_ids`: in an env episode, the token ids the policy sampled (the env hands them
+      to every reward that takes a `completion_ids` keyword, as this adapter does). Called
+      outside an env (`score(...)` on a text), only with a `tokenizer` (a textgym `Tokenizer`, an
+      HF tokenizer or a name `as_tokenizer` takes): the tokenizer's encoding of the text, which
+      can differ from what was sampled at BPE seams (measured with SmolLM2-135M-Instruct at
+      T = 0.7, 48 tokens: 21 of 24 sampled completions re-encoded identically, 3 one token
+      longer). A function that requires `completion_ids` is refused here without a tokenizer.
 
     TRL's None ("this reward does not apply to this example", e.g. an unparseable solution)
     becomes 0.0 with the component `none` = 1.0, so it is counted rather than silently averaged
@@ -83,11 +82,11 @@ def from_trl(
     name = getattr(fn, "__name__", None) or type(fn).__name__
     if tok is None and _needs(fn, "completion_ids"):
         raise ValueError(
-            f"TRL reward {name!r} needs completion_ids; pass tokenizer= (the env's tokenizer) to from_trl, "
-            "which then re-encodes each completion's text"
+            f"TRL reward {name!r} needs completion_ids; pass tokenizer= (the env's tokenizer) to from_trl: in an env "
+            "episode it gets the sampled ids, and the tokenizer re-encodes text scored outside one"
         )
 
-    def trl_reward(completion: str, example: Example) -> tuple[float, dict[str, float]]:
+    def trl_reward(completion: str, example: Example, completion_ids: list[int] | None = None) -> tuple[float, dict[str, float]]:
         columns: dict[str, list] = {k: [v] for k, v in example.metadata.items() if k not in _OURS}
         columns.update({column: [example.answer] for column in columns_for_answer})
         if conversational:
@@ -95,7 +94,9 @@ def from_trl(
             completions: list = [[{"role": "assistant", "content": completion}]]
         else:
             prompts, completions = [example.prompt], [completion]
-        if tok is not None:
+        if completion_ids is not None:  # from the env: the tokens sampled
+            columns["completion_ids"] = [list(completion_ids)]
+        elif tok is not None:
             columns["completion_ids"] = [tok.encode(completion)]
         out = fn(prompts=prompts, completions=completions, **columns)
         if len(out) != 1:

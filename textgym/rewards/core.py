@@ -8,6 +8,7 @@ one directly: it calls `score`, which turns every way a reward can fail into rew
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing
 import numbers
@@ -18,7 +19,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from textgym.example import Example
 from textgym.registry import Registry
@@ -32,6 +33,8 @@ __all__ = [
     "reward_name",
     "score",
     "score_many",
+    "call_reward",
+    "wants_ids",
     "combine",
 ]
 
@@ -98,9 +101,36 @@ def as_result(value: Any) -> tuple[float, dict[str, float]]:
     return _finite_number(value, "reward"), {}
 
 
-def _call(fn: RewardFn, completion: str, example: Example) -> RewardResult:
+_WANTS_IDS: dict[Any, bool] = {}
+
+
+def wants_ids(fn: Any) -> bool:
+    """Whether a reward function takes the sampled token ids: a `completion_ids` keyword."""
     try:
-        value = fn(completion, example)
+        return _WANTS_IDS[fn]
+    except (KeyError, TypeError):
+        try:
+            wants = "completion_ids" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # builtins and some callables have no signature
+            wants = False
+        try:
+            _WANTS_IDS[fn] = wants
+        except TypeError:  # unhashable callable
+            pass
+        return wants
+
+
+def call_reward(fn: RewardFn, completion: str, example: Example, ids: Sequence[int] | None = None) -> Any:
+    """`fn(completion, example)`, plus `completion_ids=ids` (the tokens the policy sampled, end token
+    included) when `fn` takes them and the caller has them. Raises what `fn` raises."""
+    if ids is not None and wants_ids(fn):
+        return fn(completion, example, completion_ids=list(ids))
+    return fn(completion, example)
+
+
+def _call(fn: RewardFn, completion: str, example: Example, ids: Sequence[int] | None = None) -> RewardResult:
+    try:
+        value = call_reward(fn, completion, example, ids)
     except Exception as e:  # the point of score(): any failure of user code becomes a 0 reward
         return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} raised {type(e).__name__}: {e}")
     try:
@@ -110,7 +140,7 @@ def _call(fn: RewardFn, completion: str, example: Example) -> RewardResult:
     return RewardResult(reward, components, None)
 
 
-Item = tuple[str, Example]  # (completion, example): one reward call
+Item = tuple  # (completion, example) or (completion, example, sampled ids): one reward call
 
 
 class _VerifierThread:
@@ -133,11 +163,11 @@ class _VerifierThread:
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
             fn, items, starts, results, ready = job
-            for completion, example in items:
+            for item in items:
                 if self.abandoned:  # the caller gave up on this batch: leave the rest to the next worker
                     return
                 starts.append(time.monotonic())
-                results.append(_call(fn, completion, example))
+                results.append(_call(fn, *item))
             with ready:
                 ready.notify()
 
@@ -176,8 +206,8 @@ def _process_main(conn, fn: RewardFn) -> None:
             items = conn.recv()
         except (EOFError, OSError):  # the parent closed the pipe or exited
             return
-        for completion, example in items:
-            conn.send(_call(fn, completion, example))
+        for item in items:
+            conn.send(_call(fn, *item))
 
 
 class _VerifierProcess:
@@ -286,6 +316,9 @@ def score_many(
 ) -> list[RewardResult]:
     """Score (completion, example) pairs with one reward function, safely: never raises.
 
+    An item may carry the sampled token ids as a third element; a reward function with a
+    `completion_ids` keyword then gets them (see `call_reward`).
+
     Exceptions, a non-number / bool / NaN / inf / None result, or running past `timeout` seconds
     (per call) give reward 0.0 and an `error` message; the other calls are unaffected.
 
@@ -304,7 +337,7 @@ def score_many(
     if isolation not in ISOLATIONS:
         return [RewardResult(0.0, {}, f"unknown isolation {isolation!r}; use one of {ISOLATIONS}") for _ in items]
     if timeout is None and isolation == "thread":
-        return [_call(fn, completion, example) for completion, example in items]
+        return [_call(fn, *item) for item in items]
     global _thread_worker
     timed_out = RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s" if timeout else "")
     results: list[RewardResult] = []
@@ -345,10 +378,10 @@ def combine(parts: Mapping[str, RewardFn | str], weights: Mapping[str, float] | 
         raise ValueError(f"weights for unknown parts {sorted(unknown)}; parts are {sorted(fns)}")
     w = {name: float(weights.get(name, 1.0)) for name in fns}
 
-    def combined(completion: str, example: Example) -> tuple[float, dict[str, float]]:
+    def combined(completion: str, example: Example, completion_ids: Sequence[int] | None = None) -> tuple[float, dict[str, float]]:
         total, components = 0.0, {}
         for name, f in fns.items():
-            value, sub = as_result(f(completion, example))
+            value, sub = as_result(call_reward(f, completion, example, completion_ids))
             components[name] = value
             components.update({f"{name}/{k}": v for k, v in sub.items()})
             total += w[name] * value
