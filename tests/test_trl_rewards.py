@@ -40,7 +40,8 @@ EXPECTED_SIGNS = {
     "reasoning_accuracy_reward": {"right": 1.0, "wrong": 0.0, "no_think": 0.0, "repetitive": 0.0},
     "get_cosine_scaled_reward": {"right": "+", "wrong": "--", "no_think": "+", "repetitive": "--"},
     "get_repetition_penalty_reward": {"right": "-", "wrong": "-", "no_think": 0.0, "repetitive": "--"},
-    "get_soft_overlong_punishment": {"right": -1.0, "wrong": "--", "no_think": 0.0, "repetitive": "-"},  # 31, 26, 14, 24 tokens
+    # 32, 27, 15, 25 tokens with the end token (TRL counts it too)
+    "get_soft_overlong_punishment": {"right": -1.0, "wrong": "--", "no_think": 0.0, "repetitive": -0.5},
 }
 
 
