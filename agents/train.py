@@ -166,15 +166,15 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None:
         if not (resume / "latest").exists():
             raise SystemExit(f"error: {resume} has no checkpoint to resume from ({resume / 'latest'} is missing)")
-        if flags.get("out") is not None and Path(flags["out"]) != resume:
+        if flags.get("out") is not None and Path(flags.pop("out")) != resume:
             raise SystemExit(f"error: --resume continues the run in {resume}; drop --out (or make it the same directory)")
-        flags.pop("out", None)
-        fixed = [k for k in FIXED_ON_RESUME if k in flags]
-        if fixed:
-            raise SystemExit(f"error: --{fixed[0].replace('_', '-')} cannot change on --resume (the checkpoint decides it); start a new run instead")
         base = json.loads((resume / "config.json").read_text())
         for line in (resume / "resumes.jsonl").read_text().splitlines() if (resume / "resumes.jsonl").exists() else []:
             base.update(json.loads(line)["overrides"])
+        flags = {k: v for k, v in flags.items() if _jsonable({k: v})[k] != base.get(k)}  # what this resume changes
+        fixed = [k for k in FIXED_ON_RESUME if k in flags]
+        if fixed:
+            raise SystemExit(f"error: --{fixed[0].replace('_', '-')} cannot change on --resume (the checkpoint decides it); start a new run instead")
         settings = resolve_settings(flags, base=base)
     else:
         settings = resolve_settings(flags)
