@@ -483,3 +483,17 @@ def test_kl_reference_survives_save_and_load(tmp_path):
     for name, tensor in again.reference.state_dict().items():
         assert torch.equal(tensor, initial[name]), f"the reference must stay the initial policy ({name})"
     assert any(not torch.equal(t, initial[n]) for n, t in again.policy.model.state_dict().items())
+
+
+def test_a_bf16_policy_trains_with_every_term_on():
+    """The GPU's dtype on the CPU: bf16 weights, value baseline (fp32 head), KL reference, micro-batches."""
+    policy = LMPolicy.from_pretrained("tiny", dtype="bfloat16", seed=0)
+    envs = vec_env(policy)
+    agent = REINFORCE(policy, baseline="value", kl_coef=0.05, entropy_coef=0.01, micro_batch_size=3, lr=3e-3, seed=0)
+    assert agent.autocast_dtype is None  # a bf16 policy is not autocast again
+    before = weights(policy)
+    seen = []
+    agent.learn(envs, iterations=2, progress_bar=False, callback=seen.append)
+    assert [m["skipped_update"] for m in seen] == [0.0, 0.0] and all(math.isfinite(m["kl"]) for m in seen)
+    assert not same_weights(before, weights(policy)) and all(p.dtype == torch.bfloat16 for p in policy.model.parameters())
+    assert agent.value_head.weight.dtype == torch.float32
