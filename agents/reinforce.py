@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import os
 import shutil
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -187,8 +188,9 @@ class REINFORCE:
         self.running_mean += cfg.mean_baseline_decay * (batch_mean - self.running_mean)  # eq. 22b, for the next batch
         stats: dict[str, list[float]] = defaultdict(list)
         skipped = False
-        for epoch in range(cfg.epochs):
-            # One epoch is on-policy (eq. 26); later ones reuse the batch and need eq. 27a's ratios.
+        for _ in range(cfg.epochs):
+            # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
+            # behaviour log-probs: after the first step the batch comes from an older policy.
             finite = self.compute_gradients(batch, advantages, clipped=cfg.epochs > 1, stats=stats)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm or float("inf"))
             if not finite or not torch.isfinite(norm):
@@ -370,7 +372,9 @@ class REINFORCE:
         with stop_on_signals() as stop:
             try:
                 callbacks.on_training_start(self, {"iteration": self.iteration})
-                keep_going = self.dist.all_true(stop.signum is None)
+                # Every rank stops at the same iteration when any rank got a signal or was told to stop.
+                signalled = not self.dist.all_true(stop.signum is None)
+                keep_going = not signalled
                 while keep_going and self.iteration < self.end_iteration:
                     t0 = time.perf_counter()
                     self.policy.seed(self._iteration_seed(1))
@@ -381,15 +385,16 @@ class REINFORCE:
                     self.iteration += 1
                     metrics = _iteration_metrics(self.iteration, episodes, stats, lr, timing, t1 - t0, time.perf_counter() - t1)
                     metrics = self.dist.mean_dict(metrics)  # every rank's episodes count
-                    keep_going = callbacks.on_iteration_end(metrics) is not False  # callbacks
-                    keep_going = self.dist.all_true(keep_going and stop.signum is None)
+                    keep_going = self.dist.all_true(callbacks.on_iteration_end(metrics) is not False)  # callbacks
+                    signalled = not self.dist.all_true(stop.signum is None)
+                    keep_going = keep_going and not signalled
             except BaseException as e:
                 error = e
                 raise
             finally:
                 callbacks.on_training_end(error)
-        if stop.signum is not None:
-            raise TrainingInterrupted(stop.signum)
+        if signalled or stop.signum is not None:
+            raise TrainingInterrupted(stop.signum or signal.SIGTERM)  # SIGTERM: another rank's signal
         return self
 
     def _check_env(self, envs: Any) -> tuple[Any, int]:

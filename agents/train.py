@@ -223,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
             callbacks.append(ReportTo(run_cfg.report_to, out, config=_jsonable(settings)))
         if run_cfg.early_stop_reward is not None or run_cfg.early_stop_patience is not None:
             callbacks.append(EarlyStopping(threshold=run_cfg.early_stop_reward, patience=run_cfg.early_stop_patience))
-    task_kwargs = dict(env_cfg.task_kwargs)
-    print(f"task {env_cfg.task} {json.dumps(task_kwargs) if task_kwargs else ''}: {run_cfg.prompts} prompts x "
+    task_kwargs = f" {json.dumps(dict(env_cfg.task_kwargs))}" if env_cfg.task_kwargs else ""
+    print(f"task {env_cfg.task}{task_kwargs}: {run_cfg.prompts} prompts x "
           f"{run_cfg.group_size} samples per update, updates {agent.iteration} -> {run_cfg.iterations} -> {out}")  # fmt: skip
     try:
         agent.learn(
