@@ -28,6 +28,7 @@ inherits SIGINT ignored and would otherwise never see Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -36,14 +37,17 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from agents.rollouts import evaluate
+from textgym.config import setting
 
 __all__ = [
+    "RunManagementConfig",
     "Callback",
     "CallbackList",
     "FunctionCallback",
@@ -64,6 +68,39 @@ __all__ = [
 ]
 
 EVAL_SEED_OFFSET = 104729  # validation episodes are seeded apart from every training iteration's seeds
+REPORT_TO = ("tensorboard", "wandb", "trackio")
+
+
+@dataclass(frozen=True)
+class RunManagementConfig:
+    """The settings of the standard callbacks (`learn`'s keyword arguments, `textgym train`'s flags)."""
+
+    eval_every: int = setting(5, "validation reward every this many iterations (and before the first and after the last)")
+    eval_episodes: int = setting(64, "validation episodes per evaluation")
+    save_every: int | None = setting(10, "checkpoint every this many iterations, and at the end (None: only at the end)")
+    progress_bar: bool = setting(True, "show a progress bar with the train and validation reward")
+    early_stop_reward: float | None = setting(None, "stop once the validation reward reaches this")
+    early_stop_patience: int | None = setting(None, "stop after this many evaluations without a new best validation reward")
+    report_to: tuple[str, ...] = setting((), "also log to these trackers: tensorboard, wandb, trackio")
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "eval_episodes", "save_every", "early_stop_patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "report_to", (self.report_to,) if isinstance(self.report_to, str) else tuple(self.report_to))
+        bad = [b for b in self.report_to if b not in REPORT_TO]
+        if bad:
+            raise ValueError(f"report_to takes {', '.join(REPORT_TO)}; got {', '.join(bad)}")
+
+    @classmethod
+    def make(cls, **settings: Any) -> "RunManagementConfig":
+        """The config with some settings changed (an unknown name raises a TypeError listing the known)."""
+        unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise TypeError(f"unknown run-management setting(s) {sorted(unknown)}; the settings are: {known}")
+        return cls(**settings)
 
 
 class Callback:
@@ -156,7 +193,14 @@ class Evaluation(Callback):
     left where it was. A resumed run does not re-evaluate its starting point (its row is logged).
     """
 
-    def __init__(self, env: Any, every: int = 5, episodes: int = 64, seed: int | None = None, greedy: bool = False):
+    def __init__(
+        self,
+        env: Any,
+        every: int = RunManagementConfig.eval_every,
+        episodes: int = RunManagementConfig.eval_episodes,
+        seed: int | None = None,
+        greedy: bool = False,
+    ):
         if every < 1 or episodes < 1:
             raise ValueError(f"every and episodes must be >= 1, got every={every}, episodes={episodes}")
         self.env, self.every, self.episodes, self.seed, self.greedy = env, int(every), int(episodes), seed, greedy
@@ -254,7 +298,7 @@ class Checkpoint(Callback):
     when `every` already saved it, and not again when a resumed run stops where it started.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, every: int | None = None, keep: int = 1):
+    def __init__(self, run_dir: str | os.PathLike, every: int | None = RunManagementConfig.save_every, keep: int = 1):
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1 or None, got {every}")
         self.run_dir, self.every, self.keep = _check_writable(Path(run_dir)), every, keep
@@ -408,16 +452,16 @@ class EarlyStopping(Callback):
 
 # -- experiment tracking --------------------------------------------------------------------------
 
-REPORT_TO = ("tensorboard", "wandb", "trackio")
-
 
 class ReportTo(Callback):
     """Sends every metrics row to TensorBoard, Weights & Biases and/or Trackio.
 
     The scalars are those of metrics.jsonl, at step = iteration; the sample completion goes as
-    text. TensorBoard writes event files under `run_dir/tensorboard` (view them with
-    `tensorboard --logdir runs`); wandb and trackio log to their own project ("textgym"). A backend
-    that is asked for but not installed raises here, before any work.
+    text; the run's settings (`config`, else `run_dir/config.json` as `textgym train` writes it,
+    else the agent's config) go along once. TensorBoard writes event files under
+    `run_dir/tensorboard` (view them with `tensorboard --logdir runs`); wandb and trackio log to
+    their own project ("textgym"). A backend that is asked for but not installed raises here,
+    before any work.
     """
 
     def __init__(self, backends: Sequence[str], run_dir: str | os.PathLike, config: dict | None = None, project: str = "textgym"):
@@ -430,12 +474,15 @@ class ReportTo(Callback):
             if importlib.util.find_spec(module) is None:
                 extra = " (or: pip install 'textgym[tensorboard]')" if b == "tensorboard" else ""
                 raise ModuleNotFoundError(f"report_to={b!r} needs the {module} package: pip install {module}{extra}")
-        self.run_dir, self.config, self.project = Path(run_dir), dict(config or {}), project
+        self.run_dir, self.config, self.project = Path(run_dir), config, project
         self.writers: dict[str, Any] = {}
 
     def on_training_start(self, agent: Any, metrics: dict) -> None:
         super().on_training_start(agent, metrics)
         name = self.run_dir.name
+        if self.config is None:
+            recorded = self.run_dir / "config.json"
+            self.config = json.loads(recorded.read_text()) if recorded.exists() else dataclasses.asdict(agent.config)
         for b in self.backends:
             if b == "tensorboard":
                 from torch.utils.tensorboard import SummaryWriter
@@ -484,27 +531,30 @@ class ReportTo(Callback):
 
 
 def standard_callbacks(
-    eval_env: Any = None,
-    eval_every: int = 5,
-    eval_episodes: int = 64,
-    log_dir: str | os.PathLike | None = None,
-    save_every: int | None = None,
-    progress_bar: bool = True,
+    config: RunManagementConfig | None = None, eval_env: Any = None, log_dir: str | os.PathLike | None = None
 ) -> list[Callback]:
-    """The run management `learn`'s keyword arguments ask for, in the order it must run.
+    """The run management `config` asks for, in the order it must run.
 
-    With `log_dir`: metrics.jsonl, a checkpoint every `save_every` iterations and at the end, and
-    rewards.png (redrawn at every checkpoint and at the end).
+    Validation on `eval_env` (when given); with `log_dir`: metrics.jsonl, trackers (`report_to`), a
+    checkpoint every `save_every` iterations and at the end, and rewards.png (redrawn at every
+    checkpoint and at the end); a progress bar; early stopping.
     """
+    config = config or RunManagementConfig()
+    if config.report_to and log_dir is None:
+        raise ValueError("report_to needs a run directory (log_dir / --out) for the trackers' files")
     callbacks: list[Callback] = []
     if eval_env is not None:
-        callbacks.append(Evaluation(eval_env, every=eval_every, episodes=eval_episodes))
+        callbacks.append(Evaluation(eval_env, every=config.eval_every, episodes=config.eval_episodes))
     if log_dir is not None:
         callbacks.append(MetricsWriter(log_dir))
-    if progress_bar:
+        if config.report_to:
+            callbacks.append(ReportTo(config.report_to, log_dir))
+    if config.progress_bar:
         callbacks.append(ProgressBar())
     if log_dir is not None:
-        callbacks += [Checkpoint(log_dir, every=save_every), Plot(log_dir, every=save_every)]
+        callbacks += [Checkpoint(log_dir, every=config.save_every), Plot(log_dir, every=config.save_every)]
+    if config.early_stop_reward is not None or config.early_stop_patience is not None:
+        callbacks.append(EarlyStopping(threshold=config.early_stop_reward, patience=config.early_stop_patience))
     return callbacks
 
 

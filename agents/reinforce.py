@@ -36,6 +36,7 @@ from agents import losses as L
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
 from agents.callbacks import (
     Callback,
+    RunManagementConfig,
     TrainingInterrupted,
     as_callback,
     standard_callbacks,
@@ -341,20 +342,19 @@ class REINFORCE:
         iterations: int,
         callback: Callback | Any = None,
         eval_env: Any = None,
-        eval_every: int = 5,
-        eval_episodes: int = 64,
         log_dir: str | os.PathLike | None = None,
-        save_every: int | None = None,
-        progress_bar: bool = True,
+        **run_management: Any,
     ) -> "REINFORCE":
         """Train for `iterations` iterations from `self.iteration`: one episode per env slot each.
 
-        The keyword arguments build the standard callbacks (`agents.callbacks.standard_callbacks`):
-        validation reward on `eval_env` before the first iteration, every `eval_every` and after
-        the last; with `log_dir`, metrics.jsonl, a checkpoint every `save_every` iterations and at
-        the end, and rewards.png; a progress bar. `callback` (a Callback, a function of the metrics
-        dict, or a list of them) runs after those; one returning False stops training. Under
-        torchrun the standard callbacks run on rank 0 only, `callback` on every rank.
+        The standard callbacks (`agents.callbacks.standard_callbacks`) run first: validation reward
+        on `eval_env` before the first iteration, every `eval_every` and after the last; with
+        `log_dir`, metrics.jsonl, checkpoints and rewards.png; a progress bar. `callback` (a
+        Callback, a function of the metrics dict, or a list of them) runs after those; one
+        returning False stops training. Under torchrun the standard callbacks run on rank 0 only,
+        `callback` on every rank. The keyword settings (`RunManagementConfig`):
+
+{run_management}
 
         SIGINT (Ctrl-C) or SIGTERM stop training after the current iteration, as if a callback had
         stopped it (so the checkpoint callback saves), then `TrainingInterrupted` (a
@@ -363,9 +363,9 @@ class REINFORCE:
         if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
             raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
         envs, group_size = self._check_env(envs)
+        settings = RunManagementConfig.make(**run_management)
         main = self.dist.is_main  # under torchrun only rank 0 evaluates, logs, draws and checkpoints
-        standard = standard_callbacks(eval_env=eval_env, eval_every=eval_every, eval_episodes=eval_episodes,
-                                      log_dir=log_dir, save_every=save_every, progress_bar=progress_bar) if main else []  # fmt: skip
+        standard = standard_callbacks(settings, eval_env=eval_env, log_dir=log_dir) if main else []
         callbacks = as_callback([*standard, *as_callback(callback).callbacks])
         self.end_iteration = self.iteration + int(iterations)
         error: BaseException | None = None
@@ -538,6 +538,7 @@ class REINFORCE:
 
 
 REINFORCE.__doc__ = REINFORCE.__doc__.replace("{settings}", describe(REINFORCEConfig, indent="    "))
+REINFORCE.learn.__doc__ = REINFORCE.learn.__doc__.replace("{run_management}", describe(RunManagementConfig, indent="        "))
 
 
 def _iteration_metrics(

@@ -5,8 +5,9 @@ addition in its chat format ("What is 3 + 4?"; reward 1 when the last number in 
 sum), with a group baseline over 8 samples of each of 2 prompts per update.
 
 Every flag comes from a config dataclass, with its default and help: `RunConfig` and
-`SamplingConfig` (below), `textgym.config.EnvConfig` and `agents.reinforce.REINFORCEConfig`. A
-preset (`PRESETS`) changes a few defaults for a model that needs other values; flags override it.
+`SamplingConfig` (below), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig` and
+`agents.reinforce.REINFORCEConfig`. A preset (`PRESETS`) changes a few defaults for a model that
+needs other values; flags override it.
 
 A run directory holds config.json (the run's settings as it started), metrics.jsonl, rewards.png,
 checkpoint-NNNNNN/ with a `latest` pointer, and resumes.jsonl (the flags each `--resume` changed).
@@ -59,33 +60,19 @@ class RunConfig:
     prompts: int = setting(2, "prompts per update")
     group_size: int = setting(8, "samples per prompt (the group of the group baselines)")
     mask_actions: bool = setting(False, "sample only the task's allowed tokens")
-    eval_every: int = setting(5, "validation reward every this many updates (and before the first and after the last)")
-    eval_episodes: int = setting(64, "validation episodes per evaluation (on the task's validation split)")
-    save_every: int = setting(10, "checkpoint every this many updates (and at the end)")
-    early_stop_reward: float | None = setting(None, "stop once the validation reward reaches this")
-    early_stop_patience: int | None = setting(None, "stop after this many evaluations without a new best validation reward")
-    report_to: tuple[str, ...] = setting((), "also log to these trackers: tensorboard, wandb, trackio")
     device: str = setting("auto", "cuda, mps, cpu, or auto (CUDA, then MPS, then CPU)")
     dtype: str = setting("auto", "float32, bfloat16, float16, or auto (bf16 on CUDA, float32 elsewhere)")
     threads: int | None = setting(None, "torch CPU threads (None: torch's default, all cores)")
     out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>)")
     resume: str | None = setting(None, "continue the run in this directory; other flags given override its settings (recorded in resumes.jsonl)")
-    progress: bool = setting(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        from agents.callbacks import REPORT_TO
-
         check_choices(self)
-        for name in ("iterations", "prompts", "group_size", "eval_every", "eval_episodes", "save_every"):
+        for name in ("iterations", "prompts", "group_size"):
             value = getattr(self, name)
             minimum = 0 if name == "iterations" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
-        bad = [b for b in self.report_to if b not in REPORT_TO]
-        if bad:
-            raise ValueError(f"--report-to takes {', '.join(REPORT_TO)}; got {', '.join(bad)}")
-        if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            raise ValueError(f"--early-stop-patience must be >= 1, got {self.early_stop_patience}")
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,9 +85,10 @@ class SamplingConfig:
 
 
 def _configs() -> list[type]:
+    from agents.callbacks import RunManagementConfig
     from agents.reinforce import REINFORCEConfig
 
-    return [RunConfig, EnvConfig, REINFORCEConfig, SamplingConfig]
+    return [RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig]
 
 
 def _names(cls: type) -> list[str]:
@@ -108,14 +96,16 @@ def _names(cls: type) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Every setting of the four configs as a flag; presets noted in the help and listed below it."""
+    """Every setting of the five configs as a flag; presets noted in the help and listed below it."""
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     notes: dict[str, str] = {}
     for preset, values in PRESETS.items():
         for name, value in values.items():
             notes[name] = (notes.get(name, "") + f" [{preset}: {json.dumps(value)}]").strip()
-    titles = ["the run", "the environment (textgym.config.EnvConfig)", "the REINFORCE agent (REINFORCEConfig)", "the policy's sampling"]
+    titles = ["the run", "evaluation, checkpoints, logs (agents.callbacks.RunManagementConfig)",
+              "the environment (textgym.config.EnvConfig)", "the REINFORCE agent (agents.reinforce.REINFORCEConfig)",
+              "the policy's sampling"]  # fmt: skip
     for cls, title in zip(_configs(), titles):
         add_config_arguments(p.add_argument_group(title), cls, exclude=ENV_EXCLUDED, notes=notes)
     p.epilog = "presets (flags override them):\n" + "\n".join(
@@ -145,7 +135,7 @@ def resolve_settings(flags: dict[str, Any], base: dict[str, Any] | None = None) 
 
 
 def _split(settings: dict[str, Any]) -> list[Any]:
-    """The four configs made from a flat dict of settings (each takes its own names)."""
+    """The five configs made from a flat dict of settings (each takes its own names)."""
     return [cls(**{k: v for k, v in settings.items() if k in _names(cls)}) for cls in _configs()]
 
 
@@ -154,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     import textgym
     from agents import distributed
-    from agents.callbacks import EarlyStopping, ReportTo, TrainingInterrupted, read_metrics
+    from agents.callbacks import TrainingInterrupted, read_metrics
     from agents.policy import LMPolicy
     from agents.reinforce import REINFORCE
 
@@ -179,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         settings = resolve_settings(flags)
     try:
-        run_cfg, env_cfg, agent_cfg, sampling = _split(settings)
+        run_cfg, management, env_cfg, agent_cfg, sampling = _split(settings)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if run_cfg.threads:
@@ -202,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
                                     tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
-    eval_env = textgym.TextGenVectorEnv(num_envs=min(32, run_cfg.eval_episodes), split="validation",
+    eval_env = textgym.TextGenVectorEnv(num_envs=min(32, management.eval_episodes), split="validation",
                                         tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
     if resume is None and run_cfg.mask_actions:
         policy.restrict_actions(envs.action_masks()[0])
@@ -210,7 +200,6 @@ def run(args: argparse.Namespace) -> int:
     if ctx.enabled:
         n = run_cfg.prompts * run_cfg.group_size
         print(f"data-parallel on {ctx.world_size} ranks: {n} episodes per rank, {n * ctx.world_size} per update")
-    callbacks = []
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:
@@ -219,19 +208,12 @@ def run(args: argparse.Namespace) -> int:
         elif flags:
             with open(out / "resumes.jsonl", "a") as f:
                 f.write(json.dumps({"iteration": agent.iteration, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": _jsonable(flags)}) + "\n")
-        if run_cfg.report_to:
-            callbacks.append(ReportTo(run_cfg.report_to, out, config=_jsonable(settings)))
-        if run_cfg.early_stop_reward is not None or run_cfg.early_stop_patience is not None:
-            callbacks.append(EarlyStopping(threshold=run_cfg.early_stop_reward, patience=run_cfg.early_stop_patience))
     task_kwargs = f" {json.dumps(dict(env_cfg.task_kwargs))}" if env_cfg.task_kwargs else ""
     print(f"task {env_cfg.task}{task_kwargs}: {run_cfg.prompts} prompts x "
           f"{run_cfg.group_size} samples per update, updates {agent.iteration} -> {run_cfg.iterations} -> {out}")  # fmt: skip
     try:
-        agent.learn(
-            envs, iterations=max(run_cfg.iterations - agent.iteration, 0), callback=callbacks, eval_env=eval_env,
-            eval_every=run_cfg.eval_every, eval_episodes=run_cfg.eval_episodes, log_dir=out if ctx.is_main else None,
-            save_every=run_cfg.save_every, progress_bar=run_cfg.progress,
-        )  # fmt: skip
+        agent.learn(envs, iterations=max(run_cfg.iterations - agent.iteration, 0), eval_env=eval_env,
+                    log_dir=out if ctx.is_main else None, **dataclasses.asdict(management))  # fmt: skip
     except TrainingInterrupted as e:
         print(f"stopped at iteration {agent.iteration} ({e}); checkpoint saved. Continue with: textgym train --resume {out}")
         return 128 + e.signum

@@ -172,9 +172,12 @@ def test_tensorboard_gets_the_metrics_and_sample_completions(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     agent, envs, val = make()
+    (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "lr": 3e-3}))  # as textgym train writes it
     agent.learn(envs, iterations=2, eval_env=val, eval_every=2, eval_episodes=4, log_dir=tmp_path, progress_bar=False,
-                callback=ReportTo(["tensorboard"], tmp_path, config={"lr": 3e-3}))  # fmt: skip
+                report_to=["tensorboard"])  # fmt: skip
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"model": "tiny"' in config
     rows = read_metrics(tmp_path)
     train = [(e.step, e.value) for e in events.Scalars("train_reward")]
     assert train == [(r["iteration"], pytest.approx(r["train_reward"])) for r in rows if "train_reward" in r]
@@ -226,6 +229,14 @@ def test_a_tracker_that_is_not_installed_fails_before_any_work(tmp_path, monkeyp
         ReportTo(["wandb"], tmp_path)
     with pytest.raises(ValueError, match="unknown report_to backend 'mlflow'"):
         ReportTo(["mlflow"], tmp_path)
+    agent, envs, _ = make()
+    with pytest.raises(ValueError, match="report_to takes tensorboard, wandb, trackio; got mlflow"):
+        agent.learn(envs, iterations=1, log_dir=tmp_path, report_to=["mlflow"])
+    with pytest.raises(ValueError, match="report_to needs a run directory"):
+        agent.learn(envs, iterations=1, report_to=["tensorboard"])
+    with pytest.raises(TypeError, match="unknown run-management setting.*'eval_evry'.*eval_every"):
+        agent.learn(envs, iterations=1, eval_evry=3)
+    assert agent.iteration == 0
 
 
 def send_at(iteration, *signums):

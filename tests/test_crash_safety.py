@@ -17,7 +17,7 @@ import pytest
 ARGS = [
     "--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "abc"}',
     "--prompts", "2", "--group-size", "4", "--max-new-tokens", "4", "--lr", "0.003",
-    "--eval-every", "1000", "--eval-episodes", "8", "--save-every", "3", "--threads", "1", "--no-progress",
+    "--eval-every", "1000", "--eval-episodes", "8", "--save-every", "3", "--threads", "1", "--no-progress-bar",
 ]  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def test_ranks_stay_identical_and_match_one_process(tmp_path):
 def test_train_command_under_torchrun_logs_once(tmp_path):
     out = tmp_path / "run"
     result = torchrun("-m", "textgym.cli", "train", "--model", "tiny", "--iterations", "2", "--prompts", "1",
-                      "--group-size", "4", "--eval-episodes", "4", "--threads", "1", "--no-progress", "--out", str(out))
+                      "--group-size", "4", "--eval-episodes", "4", "--threads", "1", "--no-progress-bar", "--out", str(out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert "data-parallel on 2 ranks" in result.stdout

@@ -445,7 +445,7 @@ def test_evaluate_on_a_vector_env_and_a_single_env():
 def test_train_command_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "textgym.cli", "train", "--model", "tiny", "--iterations", "2",
-           "--out", str(out), "--no-progress", "--threads", "2"]  # fmt: skip
+           "--out", str(out), "--no-progress-bar", "--threads", "2"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     text = done.stdout

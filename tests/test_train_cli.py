@@ -1,7 +1,7 @@
 """`textgym train` is generated from the configs: flags, defaults, presets, and resume overrides.
 
-- every setting of RunConfig, EnvConfig (but the three train fixes itself), REINFORCEConfig and
-  SamplingConfig is a flag, with the config's help and default; presets are shown in --help;
+- every setting of RunConfig, RunManagementConfig, EnvConfig (but the three train fixes itself),
+  REINFORCEConfig and SamplingConfig is a flag, with the config's help and default; presets are shown in --help;
 - the defaults are the main job's (SmolLM2, addition, 2 x 8, group baseline, ...); a preset applies
   to its model name exactly (a local `tiny-gpt2/` is not the toy model); flags override a preset;
 - `--resume DIR` takes overrides, records what changed in resumes.jsonl (config.json stays the
@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from agents.models import load_model, save_model
+from agents.callbacks import RunManagementConfig
 from agents.reinforce import REINFORCEConfig
 from agents.train import ENV_EXCLUDED, PRESETS, RunConfig, SamplingConfig, add_arguments, main, resolve_settings
 from textgym.config import EnvConfig
 
 torch.set_num_threads(2)
 
-QUICK = ["--eval-episodes", "4", "--prompts", "1", "--group-size", "2", "--no-progress", "--threads", "2"]
+QUICK = ["--eval-episodes", "4", "--prompts", "1", "--group-size", "2", "--no-progress-bar", "--threads", "2"]
 
 
 def parser():
@@ -34,7 +35,7 @@ def parser():
 def test_every_setting_is_a_flag_with_the_configs_help_and_default():
     p = parser()
     flags = {a.dest: a for a in p._actions if a.dest != "help"}
-    for cls in (RunConfig, EnvConfig, REINFORCEConfig, SamplingConfig):
+    for cls in (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig):
         for f in dataclasses.fields(cls):
             if not f.metadata.get("cli", True) or f.name in ENV_EXCLUDED:
                 assert f.name not in flags or f.name == "seed", f.name
@@ -83,7 +84,7 @@ def test_resume_takes_overrides_and_records_them(tmp_path, capsys):
     original = (out / "config.json").read_text()
     # The same flags again change nothing; --iterations and --lr do.
     assert main([*common, "--resume", str(out), "--iterations", "3", "--lr", "5e-4"]) == 0
-    assert main(["--resume", str(out), "--iterations", "4", "--no-progress"]) == 0
+    assert main(["--resume", str(out), "--iterations", "4", "--no-progress-bar"]) == 0
     assert (out / "config.json").read_text() == original
     resumes = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["overrides"]) for r in resumes] == [(2, {"iterations": 3, "lr": 5e-4}), (3, {"iterations": 4})]
@@ -95,7 +96,7 @@ def test_resume_takes_overrides_and_records_them(tmp_path, capsys):
                        (["--out", str(tmp_path / "elsewhere")], "drop --out"),
                        (["--mask-actions"], None)):  # fmt: skip
         if match is None:  # the run was made with mask_actions=True (the tiny preset): unchanged, accepted
-            assert main(["--resume", str(out), *bad, "--no-progress"]) == 0
+            assert main(["--resume", str(out), *bad, "--no-progress-bar"]) == 0
             continue
         with pytest.raises(SystemExit, match=match):
             main(["--resume", str(out), *bad])
@@ -106,8 +107,9 @@ def test_resume_takes_overrides_and_records_them(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--iterations", "-1"], "--iterations must be an integer >= 0"),
-        (["--report-to", "mlflow"], "--report-to takes tensorboard, wandb, trackio"),
+        (["--iterations", "-1"], "iterations must be an integer >= 0"),
+        (["--report-to", "mlflow"], "report_to takes tensorboard, wandb, trackio"),
+        (["--eval-every", "0"], "eval_every must be an integer >= 1"),
         (["--epochs", "0"], "epochs must be an integer >= 1"),
     ],
 )
