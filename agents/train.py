@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None:
         if not (resume / "latest").exists():
             raise SystemExit(f"error: {resume} has no checkpoint to resume from ({resume / 'latest'} is missing)")
-        if flags.get("out") is not None and Path(flags.pop("out")) != resume:
+        out_flag = flags.pop("out", None)
+        if out_flag is not None and Path(out_flag) != resume:
             raise SystemExit(f"error: --resume continues the run in {resume}; drop --out (or make it the same directory)")
         base = json.loads((resume / "config.json").read_text())
         for line in (resume / "resumes.jsonl").read_text().splitlines() if (resume / "resumes.jsonl").exists() else []:
