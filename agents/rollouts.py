@@ -171,24 +171,28 @@ def _collect(policy: Any, envs: Any, seed: int | None, greedy: bool) -> tuple[li
             finals[i] = _slot_info(info, int(i))
         done |= finished
 
-    acting_, positions_, log_probs_, rewards_ = map(np.stack, (acting, positions, log_probs, rewards))  # (steps, n)
+    acting_, positions_, actions_, log_probs_, rewards_ = map(np.stack, (acting, positions, actions, log_probs, rewards))
     episodes = []
     for i in range(n):
-        steps = acting_[:, i]
+        steps = acting_[:, i]  # the steps on which slot i's policy acted
         length = int(obs["seq_len"][i, 0])
         info = finals[i]
         info.setdefault("reward_error", None)
-        episodes.append(
-            Episode(
-                token_ids=obs["input_ids"][i, :length].astype(np.int64),
-                prompt_len=int(prompt_len[i]),
-                action_positions=positions_[steps, i].astype(np.int64),
-                log_probs=log_probs_[steps, i].astype(np.float32),
-                rewards=rewards_[steps, i].astype(np.float64),
-                info=info,
-                slot=i,
-            )
+        episode = Episode(
+            token_ids=obs["input_ids"][i, :length].astype(np.int64),
+            prompt_len=int(prompt_len[i]),
+            action_positions=positions_[steps, i].astype(np.int64),
+            log_probs=log_probs_[steps, i].astype(np.float32),
+            rewards=rewards_[steps, i].astype(np.float64),
+            info=info,
+            slot=i,
         )
+        if not np.array_equal(episode.actions, actions_[steps, i]):  # what the policy sampled is never re-encoded
+            raise RuntimeError(
+                f"slot {i}: the env's final observation does not hold the tokens the policy chose at the positions "
+                "it wrote them to; an env must append actions as they are and only add its own tokens after them"
+            )
+        episodes.append(episode)
     return episodes, {"generate_s": t_generate, "env_s": t_env}
 
 

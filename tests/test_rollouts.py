@@ -191,3 +191,20 @@ def test_summarize_counts_reward_errors_and_components():
     assert s["reward"] == pytest.approx(0.5) and s["accuracy"] == pytest.approx(1 / 3)
     assert s["reward_errors"] == 1 and s["episode_length"] == 2 and s["episodes"] == 3
     assert s["reward/answer"] == pytest.approx(1 / 3) and s["reward/format"] == pytest.approx(1 / 3)
+
+
+class ReencodingEnv(TwoTurnEnv):
+    """Breaks the rule: rewrites the policy's last token when it replies (as re-tokenizing text would)."""
+
+    def step(self, actions):
+        out = super().step(actions)
+        for row in self.ids:
+            if len(row) > 5:
+                row[4] = 9
+        return self.obs(), *out[1:]
+
+
+def test_an_env_that_rewrites_the_policys_tokens_is_caught(policy):
+    policy.seed(0)
+    with pytest.raises(RuntimeError, match="does not hold the tokens the policy chose"):
+        collect_episodes(policy, ReencodingEnv(2, policy.vocab_size), seed=0)
