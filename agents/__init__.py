@@ -10,6 +10,7 @@ lazily).
 from agents import losses
 from agents.models import load_model, resolve_device, resolve_dtype, save_model
 from agents.policy import LMPolicy
-from agents.reinforce import REINFORCE, evaluate
+from agents.reinforce import REINFORCE, REINFORCEConfig
+from agents.rollouts import evaluate
 
-__all__ = ["LMPolicy", "REINFORCE", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LMPolicy", "REINFORCE", "REINFORCEConfig", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]

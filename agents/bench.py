@@ -13,7 +13,7 @@ Agents:
                       (one-hot observations, allowed tokens as actions, char tokenizer); toy tasks only
   sb3-a2c             the same with Stable-Baselines3 A2C
 
-Every agent is evaluated by `agents.reinforce.evaluate` on the same prompts (the split's episodes
+Every agent is evaluated by `agents.rollouts.evaluate` on the same prompts (the split's episodes
 drawn from --seed), so rows are comparable and the same seed gives the same table (tokens/s aside).
 Accuracy is the fraction of episodes whose answer is fully right (reward or answer component >= 1).
 """
@@ -218,7 +218,7 @@ def _train_sb3(kind: str, env_kwargs: dict, args: argparse.Namespace) -> SB3Poli
 def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namespace, loader: Loader) -> dict:
     """Evaluate one agent on one task; returns its row (raises Skip when it does not apply)."""
     from textgym.vector import TextGenVectorEnv
-    from agents.reinforce import evaluate
+    from agents.rollouts import evaluate
 
     if spec.kind in ("lm", "lm-greedy", "reinforce"):
         policy = loader.lm(spec)

@@ -13,13 +13,14 @@ CPU, nccl on CUDA. Without torchrun (WORLD_SIZE unset or 1) everything here is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "setup", "context"]
+__all__ = ["Context", "setup", "context", "grad_sync"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,9 @@ def context() -> Context:
     if dist.is_available() and dist.is_initialized():
         return Context(rank=dist.get_rank(), world_size=dist.get_world_size())
     return Context()
+
+
+def grad_sync(ddp: torch.nn.parallel.DistributedDataParallel | None, enabled: bool) -> contextlib.AbstractContextManager:
+    """Around a micro-batch's forward and backward: DDP all-reduces the gradients only when `enabled`
+    (the last micro-batch); before that they accumulate locally (`no_sync`). A no-op without DDP."""
+    return ddp.no_sync() if ddp is not None and not enabled else contextlib.nullcontext()

@@ -1,22 +1,126 @@
-"""Policy-gradient math as small pure functions over tensors (no model, no env).
+"""Policy-gradient math as small pure functions over tensors (no model, no env), with its equations.
 
-Every function takes tensors and returns tensors; nothing here knows what a model or an
-environment is, so each line of math can be read next to the equation it implements. Equation
-numbers refer to the course primer in ``shared/seeds/004_*.txt`` ("Primer on Policy Gradients").
+Every function here takes tensors and returns tensors, so each line of math can be read next to the
+equation it implements. The equations are below, in this module's own words; a number without a
+letter is the one the course primer uses (``shared/seeds/004_*.txt``, "Primer on Policy Gradients"),
+a number with a letter is an addition made here. Code comments cite them as "eq. 22".
 
-Shapes: B completions (sequences), T completion tokens, V vocabulary. Per-token tensors are
-``(B, T)`` and right-padded; a ``mask`` marks the real tokens (bool, or 0/1 numbers: non-zero means
-"counts"). Values at masked-out positions are never read (``torch.where``, not ``x * mask``), so
-padding may hold anything, even ``-inf`` or ``nan``.
+The problem
+-----------
+A language model is a stochastic policy over tokens. In state s_t (the prompt and the tokens so
+far) it picks the next token a_t with probability
+
+    (3)    π_θ(a_t | s_t) = softmax(f_θ(s_t) / T)_{a_t}
+
+(T the sampling temperature; top-k / top-p only set some logits to -inf first). An episode
+τ = (s_0, a_0, s_1, a_1, ..., s_T, a_T) earns rewards r_t; a verifier pays only at the last step. Its
+return is the plain sum, or the discounted sum for 0 ≤ γ < 1:
+
+    (5)    R(τ) = Σ_t r_t                          (6)    R(τ) = Σ_t γ^t r_t
+
+and the reward-to-go from step t on is
+
+    (6a)   G_t = Σ_{k ≥ t} γ^{k-t} r_k = r_t + γ G_{t+1}.
+
+With one terminal reward and γ = 1, G_t = R(τ) at every step. The agent maximises
+J(θ) = E_{τ~π_θ}[R(τ)] (eq. 7).
+
+The score-function estimator (Williams, 1992)
+---------------------------------------------
+Write J as Σ_τ P(τ|θ) R(τ), differentiate, and use ∇P = P ∇log P (the log-derivative trick). The
+start distribution and the transitions do not depend on θ, so only the policy's own factors of
+log P(τ|θ) survive:
+
+    (20)   ∇_θ J = E_τ[ Σ_t ∇_θ log π_θ(a_t|s_t) · R(τ) ]
+
+and N sampled episodes give the unbiased estimate
+
+    (21)   ĝ = (1/N) Σ_i Σ_t ∇_θ log π_θ(a_t^i|s_t^i) · R(τ^i).
+
+An action cannot change rewards paid before it, so R(τ) may be replaced by the reward-to-go G_t of
+eq. 6a without changing the expectation (the policy-gradient theorem of Sutton et al., 2000, in its
+episodic form); textgym always weights step t by G_t, which equals R(τ) in the single-reward case.
+
+Baselines
+---------
+The estimate is noisy: with rewards between 9 and 11 every sampled action is pushed up. Subtract a
+baseline b(s_t) from the return:
+
+    (22)   B = E_τ[ Σ_t ∇_θ log π_θ(a_t|s_t) · (G_t − b(s_t)) ],    A_t := G_t − b(s_t)
+
+(A_t is the *advantage*). Why this leaves the gradient unchanged when b depends on the state alone:
+split B into the eq. 20 term minus a baseline term, and in the baseline term take the expectation
+over a_t first, with s_t fixed:
+
+    (24)   E_{s_t}[ b(s_t) · E_{a_t~π_θ(·|s_t)}[ ∇_θ log π_θ(a_t|s_t) ] ] = E_{s_t}[ b(s_t) · ∇_θ Σ_a π_θ(a|s_t) ] = 0,
+
+because the probabilities always sum to 1, so their gradient is 0. Hence
+
+    (25)   B = ∇_θ J
+
+for every state-only b, while a b close to the expected return makes A_t small and the variance with
+it. A "baseline" that looks at a_t itself (or at later actions) is not covered by eq. 24 and biases
+the estimate. The baselines of ``agents.baselines``, each a pure function returning A_t:
+
+    (22a)  none:           b = 0 (eq. 21 itself)
+    (22b)  mean:           b = a running mean of earlier batches' returns: m ← (1 − β) m + β mean(R)
+    (22c)  group:          b_i = (1/G) Σ_{j in i's group} R_j, the mean over the G completions of the
+                           same prompt (GRPO, Shao et al., 2024). It includes R_i itself, so it depends
+                           on episode i's actions: the expectation is (G − 1)/G · ∇J, the right
+                           direction, shortened. Optionally A divided by the group's std (GRPO).
+    (22d)  leave_one_out:  b_i = 1/(G − 1) Σ_{j ≠ i} R_j, the mean over the *other* completions of the
+                           prompt (RLOO, Ahmadian et al., 2024): independent of episode i, so eq. 24
+                           applies and the estimate is unbiased.
+    (22e)  value:          b = V_φ(s_t), a linear head on the LM's last hidden state, regressed to G_t
+                           (it sees only the state: unbiased for any φ).
+
+The loss
+--------
+An autograd framework needs a scalar whose gradient is ĝ. For the batch of N episodes:
+
+    (26)   pg_loss = (1/N) Σ_i Σ_t log π_θ(a_t^i|s_t^i) · A_t^i,     A_t^i held constant,
+
+whose gradient is eq. 21 (b = 0) or the sample form of eq. 22. It is not a loss in the usual sense:
+its value says nothing about how good the policy is; log train and validation *rewards* instead.
+An optimizer minimises, so the code writes the per-token term with a minus sign, −A_t log π, and
+``backward()`` fills the gradients with −ĝ. How the (episode, token) terms are averaged — eq. 26's
+sum per episode, or a mean over tokens — is ``aggregate_loss``'s choice (below). textgym adds two
+optional per-token terms:
+
+    (26a)  loss_t = −A_t log π_θ(a_t|s_t) − β_H H(π_θ(·|s_t)) + β_KL k3_t,
+           k3_t = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1,
+
+an entropy bonus, and Schulman's k3 estimate ("Approximating KL divergence", 2020) of KL(π_θ ‖ π_ref)
+to a frozen copy of the initial policy: unbiased for tokens sampled from π_θ, and ≥ 0 on every token.
+
+Several epochs per batch: the importance ratio
+----------------------------------------------
+Reusing a batch after a step means its episodes came from an older policy π_old. Reweighting each
+token by how much more (or less) likely the current policy makes it corrects for that, to first
+order (Degris et al., 2012):
+
+    (27)   ĝ_off = (1/N) Σ_i Σ_t ρ_t^i ∇_θ log π_θ(a_t^i|s_t^i) · A_t^i,    ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t),
+
+with π_old the *behaviour* probabilities recorded when the actions were sampled (so at θ = θ_old,
+ρ = 1 and eq. 27 is eq. 21 exactly). ρ ∇log π = ∇ρ, so the scalar is −ρ_t A_t; PPO (Schulman et
+al., 2017) keeps the step small by taking the pessimistic side of a clipped copy:
+
+    (27a)  loss_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t).
+
+Where the clipped branch is the smaller one the token contributes no gradient: the policy has
+already moved as far as ε allows on it.
+
+Conventions
+-----------
+Shapes: B completions (sequences), T token positions, V vocabulary. Per-token tensors are ``(B, T)``
+and right-padded; a ``mask`` marks the real tokens (bool, or 0/1 numbers: non-zero means "counts").
+Values at masked-out positions are never read (``torch.where``, not ``x * mask``), so padding may
+hold anything, even ``-inf`` or ``nan``.
 
 Devices and dtypes follow the inputs: nothing here calls ``.cuda()`` or hard-codes a dtype. The one
 exception is deliberate: ``token_log_probs`` and ``entropy`` compute the log-softmax in float32
 when the logits are bf16/fp16 (a softmax over a 50k vocabulary in bf16 loses most of its precision)
 and return float32; float32 and float64 logits keep their dtype.
-
-Signs: ``pg_loss`` of eq. 26 is written as an objective whose gradient is the ascent direction
-ĝ (eq. 21). The per-token losses here carry the minus sign, ``-A·log π``, so that an optimizer
-that *minimises* them ascends J(θ); ``loss.backward()`` fills the gradients with ``-ĝ``.
 
 Treated as constants: rewards, advantages, old (behaviour) log-probs and reference log-probs are
 detached inside the losses. They multiply ∇log π in eq. 21-27 but are never differentiated.
@@ -36,6 +140,14 @@ How ``aggregate_loss`` weights long versus short completions (``per_token_loss``
     *completion* weighs the same, so each token of a long completion weighs 1/L: long completions
     are under-weighted per token. This is biased with respect to eq. 21 (it favours short correct
     answers and lets long wrong ones off lightly).
+
+References: R. J. Williams (1992), "Simple statistical gradient-following algorithms for
+connectionist reinforcement learning"; R. S. Sutton, D. McAllester, S. Singh, Y. Mansour (2000),
+"Policy gradient methods for reinforcement learning with function approximation"; T. Degris,
+M. White, R. S. Sutton (2012), "Off-policy actor-critic"; J. Schulman et al. (2017), "Proximal
+policy optimization algorithms"; Z. Shao et al. (2024), "DeepSeekMath" (GRPO); A. Ahmadian et al.
+(2024), "Back to basics: revisiting REINFORCE style optimization for learning from human feedback in
+LLMs" (RLOO); J. Schulman (2020), "Approximating KL divergence" (k1/k3).
 """
 
 from __future__ import annotations
@@ -55,6 +167,7 @@ __all__ = [
     "kl_penalty",
     "policy_gradient_loss",
     "aggregate_loss",
+    "reinforce_loss",
     "LOSS_TYPES",
     "AGGREGATIONS",
 ]
@@ -442,3 +555,57 @@ def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str) 
     if mode == "sum":
         return masked_sum(per_token_loss, mask, dim=-1).mean()        # eq. 26: (1/N) Σ_i Σ_t
     raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {', '.join(repr(m) for m in AGGREGATIONS)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The REINFORCE loss of one batch (eq. 26 / 27a, plus the terms of eq. 26a)
+# ----------------------------------------------------------------------------------------------
+
+
+def reinforce_loss(
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "token_mean",
+    *,
+    old_log_probs: torch.Tensor | None = None,
+    cliprange: float = 0.2,
+    ref_log_probs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The scalar whose ``backward()`` gives −ĝ: REINFORCE with any baseline, on- or off-policy.
+
+    Args:
+        log_probs: ``(B, T)`` log π_θ(a_t|s_t) under the sampling distribution, differentiable.
+        advantages: ``(B, T)`` A_t = G_t − b(s_t) from ``agents.baselines`` (b = 0: eq. 21).
+        mask: ``(B, T)`` the positions that are actions (only they are trained on).
+        aggregation: ``"token_mean"``, ``"sequence_mean"`` or ``"sum"`` (see the module docstring).
+        old_log_probs: the behaviour log-probs recorded when the actions were sampled; given, the
+            loss is the clipped importance-ratio one (eq. 27a) instead of eq. 26.
+        cliprange: ε of eq. 27a.
+        ref_log_probs, kl_coef: log π_ref of a frozen reference policy and the weight β_KL of the
+            k3 penalty (eq. 26a; 0: off).
+        entropy, entropy_coef: per-position entropy H(π_θ(·|s_t)) and its bonus weight β_H.
+
+    Returns:
+        ``(loss, stats)``: the 0-d loss and detached 0-d statistics (``clip_fraction`` with
+        ``old_log_probs``, ``kl`` with ``kl_coef > 0``).
+    """
+    mask = mask.to(device=log_probs.device, dtype=torch.bool)
+    logp = torch.where(mask, log_probs, 0.0)  # only actions: a prompt token's log π may be -inf (restricted policy)
+    stats: dict[str, torch.Tensor] = {}
+    if old_log_probs is None:
+        per_token = naive_policy_gradient_loss(advantages, logp)  # eq. 26: −A_t log π_θ(a_t|s_t)
+    else:
+        old = torch.where(mask, old_log_probs, 0.0)
+        per_token, meta = clipped_policy_gradient_loss(advantages, logp, old, cliprange, mask=mask)  # eq. 27a
+        stats["clip_fraction"] = meta["clip_fraction"]
+    if entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy  # eq. 26a: − β_H H(π_θ(·|s_t))
+    if kl_coef > 0:
+        kl = kl_penalty(logp, torch.where(mask, ref_log_probs, 0.0), kind="k3")  # eq. 26a: k3 ≈ KL(π_θ ‖ π_ref)
+        per_token = per_token + kl_coef * kl
+        stats["kl"] = masked_mean(kl.detach(), mask)
+    return aggregate_loss(per_token, mask, aggregation), stats

@@ -3,75 +3,140 @@
 With no arguments it trains the embedded default model SmolLM2-135M-Instruct on single-digit
 addition in its chat format ("What is 3 + 4?"; reward 1 when the last number in the reply is the
 sum), with a group baseline over 8 samples of each of 2 prompts per update.
+
+Every flag comes from a config dataclass, with its default and help: `RunConfig` and
+`SamplingConfig` (below), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig` and
+`agents.reinforce.REINFORCEConfig`. A preset (`PRESETS`) changes a few defaults for a model that
+needs other values; flags override it.
+
+A run directory holds config.json (the run's settings as it started), metrics.jsonl, rewards.png,
+checkpoint-NNNNNN/ with a `latest` pointer, and resumes.jsonl (the flags each `--resume` changed).
+SIGINT (Ctrl-C) or SIGTERM saves a checkpoint after the current update and exits with 130 (SIGINT)
+or 143 (SIGTERM); a second signal aborts at once (the previous checkpoint stays the latest).
 """
 
 from __future__ import annotations
 
 import argparse
 import builtins
+import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Mapping
 
-from textgym.rewards.core import ISOLATIONS
+from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
+from textgym.tokenizers import DEFAULT_MODEL
 
-# Defaults that differ between the real model and the tiny char-level model.
-MODEL_DEFAULTS = {
-    "default": dict(task="addition", max_new_tokens=24, temperature=0.7, lr=2e-5, iterations=50, prompts=2, group_size=8),
-    # Sort 6-character strings over "ab" (64 problems; 6 held out for validation), with edit-distance
-    # credit so a half-right answer is better than a wrong one. The randomly initialised tiny model
-    # memorises, rather than learns, tasks with a dozen problems (copy of 2 chars over "abc": 7 to
-    # train on, 0 validation reward after 300 updates); here it goes from 0.33 (chance) to >= 0.9
-    # validation reward in 25-30 updates, 10-15 s on 2 busy CPU cores (seeds 0-2).
-    "tiny": dict(task="sort", max_new_tokens=6, temperature=1.0, lr=1e-3, iterations=60, prompts=8, group_size=8,
-                 task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit"),
+__all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings"]
+
+# Settings for models that need other values than the configs' defaults, one preset per model; a
+# model by that exact name uses its preset unless --preset says otherwise. Flags override a preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded default: room for a short chat answer; at T = 1.0 the 4-bit-quantized model
+    # rambles, at 0.7 it answers (right about 20-35% of the time at first).
+    DEFAULT_MODEL: dict(max_new_tokens=24, temperature=0.7),
+    # The randomly initialised char model: sort 6 characters over "ab" (64 problems, 6 held out), with
+    # edit-distance credit so a half-right answer beats a wrong one. It memorises, rather than learns,
+    # tasks with a dozen problems; here it goes from 0.33 (chance) to >= 0.9 validation reward in
+    # 25-35 updates, 10-20 s on 2 busy CPU cores (seeds 0-2).
+    "tiny": dict(task="sort", task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit", max_new_tokens=6,
+                 lr=1e-3, iterations=60, prompts=8, mask_actions=True),
 }  # fmt: skip
+TASK_BOUND = ("task_kwargs", "reward")  # preset settings that belong to its task: dropped when --task is given
+FIXED_ON_RESUME = ("model", "preset", "mask_actions")  # a checkpoint already holds what these decide
+ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # train on train, validate on validation
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of a `textgym train` run that belong to neither the env, the agent nor the sampling."""
+
+    model: str = setting(DEFAULT_MODEL, "'smollm2-135m-instruct' (the embedded default), 'tiny', an HF id, a local dir or a .gguf file")
+    preset: Literal[tuple(PRESETS)] | None = setting(None, "a preset of other defaults (None: the model's own, if it has one)")
+    iterations: int = setting(50, "total updates of the run (with --resume: the new total)")
+    prompts: int = setting(2, "prompts per update")
+    group_size: int = setting(8, "samples per prompt (the group of the group baselines)")
+    mask_actions: bool = setting(False, "sample only the task's allowed tokens")
+    device: str = setting("auto", "cuda, mps, cpu, or auto (CUDA, then MPS, then CPU)")
+    dtype: str = setting("auto", "float32, bfloat16, float16, or auto (bf16 on CUDA, float32 elsewhere)")
+    threads: int | None = setting(None, "torch CPU threads (None: torch's default, all cores)")
+    out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>)")
+    resume: str | None = setting(None, "continue the run in this directory; other flags given override its settings (recorded in resumes.jsonl)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("iterations", "prompts", "group_size"):
+            value = getattr(self, name)
+            minimum = 0 if name == "iterations" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The policy's sampling distribution while training (`LMPolicy(temperature, top_k, top_p)`)."""
+
+    temperature: float = setting(1.0, "sampling temperature T > 0 (log-probs are of softmax(logits / T))")
+    top_k: int | None = setting(None, "sample among the k most likely tokens only (None: all)")
+    top_p: float | None = setting(None, "sample from the smallest set of tokens with probability >= p (None: all)")
+
+
+def _configs() -> list[type]:
+    from agents.callbacks import RunManagementConfig
+    from agents.reinforce import REINFORCEConfig
+
+    return [RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig]
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and f.name not in ENV_EXCLUDED]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id, a local dir or a .gguf file")
-    p.add_argument("--task", default=None, help="a task from `textgym tasks` (default: addition; sort for --model tiny)")
-    p.add_argument("--task-kwargs", default=None, help='task arguments as JSON, e.g. \'{"digits": 2}\'')
-    p.add_argument("--prompt-style", choices=["plain", "r1_zero"], default=None)
-    p.add_argument("--reward", default=None, help="a reward name from `textgym rewards` instead of the task's (--model tiny: partial_credit)")
-    p.add_argument("--reward-isolation", choices=ISOLATIONS, default="thread",
-                   help="run the verifier in a worker process that is killed on timeout (for verifiers that can hang)")
-    p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--prompts", type=int, default=None, help="prompts per update")
-    p.add_argument("--group-size", type=int, default=None, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--mask-actions", choices=["auto", "on", "off"], default="auto",
-                   help="sample only the task's allowed tokens (auto: on for --model tiny)")
-    p.add_argument("--baseline", default="group", choices=["none", "mean", "group", "leave_one_out", "value"])
-    p.add_argument("--normalize-std", action="store_true", help="divide group advantages by the group std")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant",
-                   help="linear: decay the learning rate to 0 over the run")
-    p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--loss-aggregation", default="token_mean", choices=["token_mean", "sequence_mean", "sum"])
-    p.add_argument("--epochs", type=int, default=1, help="update epochs per batch (>1: clipped importance ratios)")
-    p.add_argument("--cliprange", type=float, default=0.2)
-    p.add_argument("--kl-coef", type=float, default=0.0)
-    p.add_argument("--entropy-coef", type=float, default=0.0)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--micro-batch-size", type=int, default=None)
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="bf16 autocast of the update (auto: where the GPU/CPU has native bf16)")
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--eval-episodes", type=int, default=64)
-    p.add_argument("--save-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<task>-<time>)")
-    p.add_argument("--resume", default=None, help="continue a run from its output directory")
-    p.add_argument("--no-progress", action="store_true")
+    """Every setting of the five configs as a flag; presets noted in the help and listed below it."""
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    notes: dict[str, str] = {}
+    for preset, values in PRESETS.items():
+        for name, value in values.items():
+            notes[name] = (notes.get(name, "") + f" [{preset}: {json.dumps(value)}]").strip()
+    titles = ["the run", "evaluation, checkpoints, logs (agents.callbacks.RunManagementConfig)",
+              "the environment (textgym.config.EnvConfig)", "the REINFORCE agent (agents.reinforce.REINFORCEConfig)",
+              "the policy's sampling"]  # fmt: skip
+    for cls, title in zip(_configs(), titles):
+        add_config_arguments(p.add_argument_group(title), cls, exclude=ENV_EXCLUDED, notes=notes)
+    p.epilog = "presets (flags override them):\n" + "\n".join(
+        f"  {name}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items()) for name, values in PRESETS.items()
+    )
+
+
+def resolve_settings(flags: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All settings of a run, by name: the configs' defaults, then the preset, then `flags`.
+
+    On a resumed run `base` is the run's recorded settings (config.json and earlier resumes'
+    changes) and replaces defaults and preset.
+    """
+    if base is not None:
+        return {**base, **flags}
+    settings: dict[str, Any] = {}
+    for cls in _configs():
+        for f in dataclasses.fields(cls):
+            if f.name in _names(cls):
+                settings.setdefault(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    model = flags.get("model", settings["model"])
+    preset = flags.get("preset") or (model if model in PRESETS else None)
+    values = dict(PRESETS.get(preset, {}))
+    if "task" in flags:
+        values = {k: v for k, v in values.items() if k not in TASK_BOUND}
+    return {**settings, **values, **flags, "preset": preset}
+
+
+def _split(settings: dict[str, Any]) -> list[Any]:
+    """The five configs made from a flat dict of settings (each takes its own names)."""
+    return [cls(**{k: v for k, v in settings.items() if k in _names(cls)}) for cls in _configs()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,84 +144,86 @@ def run(args: argparse.Namespace) -> int:
 
     import textgym
     from agents import distributed
+    from agents.callbacks import TrainingInterrupted, read_metrics
     from agents.policy import LMPolicy
     from agents.reinforce import REINFORCE
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    flags = {k: v for cls in _configs() for k, v in given(args, cls).items()}
+    resume = Path(flags.pop("resume")) if flags.get("resume") else None
     ctx = distributed.setup()  # under torchrun: join the job (each rank runs this same command)
     print = builtins.print if ctx.is_main else (lambda *a, **k: None)  # noqa: A001
-    defaults = MODEL_DEFAULTS["tiny" if args.model.startswith("tiny") else "default"]
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults.get(name)  # noqa: E731
-    task = pick("task")
-    task_kwargs = json.loads(args.task_kwargs) if args.task_kwargs else dict(defaults.get("task_kwargs", {})) if args.task is None else {}
-    if args.prompt_style:
-        task_kwargs["prompt_style"] = args.prompt_style
-    prompts, group = pick("prompts"), pick("group_size")
-    if prompts is None or prompts < 1 or group is None or group < 1:
-        raise SystemExit("error: --prompts and --group-size must be >= 1")
 
-    resume = Path(args.resume) if args.resume else None
-    out = Path(args.out) if args.out else resume or Path("runs") / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume is not None:
         if not (resume / "latest").exists():
             raise SystemExit(f"error: {resume} has no checkpoint to resume from ({resume / 'latest'} is missing)")
-        agent = REINFORCE.load(resume, device=args.device, dtype=args.dtype)
-        policy = agent.policy
-        config = json.loads((resume / "config.json").read_text())
-        task, task_kwargs, prompts, group = config["task"], config["task_kwargs"], config["prompts"], config["group_size"]
-        max_new_tokens, chat = config["max_new_tokens"], config["chat_template"]
-        reward = config.get("reward") if args.reward is None else args.reward
-        iterations = config["iterations"] - agent.iteration if args.iterations is None else args.iterations
-        print(f"resuming {resume} at iteration {agent.iteration}")
+        out_flag = flags.pop("out", None)
+        if out_flag is not None and Path(out_flag) != resume:
+            raise SystemExit(f"error: --resume continues the run in {resume}; drop --out (or make it the same directory)")
+        base = json.loads((resume / "config.json").read_text())
+        for line in (resume / "resumes.jsonl").read_text().splitlines() if (resume / "resumes.jsonl").exists() else []:
+            base.update(json.loads(line)["overrides"])
+        flags = {k: v for k, v in flags.items() if _jsonable({k: v})[k] != base.get(k)}  # what this resume changes
+        fixed = [k for k in FIXED_ON_RESUME if k in flags]
+        if fixed:
+            raise SystemExit(f"error: --{fixed[0].replace('_', '-')} cannot change on --resume (the checkpoint decides it); start a new run instead")
+        settings = resolve_settings(flags, base=base)
     else:
-        print(f"loading {args.model} ...", flush=True)
+        settings = resolve_settings(flags)
+    try:
+        run_cfg, management, env_cfg, agent_cfg, sampling = _split(settings)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if run_cfg.threads:
+        torch.set_num_threads(run_cfg.threads)
+    out = resume or Path(run_cfg.out or Path("runs") / f"{env_cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    if resume is not None:
+        # The recorded settings, with this resume's changes, replace the checkpoint's.
+        settings_now = {**dataclasses.asdict(agent_cfg), **dataclasses.asdict(sampling)}
+        agent = REINFORCE.load(resume, device=run_cfg.device, dtype=run_cfg.dtype, **settings_now)
+        policy = agent.policy
+        print(f"resuming {resume} at iteration {agent.iteration}" + (f" with {json.dumps(flags)}" if flags else ""))
+    else:
+        print(f"loading {run_cfg.model} ...", flush=True)
         t0 = time.perf_counter()
-        policy = LMPolicy.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, temperature=pick("temperature"),
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        )  # fmt: skip
+        policy = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
+                                          **dataclasses.asdict(sampling))  # fmt: skip
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
-        agent = REINFORCE(
-            policy, baseline=args.baseline, lr=pick("lr"), lr_schedule=args.lr_schedule, seed=args.seed, gamma=args.gamma,
-            normalize_std=args.normalize_std, loss_aggregation=args.loss_aggregation, epochs=args.epochs,
-            cliprange=args.cliprange, kl_coef=args.kl_coef, entropy_coef=args.entropy_coef,
-            max_grad_norm=args.max_grad_norm or None, micro_batch_size=args.micro_batch_size, amp=args.amp,
-        )  # fmt: skip
-        max_new_tokens = pick("max_new_tokens")
-        reward = pick("reward") if args.task is None else args.reward  # the tiny defaults' reward goes with their task
-        chat = {"auto": None, "on": True, "off": False}[args.chat_template]
-        iterations = pick("iterations")
-    env_kwargs = dict(task=task, task_kwargs=task_kwargs, tokenizer=policy.tokenizer, max_new_tokens=max_new_tokens,
-                      chat_template=chat, reward=reward, reward_isolation=args.reward_isolation)  # fmt: skip
-    envs = textgym.TextGenVectorEnv(num_envs=prompts * group, group_size=group, **env_kwargs)
-    eval_env = textgym.TextGenVectorEnv(num_envs=min(32, max(args.eval_episodes, 1)), split="validation", **env_kwargs)
-    if resume is None and (args.mask_actions == "on" or (args.mask_actions == "auto" and args.model.startswith("tiny"))):
+        agent = REINFORCE(policy, agent_cfg)
+    env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
+    envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
+                                    tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
+    eval_env = textgym.TextGenVectorEnv(num_envs=min(32, management.eval_episodes), split="validation",
+                                        tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
+    if resume is None and run_cfg.mask_actions:
         policy.restrict_actions(envs.action_masks()[0])
-    if agent.baseline in ("group", "leave_one_out") and group < 2:
-        raise SystemExit(f"error: --baseline {agent.baseline} needs --group-size >= 2")
 
     if ctx.enabled:
-        print(f"data-parallel on {ctx.world_size} ranks: {prompts * group} episodes per rank, {prompts * group * ctx.world_size} per update")
+        n = run_cfg.prompts * run_cfg.group_size
+        print(f"data-parallel on {ctx.world_size} ranks: {n} episodes per rank, {n * ctx.world_size} per update")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    if resume is None and ctx.is_main:
-        config = dict(model=args.model, task=task, task_kwargs=task_kwargs, prompts=prompts, group_size=group,
-                      max_new_tokens=max_new_tokens, chat_template=chat, reward=reward, iterations=iterations, **agent.hparams,
-                      temperature=policy.temperature, top_k=policy.top_k, top_p=policy.top_p)  # fmt: skip
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-    print(f"task {task} {task_kwargs or ''}: {prompts} prompts x {group} samples per update, {iterations} updates -> {out}")
+        if resume is None:
+            recorded = {k: v for k, v in settings.items() if k != "resume"}
+            (out / "config.json").write_text(json.dumps(_jsonable(recorded), indent=2) + "\n")
+        elif flags:
+            with open(out / "resumes.jsonl", "a") as f:
+                f.write(json.dumps({"iteration": agent.iteration, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": _jsonable(flags)}) + "\n")
+    task_kwargs = f" {json.dumps(dict(env_cfg.task_kwargs))}" if env_cfg.task_kwargs else ""
+    print(f"task {env_cfg.task}{task_kwargs}: {run_cfg.prompts} prompts x "
+          f"{run_cfg.group_size} samples per update, updates {agent.iteration} -> {run_cfg.iterations} -> {out}")  # fmt: skip
     try:
-        agent.learn(
-            envs, iterations=iterations, eval_env=eval_env, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-            progress_bar=not args.no_progress, log_dir=out, save_every=args.save_every,
-        )  # fmt: skip
+        agent.learn(envs, iterations=max(run_cfg.iterations - agent.iteration, 0), eval_env=eval_env,
+                    log_dir=out if ctx.is_main else None, **dataclasses.asdict(management))  # fmt: skip
+    except TrainingInterrupted as e:
+        print(f"stopped at iteration {agent.iteration} ({e}); checkpoint saved. Continue with: textgym train --resume {out}")
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print(f"interrupted at iteration {agent.iteration}; checkpoint saved. Continue with: textgym train --resume {out}")
+        print(f"aborted during iteration {agent.iteration + 1}; the last checkpoint is kept. Continue with: textgym train --resume {out}")
         return 130
     if not ctx.is_main:
         return 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(out)
     trains = [r for r in rows if "train_reward" in r]
     if trains:
         print(f"train reward: {trains[0]['train_reward']:.3f} (iteration {trains[0]['iteration']}) -> "
@@ -172,8 +239,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v for k, v in settings.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="textgym train", description=__doc__)
+    p = argparse.ArgumentParser(prog="textgym train")
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -1,24 +1,38 @@
 """A training run killed with SIGKILL resumes from its last checkpoint with no corrupted file and
-no lost or duplicated metrics; Ctrl-C saves and exits cleanly; resumed runs replay exactly."""
+no lost or duplicated metrics; Ctrl-C and SIGTERM (what torchrun, SLURM and Kubernetes send before a
+kill) save at an iteration boundary and exit with 130 / 143, also when the process was started with
+SIGINT ignored (as a shell starts background jobs); resumed runs replay the uninterrupted one."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 ARGS = [
     "--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "abc"}',
     "--prompts", "2", "--group-size", "4", "--max-new-tokens", "4", "--lr", "0.003",
-    "--eval-every", "1000", "--eval-episodes", "8", "--save-every", "3", "--threads", "1", "--no-progress",
+    "--eval-every", "1000", "--eval-episodes", "8", "--save-every", "3", "--threads", "1", "--no-progress-bar",
 ]  # fmt: skip
 
 
-def train(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this checkout
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does
+
+
+def train(out: Path, *extra: str, wait: bool = True, sigint_ignored: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "textgym.cli", "train", *ARGS, "--out", str(out), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            preexec_fn=ignore_sigint if sigint_ignored else None)  # fmt: skip
     if wait:
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
@@ -46,9 +60,15 @@ def deterministic(rows: list[dict]) -> list[tuple]:
     return [(r["iteration"], r.get("train_reward"), r.get("grad_norm"), r.get("sample_completion")) for r in rows]
 
 
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
-    reference = tmp_path / "reference"
-    train(reference, "--iterations", "12")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 12-iteration run."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(out, "--iterations", "12")
+    return out
+
+
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, reference):
 
     killed = tmp_path / "killed"
     proc = train(killed, "--iterations", "12", wait=False)
@@ -66,9 +86,10 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert not [p for p in killed.iterdir() if ".tmp" in p.name]
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-job"])
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, sigint_ignored):
     out = tmp_path / "run"
-    proc = train(out, "--iterations", "500", wait=False)
+    proc = train(out, "--iterations", "500", wait=False, sigint_ignored=sigint_ignored)
     wait_for_iteration(out, proc, 2)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
@@ -76,3 +97,20 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert "textgym train --resume" in output
     last = metrics(out)[-1]["iteration"]
     assert (out / "latest").read_text().strip() == f"checkpoint-{last:06d}"
+
+
+def test_sigterm_saves_then_resume_equals_an_uninterrupted_run(tmp_path, reference):
+    out = tmp_path / "run"
+    proc = train(out, "--iterations", "12", wait=False)
+    wait_for_iteration(out, proc, 4)  # past the checkpoint at 3, before the one at 6
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, output
+    assert "SIGTERM" in output and "checkpoint saved" in output
+    stopped = metrics(out)[-1]["iteration"]
+    assert stopped < 12 and (out / "latest").read_text().strip() == f"checkpoint-{stopped:06d}"
+
+    train(out, "--resume", str(out))
+    rows = metrics(out)
+    assert [r["iteration"] for r in rows] == list(range(13))
+    assert deterministic(rows) == deterministic(metrics(reference))

@@ -2,9 +2,11 @@
 bit-identical and equal a single process's on the same global batch."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -12,40 +14,40 @@ from agents import LMPolicy
 
 WORKER = textwrap.dedent(
     """
-    import dataclasses, sys
+    import sys
     import torch
     torch.set_num_threads(1)
     import textgym
     from agents import LMPolicy, REINFORCE, distributed
-    from agents.reinforce import collect_rollouts
+    from agents.rollouts import collect_episodes, to_batch
 
     out, aggregation = sys.argv[1], sys.argv[2]
     ctx = distributed.setup()
     policy = LMPolicy.from_pretrained("tiny", seed=0)
-    agent = REINFORCE(policy, baseline="group", lr=1e-2, seed=0, micro_batch_size=2, loss_aggregation=aggregation)
+    agent = REINFORCE(policy, baseline="group", lr=1e-2, seed=0, micro_batch_size=2, loss_aggregation=aggregation, amp="off")
     envs = textgym.TextGenVectorEnv(num_envs=8, group_size=4, task="copy", tokenizer=policy.tokenizer,
                                     max_new_tokens=4, task_kwargs={"length": 2, "alphabet": "abc"},
                                     reward="partial_credit")
     policy.restrict_actions(envs.action_masks()[0])  # a, b, c and the end token: rewards vary
     policy.seed(123)
-    batch, _ = collect_rollouts(policy, envs, seed=123)  # the same global batch on every rank
+    batch = to_batch(collect_episodes(policy, envs, seed=123)[0], group_size=4)  # the same global batch on every rank
     if ctx.enabled:  # each rank trains on its half (whole groups of 4)
-        rows = slice(4 * ctx.rank, 4 * ctx.rank + 4)
-        batch = dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)
-                                              if isinstance(getattr(batch, f.name), torch.Tensor)})
+        batch = batch.select(slice(4 * ctx.rank, 4 * ctx.rank + 4))
     for _ in range(3):
-        agent.update(batch, group_size=4)
+        agent.update(batch)
     torch.save({k: v.detach().clone() for k, v in policy.model.state_dict().items()}, f"{out}/rank{ctx.rank}-{ctx.world_size}.pt")
     """
 )
 
 
 INITIAL = LMPolicy.from_pretrained("tiny", seed=0).model.state_dict()
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this checkout's packages
 
 
 def torchrun(*args, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -55,7 +57,7 @@ def test_ranks_stay_identical_and_match_one_process(tmp_path):
     worker.write_text(WORKER)
     for aggregation in ("token_mean", "sum"):
         torchrun(str(worker), str(tmp_path), aggregation)
-        subprocess.run([sys.executable, str(worker), str(tmp_path), aggregation], check=True, timeout=600)
+        subprocess.run([sys.executable, str(worker), str(tmp_path), aggregation], check=True, timeout=600, env=ENV)
         rank0, rank1 = torch.load(tmp_path / "rank0-2.pt"), torch.load(tmp_path / "rank1-2.pt")
         single = torch.load(tmp_path / "rank0-1.pt")
         for name in rank0:
@@ -68,7 +70,7 @@ def test_ranks_stay_identical_and_match_one_process(tmp_path):
 def test_train_command_under_torchrun_logs_once(tmp_path):
     out = tmp_path / "run"
     result = torchrun("-m", "textgym.cli", "train", "--model", "tiny", "--iterations", "2", "--prompts", "1",
-                      "--group-size", "4", "--eval-episodes", "4", "--threads", "1", "--no-progress", "--out", str(out))
+                      "--group-size", "4", "--eval-episodes", "4", "--threads", "1", "--no-progress-bar", "--out", str(out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert "data-parallel on 2 ranks" in result.stdout

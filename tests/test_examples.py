@@ -5,6 +5,7 @@ waits for its own. No timing is asserted: the benchmarks only have to run."""
 
 import csv
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this checkout's packages
 SMOKE = ["--model", "tiny", "--smoke", "--threads", "1"]
 HAVE_TRL = importlib.util.find_spec("trl") is not None
 TINY_TRAINING = ["--model", "tiny", "--task", "sort", "--task-kwargs", '{"length": 3, "alphabet": "ab"}',
@@ -34,7 +36,7 @@ def runs(tmp_path_factory):
             "--updates", "3", "--eval-every", "2", "--eval-episodes", "8", "--out", str(curves),
         ]  # fmt: skip
         commands["train_throughput"] = ["examples/benchmarks/train_throughput.py", *TINY_TRAINING, "--updates", "2"]
-    procs = {k: subprocess.Popen([sys.executable, *c], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {k: subprocess.Popen([sys.executable, *c], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, c in commands.items()}
     yield {k: (p, curves if k == "sample_efficiency" else png) for k, p in procs.items()}
     for p in procs.values():

@@ -19,6 +19,7 @@ from agents.losses import (
     masked_sum,
     naive_policy_gradient_loss,
     policy_gradient_loss,
+    reinforce_loss,
     token_log_probs,
 )
 
@@ -436,3 +437,52 @@ def test_aggregations_relate_through_lengths(lengths, seed):
     close(aggregate_loss(loss, mask, "sum"), aggregate_loss(loss, mask, "token_mean") * n_tokens / n_seq, atol=1e-10)
     if len(set(lengths)) == 1:  # equal lengths: sequence_mean and token_mean coincide
         close(aggregate_loss(loss, mask, "sequence_mean"), aggregate_loss(loss, mask, "token_mean"), atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------- the REINFORCE loss
+
+
+def test_reinforce_loss_by_hand_on_and_off_policy():
+    # Two episodes, three columns; the masked column holds -inf (a prompt token a restricted policy rules out).
+    logp = torch.tensor([[-1.0, -2.0, float("-inf")], [-0.5, -3.0, -1.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([[2.0, 2.0, 0.0], [-1.0, -1.0, -1.0]])
+    loss, stats = reinforce_loss(logp, adv, mask, "sum")
+    close(loss, ((2 + 4) + (-0.5 - 3 - 1)) / 2)                 # eq. 26: (1/N) Σ_i Σ_t −A log π
+    assert stats == {}
+    loss.backward()
+    close(logp.grad, [[-1.0, -1.0, 0.0], [0.5, 0.5, 0.5]])    # −A / N at the actions, 0 (not nan) elsewhere
+    close(reinforce_loss(logp, adv, mask, "token_mean")[0], (6 - 4.5) / 5)
+
+    # With old log-probs it is eq. 27a; at θ = θ_old its gradient is eq. 26's.
+    on = logp.detach().clone().requires_grad_()
+    loss, stats = reinforce_loss(on, adv, mask, "sum", old_log_probs=logp.detach(), cliprange=0.2)
+    loss.backward()
+    close(on.grad, [[-1.0, -1.0, 0.0], [0.5, 0.5, 0.5]])
+    close(stats["clip_fraction"], 0.0)
+
+
+def test_reinforce_loss_clipped_matches_the_building_block():
+    adv, new, old = _clip_case()
+    mask = torch.ones_like(adv, dtype=torch.bool)
+    loss, stats = reinforce_loss(new, adv, mask, "sum", old_log_probs=old, cliprange=0.2)
+    close(loss, -1.2 + 1.6 - 0.5 + 0.8)                        # eq. 27a, summed over the one episode
+    close(stats["clip_fraction"], 0.5)
+
+
+def test_reinforce_loss_adds_kl_and_entropy_terms():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    entropy_ = torch.tensor([[1.0, 2.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    adv = torch.zeros(1, 2)
+    loss, stats = reinforce_loss(logp, adv, mask, "sum", ref_log_probs=ref, kl_coef=0.1, entropy=entropy_, entropy_coef=0.01)
+    k3 = (0.5 - math.log(0.5) - 1.0) + 0.0                      # exp(x) − x − 1 with x = log π_ref − log π
+    close(stats["kl"], k3 / 2)
+    close(loss, 0.1 * k3 - 0.01 * 3.0)                          # eq. 26a
+    # Off: no statistics, no terms; kl_coef > 0 with a -inf reference at a masked column stays finite.
+    assert reinforce_loss(logp, adv, mask)[1] == {}
+    ref_inf = torch.tensor([[float("-inf"), math.log(0.25)]])
+    loss, _ = reinforce_loss(logp, adv, torch.tensor([[False, True]]), "sum", ref_log_probs=ref_inf, kl_coef=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()

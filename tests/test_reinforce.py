@@ -2,7 +2,8 @@
 
 - the tiny model learns the `textgym train --model tiny` toy task to >= 0.9 validation reward
   (`test_slow_*`, the slowest test here: `-k slow` selects it, `-k "not slow"` skips it);
-- every baseline updates the weights; bad settings fail before any rollout is collected;
+- every baseline updates the weights; bad settings fail at construction, and settings that do not
+  fit the env fail before any rollout is collected;
 - micro-batching accumulates exactly the full-batch gradient, for every loss aggregation;
 - epochs > 1 use the clipped loss, kl_coef > 0 reports the KL (0 before the first step);
 - same seed, same run; save -> load -> continue equals an uninterrupted run;
@@ -11,6 +12,7 @@
 - `textgym train --model tiny` runs end to end.
 """
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -21,10 +23,13 @@ import pytest
 import torch
 
 import textgym
+from agents import callbacks as C
 from agents import reinforce as R
+from agents.baselines import BASELINES
 from agents.policy import LMPolicy
-from agents.reinforce import BASELINES, REINFORCE, collect_rollouts
-from agents.train import MODEL_DEFAULTS
+from agents.reinforce import REINFORCE, REINFORCEConfig
+from agents.rollouts import collect_episodes, to_batch
+from agents.train import PRESETS, resolve_settings
 
 torch.set_num_threads(2)
 
@@ -66,7 +71,7 @@ def read_metrics(path):
 
 def test_slow_tiny_model_learns_the_default_toy_task_to_09_validation_reward():
     """The configuration `textgym train --model tiny` uses, on held-out problems (slowest test)."""
-    cfg = MODEL_DEFAULTS["tiny"]
+    cfg = resolve_settings({"model": "tiny"})
     torch.set_num_threads(2)
     policy = LMPolicy.from_pretrained("tiny", temperature=cfg["temperature"], seed=0)
     env_kwargs = dict(task=cfg["task"], task_kwargs=cfg["task_kwargs"], reward=cfg.get("reward"),
@@ -79,7 +84,7 @@ def test_slow_tiny_model_learns_the_default_toy_task_to_09_validation_reward():
     validation = {task.example("validation", i).prompt for i in range(n_val)}
     assert not validation & {task.example("train", i).prompt for i in range(task.num_examples("train"))}
     policy.restrict_actions(envs.action_masks()[0])
-    agent = REINFORCE(policy, baseline="group", lr=cfg["lr"], entropy_coef=cfg.get("entropy_coef", 0.0), seed=0)
+    agent = REINFORCE(policy, REINFORCEConfig(**{k: cfg[k] for k in ("baseline", "lr", "amp", "seed")}))
     untrained = agent.evaluate(eval_env, episodes=64)
     assert untrained["reward"] < 0.5 and untrained["accuracy"] < 0.1, untrained  # chance level
     curve = [(0, round(untrained["reward"], 3), round(untrained["accuracy"], 3))]
@@ -118,19 +123,41 @@ def test_every_baseline_runs_an_iteration_and_updates_the_weights(baseline):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(baseline="median"), "unknown baseline"),
+        (dict(baseline="median"), "baseline must be one of 'none', 'mean', 'group', 'leave_one_out', 'value'"),
         (dict(lr=0.0), "lr must be > 0"),
         (dict(lr=-1e-3), "lr must be > 0"),
-        (dict(epochs=0), "epochs must be >= 1"),
-        (dict(micro_batch_size=0), "micro_batch_size must be >= 1"),
-        (dict(loss_aggregation="mean"), "unknown loss_aggregation"),
+        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(epochs=1.5), "epochs must be an integer >= 1"),
+        (dict(micro_batch_size=0), "micro_batch_size must be an integer >= 1, or None"),
+        (dict(loss_aggregation="mean"), "loss_aggregation must be one of"),
         (dict(gamma=1.5), "gamma"),
-        (dict(lr_schedule="cosine"), "unknown lr_schedule"),
+        (dict(lr_schedule="cosine"), "lr_schedule must be one of 'constant', 'linear'"),
+        (dict(amp="fp8"), "amp must be one of"),
+        (dict(max_grad_norm=0.0), "max_grad_norm must be > 0, or None"),
+        (dict(normalize_std=True, baseline="mean"), "use baseline='group' or 'leave_one_out'"),
     ],
 )
 def test_bad_settings_raise_a_clear_error_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         REINFORCE(tiny_policy(), **kwargs)
+    with pytest.raises(ValueError, match=match):  # the config alone checks them too
+        REINFORCEConfig(**kwargs)
+
+
+def test_settings_come_from_one_config_and_keep_the_keyword_form():
+    policy = tiny_policy()
+    assert REINFORCE(policy).config == REINFORCEConfig()
+    config = REINFORCEConfig(lr=1e-3, baseline="mean")
+    agent = REINFORCE(policy, config, lr=3e-3)  # keywords change the given config
+    assert agent.config == REINFORCEConfig(lr=3e-3, baseline="mean") and config.lr == 1e-3
+    assert not hasattr(agent, "hparams")
+    with pytest.raises(TypeError, match="unknown REINFORCE setting.*'learning_rate'.*the settings are: baseline, lr"):
+        REINFORCE(policy, learning_rate=1e-3)
+    # The class docstring lists every setting with the config's own default and help text.
+    for f in dataclasses.fields(REINFORCEConfig):
+        assert f"`{f.name}` (default " in REINFORCE.__doc__ and f.metadata["help"] in REINFORCE.__doc__
+    # The defaults are those of the main job (`textgym train`).
+    assert (REINFORCEConfig.lr, REINFORCEConfig.amp, REINFORCEConfig.baseline) == (2e-5, "auto", "group")
 
 
 def test_linear_lr_schedule_decays_over_the_run_and_resumes_on_the_same_line(tmp_path):
@@ -146,7 +173,7 @@ def test_linear_lr_schedule_decays_over_the_run_and_resumes_on_the_same_line(tmp
     agent.learn(vec_env(policy), iterations=4, progress_bar=False, callback=stop_after_two, log_dir=tmp_path)
     resumed = REINFORCE.load(tmp_path / (tmp_path / "latest").read_text().strip())
     assert resumed.iteration == 2
-    assert resumed.hparams["lr_schedule"] == "linear"
+    assert resumed.config.lr_schedule == "linear"
     resumed.learn(vec_env(resumed.policy), iterations=2, progress_bar=False, callback=seen.append)
     # Iteration i of a 4-iteration run: lr * (1 - i / 4); the resumed call continues the line.
     assert [m["lr"] for m in seen[:2]] == pytest.approx([lr, 0.75 * lr])
@@ -164,8 +191,8 @@ def no_rollouts(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a rollout was collected before the configuration error")
 
-    monkeypatch.setattr(R, "collect_rollouts", forbidden)
-    monkeypatch.setattr(R, "evaluate", forbidden)
+    monkeypatch.setattr(R, "collect_episodes", forbidden)
+    monkeypatch.setattr(C, "evaluate", forbidden)
 
 
 @pytest.mark.parametrize("baseline", ["group", "leave_one_out"])
@@ -209,13 +236,14 @@ def batch_and_policy():
     policy = tiny_policy(seed=1)
     envs = vec_env(policy, prompts=2, group_size=4, max_new_tokens=4)
     policy.seed(0)
-    batch, _ = collect_rollouts(policy, envs, seed=0)
-    assert len(set(batch.lengths.tolist())) > 1, "want ragged completions to exercise the padding"
-    return batch, policy
+    episodes, _ = collect_episodes(policy, envs, seed=0)
+    assert len({len(e.action_positions) for e in episodes}) > 1, "want ragged completions to exercise the padding"
+    return to_batch(episodes, group_size=4), policy
 
 
 def gradient(agent, batch):
-    assert agent.compute_gradients(batch, group_size=4) is True
+    advantages, _, _ = agent.advantages(batch)
+    assert agent.compute_gradients(batch, advantages) is True
     grads = {n: p.grad.detach().clone() for n, p in agent.policy.model.named_parameters() if p.grad is not None}
     agent.optimizer.zero_grad(set_to_none=True)
     return grads
@@ -225,7 +253,7 @@ def gradient(agent, batch):
 @pytest.mark.parametrize("micro_batch_size", [2, 3])
 def test_micro_batches_accumulate_exactly_the_full_batch_gradient(batch_and_policy, aggregation, micro_batch_size):
     batch, policy = batch_and_policy
-    common = dict(baseline="group", loss_aggregation=aggregation, entropy_coef=0.01, seed=0)
+    common = dict(baseline="group", loss_aggregation=aggregation, entropy_coef=0.01, seed=0, amp="off")
     full = gradient(REINFORCE(policy, **common), batch)
     micro = gradient(REINFORCE(policy, micro_batch_size=micro_batch_size, **common), batch)
     assert full.keys() == micro.keys() and full
@@ -238,7 +266,7 @@ def test_compute_gradients_does_not_step_the_optimizer(batch_and_policy):
     batch, policy = batch_and_policy
     before = weights(policy)
     agent = REINFORCE(policy, baseline="group", seed=0)
-    agent.compute_gradients(batch, group_size=4)
+    agent.compute_gradients(batch, agent.advantages(batch)[0])
     assert same_weights(before, weights(policy))
     assert all(p.grad is not None for p in policy.model.parameters() if p.requires_grad)
     agent.optimizer.zero_grad(set_to_none=True)
@@ -248,9 +276,9 @@ def test_epochs_use_the_clipped_loss_and_report_clip_fraction(batch_and_policy):
     batch, policy = batch_and_policy
     policy = LMPolicy(copy_model(policy), policy.tokenizer)
     policy.restrict_actions(batch_and_policy[1].allowed_tokens.cpu().numpy())
-    one = REINFORCE(policy, baseline="group", lr=1e-2, epochs=1, seed=0).update(batch, group_size=4)
+    one = REINFORCE(policy, baseline="group", lr=1e-2, epochs=1, seed=0).update(batch)
     assert "clip_fraction" not in one
-    stats = REINFORCE(policy, baseline="group", lr=1e-2, epochs=3, seed=0).update(batch, group_size=4)
+    stats = REINFORCE(policy, baseline="group", lr=1e-2, epochs=3, seed=0).update(batch)
     assert 0.0 <= stats["clip_fraction"] <= 1.0 and stats["skipped_update"] == 0.0
     # Later epochs are off-policy: with a large step some ratios leave [1 - eps, 1 + eps].
     assert stats["clip_fraction"] > 0.0
@@ -262,12 +290,12 @@ def test_kl_penalty_is_reported_and_zero_before_the_first_step(batch_and_policy)
     policy.restrict_actions(batch_and_policy[1].allowed_tokens.cpu().numpy())
     agent = REINFORCE(policy, baseline="group", lr=1e-2, kl_coef=0.1, seed=0)
     first_epoch: dict = {}
-    agent.compute_gradients(batch, group_size=4, stats=first_epoch)
+    agent.compute_gradients(batch, agent.advantages(batch)[0], stats=first_epoch)
     assert first_epoch["kl"] and all(k == 0.0 for k in first_epoch["kl"])
     assert all(torch.isfinite(p.grad).all() for p in policy.model.parameters() if p.grad is not None)
-    first = agent.update(batch, group_size=4)
+    first = agent.update(batch)
     assert first["kl"] == 0.0 and first["skipped_update"] == 0.0  # first iteration, one epoch: π = π_ref
-    second = agent.update(batch, group_size=4)
+    second = agent.update(batch)
     assert second["kl"] > 0.0 and second["skipped_update"] == 0.0  # after a step the policy has moved
 
 
@@ -307,7 +335,7 @@ def test_save_load_continue_equals_an_uninterrupted_run(tmp_path, baseline):
     first_half = run(tmp_path, "halves", 2, baseline=baseline, log=False)
     first_half.save(tmp_path / "saved")
     resumed = REINFORCE.load(tmp_path / "saved")
-    assert resumed.iteration == 2 and resumed.hparams == first_half.hparams
+    assert resumed.iteration == 2 and resumed.config == first_half.config
     assert resumed.running_mean == first_half.running_mean
     resumed.learn(vec_env(resumed.policy, prompts=2, group_size=4), iterations=2, progress_bar=False)
     assert resumed.iteration == 4
@@ -338,12 +366,12 @@ def test_a_nan_loss_skips_the_update_without_changing_the_weights(monkeypatch, b
     nan_log_probs(policy, monkeypatch)
     before = weights(policy)
     for _ in range(2):
-        stats = agent.update(batch, group_size=4)
+        stats = agent.update(batch)
         assert stats["skipped_update"] == 1.0
         assert same_weights(before, weights(policy))
         assert all(p.grad is None for p in policy.model.parameters())
     with pytest.raises(FloatingPointError, match=r"non-finite loss in 3 consecutive updates.*weights were not changed"):
-        agent.update(batch, group_size=4)
+        agent.update(batch)
     assert same_weights(before, weights(policy))
 
 
@@ -368,11 +396,11 @@ def test_a_good_update_resets_the_bad_update_count(monkeypatch, batch_and_policy
     agent = REINFORCE(policy, baseline="group", lr=1e-3, max_bad_updates=2, seed=0)
     with monkeypatch.context() as m:
         nan_log_probs(policy, m)
-        assert agent.update(batch, group_size=4)["skipped_update"] == 1.0
-    assert agent.update(batch, group_size=4)["skipped_update"] == 0.0
+        assert agent.update(batch)["skipped_update"] == 1.0
+    assert agent.update(batch)["skipped_update"] == 0.0
     with monkeypatch.context() as m:
         nan_log_probs(policy, m)
-        assert agent.update(batch, group_size=4)["skipped_update"] == 1.0  # 1 in a row again, not 2
+        assert agent.update(batch)["skipped_update"] == 1.0  # 1 in a row again, not 2
 
 
 # ------------------------------------------------------------------------------- outputs
@@ -417,7 +445,7 @@ def test_evaluate_on_a_vector_env_and_a_single_env():
 def test_train_command_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "textgym.cli", "train", "--model", "tiny", "--iterations", "2",
-           "--out", str(out), "--no-progress", "--threads", "2"]  # fmt: skip
+           "--out", str(out), "--no-progress-bar", "--threads", "2"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     text = done.stdout
@@ -426,24 +454,22 @@ def test_train_command_runs_end_to_end(tmp_path):
     rows = read_metrics(out)
     assert [r["iteration"] for r in rows] == [0, 1, 2] and np.isfinite(rows[-1]["val_reward"])
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == "tiny" and config["task"] == MODEL_DEFAULTS["tiny"]["task"]
+    assert config["model"] == "tiny" and config["task"] == PRESETS["tiny"]["task"] and config["lr"] == PRESETS["tiny"]["lr"]
 
 
 def test_bf16_autocast_update_follows_the_fp32_gradient():
     policy = tiny_policy()
     envs = vec_env(policy)
-    batch, _ = collect_rollouts(policy, envs, seed=5)
+    batch = to_batch(collect_episodes(policy, envs, seed=5)[0], group_size=4)
     grads = {}
     for amp in ("off", "bf16"):
         agent = REINFORCE(policy, baseline="group", seed=0, amp=amp)
         assert (agent.autocast_dtype is None) == (amp == "off")
-        assert agent.compute_gradients(batch, 4)
+        assert agent.compute_gradients(batch, agent.advantages(batch)[0])
         grads[amp] = torch.cat([p.grad.reshape(-1) for p in policy.model.parameters() if p.grad is not None])
         assert all(p.dtype == torch.float32 for p in policy.model.parameters())
     cosine = torch.nn.functional.cosine_similarity(grads["off"], grads["bf16"], dim=0)
     assert grads["off"].norm() > 0 and cosine > 0.98, float(cosine)
-    with pytest.raises(ValueError, match="amp"):
-        REINFORCE(policy, amp="fp8")
 
 
 def test_kl_reference_survives_save_and_load(tmp_path):
@@ -457,3 +483,17 @@ def test_kl_reference_survives_save_and_load(tmp_path):
     for name, tensor in again.reference.state_dict().items():
         assert torch.equal(tensor, initial[name]), f"the reference must stay the initial policy ({name})"
     assert any(not torch.equal(t, initial[n]) for n, t in again.policy.model.state_dict().items())
+
+
+def test_a_bf16_policy_trains_with_every_term_on():
+    """The GPU's dtype on the CPU: bf16 weights, value baseline (fp32 head), KL reference, micro-batches."""
+    policy = LMPolicy.from_pretrained("tiny", dtype="bfloat16", seed=0)
+    envs = vec_env(policy)
+    agent = REINFORCE(policy, baseline="value", kl_coef=0.05, entropy_coef=0.01, micro_batch_size=3, lr=3e-3, seed=0)
+    assert agent.autocast_dtype is None  # a bf16 policy is not autocast again
+    before = weights(policy)
+    seen = []
+    agent.learn(envs, iterations=2, progress_bar=False, callback=seen.append)
+    assert [m["skipped_update"] for m in seen] == [0.0, 0.0] and all(math.isfinite(m["kl"]) for m in seen)
+    assert not same_weights(before, weights(policy)) and all(p.dtype == torch.bfloat16 for p in policy.model.parameters())
+    assert agent.value_head.weight.dtype == torch.float32

@@ -11,7 +11,8 @@
   θ (exact for one-step episodes, where the per-token ratio is the whole trajectory's ratio).
 
 Every estimate is built from agents.losses (token_log_probs → policy_gradient_loss →
-aggregate_loss → backward). Many independent estimates are computed in one batched backward pass:
+aggregate_loss → backward); the agent's own path (agents.baselines → reinforce_loss) is checked the
+same way. Many independent estimates are computed in one batched backward pass:
 each estimate gets its own copy of the parameters (a row of a leaf tensor), so the gradient of a
 row is exactly that estimate. Expectations are checked twice: exactly, by enumerating every
 outcome with its probability, and by Monte Carlo with a tolerance of 5 measured standard errors.
@@ -22,12 +23,14 @@ import itertools
 import pytest
 import torch
 
+from agents.baselines import BASELINES, BaselineInputs
 from agents.losses import (
     aggregate_loss,
     clipped_policy_gradient_loss,
     discounted_returns,
     group_normalized_rewards,
     policy_gradient_loss,
+    reinforce_loss,
     token_log_probs,
 )
 
@@ -140,6 +143,29 @@ def test_group_mean_including_own_reward_is_shrunk():
     mean, se, _ = monte_carlo(est)
     assert ((mean - exact).abs() > N_SE * se).any(), "the Monte Carlo check cannot see a 25% bias"
     assert_within_se(mean, se, (GROUP - 1) / GROUP * exact, "group_mean")
+
+
+def agent_estimates(theta, actions, rewards, baseline, running_mean=CONSTANT_BASELINE):
+    """ĝ for each row of ``actions`` (M, n) as REINFORCE.update computes it: advantages from the
+    baseline table (eq. 22a-d), then the one REINFORCE loss (eq. 26), summed per episode."""
+    m, n = actions.shape
+    params = theta.expand(m, K).clone().requires_grad_()
+    logp = token_log_probs(params.unsqueeze(1).expand(m, n, K), actions).reshape(m * n, 1)
+    r = rewards[actions].reshape(m * n)
+    mask = torch.ones(m * n, 1, dtype=torch.bool)
+    x = BaselineInputs(returns=r[:, None], mask=mask, episode_returns=r, group_size=n, running_mean=running_mean)
+    loss, _ = reinforce_loss(logp, BASELINES[baseline](x), mask, "sum")
+    (m * loss).backward()
+    return -params.grad
+
+
+@pytest.mark.parametrize("baseline, scale", [("none", 1.0), ("mean", 1.0), ("leave_one_out", 1.0), ("group", (GROUP - 1) / GROUP)])
+def test_the_agents_baselines_and_loss_give_the_exact_expected_gradient(baseline, scale):
+    # Unbiased for the state-only baselines (eq. 25); the group mean including R_i is shrunk (eq. 22c).
+    exact = exact_bandit_gradient(THETA, REWARDS)
+    actions, weights = all_groups(torch.softmax(THETA, -1), GROUP)
+    expected, _ = exact_moments(agent_estimates(THETA, actions, REWARDS, baseline), weights)
+    torch.testing.assert_close(expected, scale * exact, atol=1e-10, rtol=0)
 
 
 def test_baseline_reduces_variance_with_large_positive_rewards():

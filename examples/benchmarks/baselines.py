@@ -22,7 +22,7 @@ import torch
 
 import textgym
 from agents import LMPolicy, REINFORCE
-from agents.reinforce import collect_rollouts
+from agents.rollouts import collect_episodes, to_batch
 
 TASK = dict(task="sort", task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit", max_new_tokens=6)
 BASELINES = ["none", "mean", "group", "leave_one_out", "value"]
@@ -46,15 +46,14 @@ def gradient_variance(batches: int, prompts: int, group: int) -> dict[str, tuple
     rollouts = []
     for b in range(batches):
         agent.policy.seed(1000 + b)
-        rollouts.append(collect_rollouts(agent.policy, envs, seed=1000 + b)[0])
+        rollouts.append(to_batch(collect_episodes(agent.policy, envs, seed=1000 + b)[0], group_size=group))
     grads = {}
     for baseline in BASELINES[:4]:  # the value head starts at 0, i.e. as "none": compared in learning only
-        agent.baseline = baseline
-        overall_mean = float(np.mean([r.episode_rewards.mean() for r in rollouts]))
+        agent = REINFORCE(agent.policy, agent.config, baseline=baseline)
+        agent.running_mean = float(np.mean([r.episode_returns.mean() for r in rollouts]))  # a converged running mean
         gs = []
         for batch in rollouts:
-            agent.running_mean = overall_mean  # a running mean that has converged (it moves per call)
-            agent.compute_gradients(batch, group)
+            agent.compute_gradients(batch, agent.advantages(batch)[0])
             gs.append(flat_grad(agent.policy.model))
         grads[baseline] = torch.stack(gs).double()
     ref = grads["none"].mean(0)

@@ -53,7 +53,7 @@ class Evaluator:
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         from agents import LMPolicy
-        from agents.reinforce import evaluate
+        from agents.rollouts import evaluate
 
         was_training = model.training
         model.eval()

@@ -23,25 +23,23 @@ def one_update(model: str, batch: int, micro: int | None, seq_len: int, prompt_l
     import torch
 
     from agents import LMPolicy, REINFORCE
-    from agents.reinforce import Rollouts
+    from agents.rollouts import Batch
 
     torch.set_num_threads(2)
     policy = LMPolicy.from_pretrained(model, seed=0)
     agent = REINFORCE(policy, baseline="group", micro_batch_size=micro, seed=0)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, policy.vocab_size, (batch, seq_len), generator=gen)
-    completion = torch.zeros(batch, seq_len - 1, dtype=torch.bool)
-    completion[:, prompt_len - 1 :] = True
+    actions = torch.zeros(batch, seq_len - 1, dtype=torch.bool)
+    actions[:, prompt_len - 1 :] = True
     rewards = torch.zeros(batch, seq_len - 1)
     rewards[:, -1] = (torch.arange(batch) % 2).float()
-    rollouts = Rollouts(
-        input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=completion,
-        old_log_probs=torch.zeros(batch, seq_len - 1), step_rewards=rewards,
-        episode_rewards=rewards.sum(1), accuracy=rewards.sum(1), lengths=completion.sum(1).float(),
-    )  # fmt: skip
+    rollouts = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), action_mask=actions,
+                     old_log_probs=torch.zeros(batch, seq_len - 1), rewards=rewards,
+                     episode_returns=rewards.sum(1), group_size=2)  # fmt: skip
     if policy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    agent.update(rollouts, group_size=2)
+    agent.update(rollouts)
     if policy.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
