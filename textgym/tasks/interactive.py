@@ -186,7 +186,7 @@ class GuessTask(MultiTurnTask):
     The secret; metadata `{"secret": ...}`. The split is by secret (held-out codes).
 
     ## Rewards
-    1.0 on the turn the code is found, then the episode ends; 0.0 otherwise (components `found`,
+    1.0 on the turn the code is found, then the episode ends; 0.0 otherwise (components `answer` (1 when found),
     `guesses`).
 
     ## Arguments
@@ -235,7 +235,7 @@ class GuessTask(MultiTurnTask):
         state["guesses"] += 1
         guess, secret = text.strip(), example.answer
         found = guess == secret
-        parts = {"found": float(found), "guesses": float(state["guesses"])}
+        parts = {"answer": float(found), "guesses": float(state["guesses"])}
         if found:
             return Reply(reward=1.0, done=True, components=parts)
         if len(guess) != self.length or any(c not in self.digits for c in guess):
@@ -266,7 +266,7 @@ class RetryTask(MultiTurnTask):
 
     ## Rewards
     `decay ** (attempt - 1)` times the wrapped verifier's score on the right answer, 0.0 for wrong
-    ones (components `correct`, `attempt`). A verifier that fails scores 0, as in the env.
+    ones (components `answer`: 1 for a right answer, and `attempt`). A verifier that fails scores 0, as in the env.
 
     ## Arguments
     - `task="addition"`, `task_kwargs=None`, `attempts=3`, `decay=0.5`, `seed=0`.
@@ -312,7 +312,7 @@ class RetryTask(MultiTurnTask):
         state["attempt"] += 1
         result = score(self.inner.reward, text, example)
         value = result.components.get("answer", result.reward)
-        parts = {"correct": float(value >= 1.0), "attempt": float(state["attempt"])}
+        parts = {"answer": float(value >= 1.0), "attempt": float(state["attempt"])}
         if value >= 1.0:
             return Reply(reward=self.decay ** (state["attempt"] - 1) * result.reward, done=True, components=parts)
         return Reply("Wrong, try again.", components=parts)
