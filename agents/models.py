@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -50,6 +52,7 @@ __all__ = [
     "check_compatible",
     "resolve_device",
     "resolve_dtype",
+    "cache_argument",
     "TINY_CONFIG",
 ]
 
@@ -155,6 +158,29 @@ def load_model(
     model = model.to(device=device, dtype=dtype).eval()
     check_compatible(model, tokenizer)
     return model, tokenizer
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword under which `model`'s forward takes a KV cache: "cache" or "past_key_values".
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name still works there, with a
+    FutureWarning on every forward, until 5.40); 4.56 to 5.23 know only `past_key_values`, and an
+    unknown keyword would vanish into their `**kwargs` and silently disable the cache. So the
+    keyword is read from the model's own signature, not from the version number. Wrappers
+    (torch.compile's `_orig_mod`) are looked through; a forward that names neither (custom code
+    taking only **kwargs) gets the long-standing `past_key_values`.
+    """
+    model = getattr(model, "_orig_mod", model)
+    return _cache_argument_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(model_class: type) -> str:
+    try:
+        parameters = inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _unknown_model(name: str, reason: str) -> str:
