@@ -280,6 +280,7 @@ def _dequantize_gguf(gguf: Path) -> tuple[PreTrainedModel, Any]:
 
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     hf_tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _follow_gguf_special_tokens(hf_tokenizer, gguf)
     # save_pretrained refuses a GGUF-loaded model and Trainer/TRL refuse a model marked quantized,
     # although the weights are plain floats by now: copy them into a fresh, unmarked model.
     config = copy.deepcopy(loaded.config)
@@ -292,6 +293,29 @@ def _dequantize_gguf(gguf: Path) -> tuple[PreTrainedModel, Any]:
     model.eval()
     _check_same_logits(loaded.eval(), model, hf_tokenizer, what=f"the copy of {gguf.name}")
     return model, hf_tokenizer
+
+
+def _follow_gguf_special_tokens(hf_tokenizer: Any, gguf: Path) -> None:
+    """Give the tokenizer the end/begin tokens and the add-BOS flag the GGUF file states.
+
+    transformers 4.56 reads them wrongly from SmolLM2's file (<|im_start|> as the end token, a BOS
+    prepended to every encoded prompt) while 5.x reads them right; the file is the authority.
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None or not field.data else field.parts[field.data[0]][0]
+
+    for role in ("eos", "bos"):
+        token_id = value(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None and getattr(hf_tokenizer, f"{role}_token_id") != int(token_id):
+            setattr(hf_tokenizer, f"{role}_token", hf_tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = value("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and getattr(hf_tokenizer, "add_bos_token", bool(add_bos)) != bool(add_bos):
+        hf_tokenizer.add_bos_token = bool(add_bos)
 
 
 def _default_model_dir() -> Path:

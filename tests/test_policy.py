@@ -8,7 +8,7 @@ import torch
 import textgym
 from agents.policy import LMPolicy, filter_logits
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the tiny model is ~10x slower on 2 threads of a busy 2-core machine
 
 KW = dict(task="copy", max_new_tokens=6, task_kwargs={"length": 6, "min_length": 1})
 
@@ -303,6 +303,9 @@ def test_suffix_prefill_logits_equal_a_full_recompute(architecture):
         extending = [i for i in rows if i not in recomputed]
         widest = max([new[i] for i in extending] + [int(obs["seq_len"][i, 0]) for i in recomputed])
         assert max(w for _, w in log.shapes) == widest, (log.shapes, widest)
+        # Each slot's tokens are packed to the right when spliced: padding holes do not pile up
+        # (an idle round leaves one masked column in that slot).
+        assert p._valid.shape[1] <= int(obs["seq_len"].max()) + 2
         one_seen += sum(new[i] == 1 for i in extending)
         several_seen += sum(new[i] > 1 for i in extending)
         if any(new[i] == 1 for i in extending):
@@ -316,4 +319,4 @@ def test_suffix_prefill_in_bf16_records_the_training_log_probs():
         rows = np.flatnonzero(active)
         assert log_probs.dtype == np.float32 and np.isfinite(log_probs).all()
         # bf16 keeps 8 bits of mantissa: cached and recomputed attention round differently.
-        np.testing.assert_allclose(log_probs[rows], recompute(p, obs, actions)[rows], atol=0.05)
+        np.testing.assert_allclose(log_probs[rows], recompute(p, obs, actions)[rows], atol=0.01)
