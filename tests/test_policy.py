@@ -1,5 +1,6 @@
 """LMPolicy: the KV cache per slot is invisible (same log-probs as recomputing), ragged batches,
-autoreset, greedy determinism, save/load, bf16, and clear errors for a mismatched tokenizer."""
+autoreset, multi-turn replies prefilled as suffixes, greedy determinism, save/load, bf16, and clear
+errors for a mismatched tokenizer."""
 
 import numpy as np
 import pytest
