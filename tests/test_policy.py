@@ -321,3 +321,18 @@ def test_suffix_prefill_in_bf16_records_the_training_log_probs():
         assert log_probs.dtype == np.float32 and np.isfinite(log_probs).all()
         # bf16 keeps 8 bits of mantissa: cached and recomputed attention round differently.
         np.testing.assert_allclose(log_probs[rows], recompute(p, obs, actions)[rows], atol=0.01)
+
+
+def test_a_bad_new_token_is_a_clear_error_on_the_cached_path(policy):
+    """Tokens that extend a cached prefix are checked too (on CUDA an id past the embedding table
+    is a device-side assert, not an error message)."""
+    v = policy.vocab_size
+    ids = np.full((2, 12), v, dtype=np.int64)
+    ids[:, :4] = [5, 6, 7, 8]
+    policy.reset_cache()
+    policy.act({"input_ids": ids, "seq_len": np.array([[4], [4]])})
+    for new in ([v + 3], [9, -1]):  # one new token, then several
+        bad = ids.copy()
+        bad[0, 4 : 4 + len(new)] = new
+        with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
+            policy.act({"input_ids": bad, "seq_len": np.array([[4 + len(new)], [4]])})
