@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -50,6 +52,7 @@ __all__ = [
     "check_compatible",
     "resolve_device",
     "resolve_dtype",
+    "cache_argument",
     "TINY_CONFIG",
 ]
 
@@ -157,6 +160,29 @@ def load_model(
     return model, tokenizer
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The keyword under which `model`'s forward takes a KV cache: "cache" or "past_key_values".
+
+    transformers 5.24 renamed `past_key_values` to `cache` (the old name still works there, with a
+    FutureWarning on every forward, until 5.40); 4.56 to 5.23 know only `past_key_values`, and an
+    unknown keyword would vanish into their `**kwargs` and silently disable the cache. So the
+    keyword is read from the model's own signature, not from the version number. Wrappers
+    (torch.compile's `_orig_mod`) are looked through; a forward that names neither (custom code
+    taking only **kwargs) gets the long-standing `past_key_values`.
+    """
+    model = getattr(model, "_orig_mod", model)
+    return _cache_argument_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(model_class: type) -> str:
+    try:
+        parameters = inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _unknown_model(name: str, reason: str) -> str:
     return (
         f"cannot load model {name!r} ({reason}). Expected one of: {DEFAULT_MODEL!r} (the embedded default), "
@@ -254,6 +280,7 @@ def _dequantize_gguf(gguf: Path) -> tuple[PreTrainedModel, Any]:
 
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     hf_tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _follow_gguf_special_tokens(hf_tokenizer, gguf)
     # save_pretrained refuses a GGUF-loaded model and Trainer/TRL refuse a model marked quantized,
     # although the weights are plain floats by now: copy them into a fresh, unmarked model.
     config = copy.deepcopy(loaded.config)
@@ -266,6 +293,29 @@ def _dequantize_gguf(gguf: Path) -> tuple[PreTrainedModel, Any]:
     model.eval()
     _check_same_logits(loaded.eval(), model, hf_tokenizer, what=f"the copy of {gguf.name}")
     return model, hf_tokenizer
+
+
+def _follow_gguf_special_tokens(hf_tokenizer: Any, gguf: Path) -> None:
+    """Give the tokenizer the end/begin tokens and the add-BOS flag the GGUF file states.
+
+    transformers 4.56 reads them wrongly from SmolLM2's file (<|im_start|> as the end token, a BOS
+    prepended to every encoded prompt) while 5.x reads them right; the file is the authority.
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None or not field.data else field.parts[field.data[0]][0]
+
+    for role in ("eos", "bos"):
+        token_id = value(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None and getattr(hf_tokenizer, f"{role}_token_id") != int(token_id):
+            setattr(hf_tokenizer, f"{role}_token", hf_tokenizer.convert_ids_to_tokens(int(token_id)))
+    add_bos = value("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and getattr(hf_tokenizer, "add_bos_token", bool(add_bos)) != bool(add_bos):
+        hf_tokenizer.add_bos_token = bool(add_bos)
 
 
 def _default_model_dir() -> Path:

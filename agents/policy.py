@@ -8,8 +8,9 @@ restricted to the top-k / top-p tokens. It follows the ordinary Gymnasium loop
     obs, rewards, terminated, truncated, info = envs.step(actions)
 
 and costs what `model.generate` costs there because it keeps a KV cache per env slot: when a
-slot's observation is its previous one plus the token the policy chose, only that token goes
-through the model; on reset, autoreset or any other change the slot's prefix is recomputed.
+slot's observation is the one its cache holds plus new tokens (the token the policy chose, and in
+a multi-turn env the reply the env appended after it), only the new tokens go through the model;
+on reset, autoreset or any other change the slot's prefix is recomputed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import DynamicCache
 
 from agents.losses import entropy as entropy_from_logits
 from agents.losses import token_log_probs
-from agents.models import check_compatible, load_model, save_model
+from agents.models import cache_argument, check_compatible, load_model, save_model
 from textgym.tokenizers import DEFAULT_MODEL, Tokenizer
 
 __all__ = ["LMPolicy", "filter_logits", "sample"]
@@ -189,9 +190,9 @@ class LMPolicy:
     def reset_cache(self) -> None:
         """Forget every slot's KV cache (the next `act` recomputes all prefixes)."""
         self._cache: DynamicCache | None = None
-        self._valid = torch.zeros(0, 0, dtype=torch.long)  # (N, T) 1 where a cache column is real
-        self._expected = np.zeros((0, 0), dtype=np.int64)  # obs each slot must show to continue
-        self._expected_len = np.zeros(0, dtype=np.int64)  # -1: the slot has no usable cache
+        self._valid = torch.zeros(0, 0, dtype=torch.long)  # (N, T): 1 where a cache column holds a token
+        self._cached_ids = np.zeros((0, 0), dtype=np.int64)  # (N, L): the observation each slot's cache holds
+        self._cached_len = np.zeros(0, dtype=np.int64)  # (N,): its length; 0: the slot has no cache
 
     @torch.no_grad()
     def act(
@@ -199,11 +200,17 @@ class LMPolicy:
     ) -> tuple[Any, Any]:
         """Choose the next token of every slot.
 
+        Each slot's KV cache holds the observation it last acted on. When the new observation extends
+        it (by the token chosen, and in multi-turn envs by the env's reply after it) only the new
+        tokens go through the model; a slot whose observation does not extend its cache (reset,
+        autoreset, any other change) is recomputed. Slots with one new token, with several, and
+        recomputed slots each take one batched forward pass.
+
         Args:
             obs: one TextGenEnv observation, or a vector env's batch of them.
             greedy: take the argmax token instead of sampling (evaluation).
-            active: optional bool mask of slots to act for; the others get action 0 and log-prob 0
-                and cost no prefix recomputation (used to idle slots whose episode is complete).
+            active: optional bool mask of slots to act for; the others get action 0 and log-prob 0,
+                cost no forward pass of their own and keep their cache for when they act again.
 
         Returns:
             (actions, log_probs): int64 and float32 arrays of shape (N,), or an int and a float for
@@ -216,27 +223,45 @@ class LMPolicy:
         seq_len = np.asarray(obs["seq_len"]).reshape(-1).astype(np.int64)
         n = ids.shape[0]
         active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool).reshape(n)
-        if self._expected.shape != ids.shape:
+        if self._cached_ids.shape != ids.shape:
             self.reset_cache()
-            self._expected = np.full_like(ids, -1)
-            self._expected_len = np.full(n, -1, dtype=np.int64)
+            self._cached_ids = np.full_like(ids, -1)
+            self._cached_len = np.zeros(n, dtype=np.int64)
 
-        continuing = active & (seq_len == self._expected_len) & (ids == self._expected).all(axis=1)
-        recompute = active & ~continuing
-        if recompute.any():
-            self._check_obs(ids[recompute], seq_len[recompute])
+        # A slot extends its cache when its observation is longer and agrees with the cached one up
+        # to the cached length: past it the cached row is padding, which no token equals, so the two
+        # first differ exactly there (argmax is 0 for equal rows, which then do not extend).
+        cached = self._cached_len
+        first_difference = (ids != self._cached_ids).argmax(axis=1)
+        extends = active & (cached > 0) & (seq_len > cached) & (first_difference >= cached)
+        one_token = extends & (seq_len == cached + 1)
+        several = extends & ~one_token
+        recompute = active & ~extends
+        keep = ~active & (cached > 0)
+        self._check_obs(ids, seq_len, one_token, several | recompute)
 
-        logits = None
-        if self._cache is not None and continuing.any():
-            logits = self._decode_step(ids, seq_len, continuing)
-        elif recompute.all():
-            self._cache = None
+        # Slots with several new tokens and recomputed slots run apart (their batches are as wide as
+        # their longest new span), each from a copy of its cache rows; they are spliced into the
+        # main cache after the one-token step, which reuses their rows for fillers.
+        apart = []
+        if several.any():
+            rows = np.flatnonzero(several)
+            apart.append((rows, *self._feed(ids, seq_len, rows, start=cached[rows])))
         if recompute.any():
             rows = np.flatnonzero(recompute)
-            fresh = self._prefill(ids, seq_len, rows)
+            apart.append((rows, *self._feed(ids, seq_len, rows, start=np.zeros(len(rows), dtype=np.int64))))
+        logits = None
+        if one_token.any():
+            logits = self._decode_step(ids, seq_len, one_token, keep)
+        elif not keep.any():  # no row of the main cache is needed any more
+            self._cache, self._valid = None, self._valid[:, :0]
+        for rows, part, cache, valid in apart:
+            self._splice(rows, cache, valid)
             if logits is None:
-                logits = fresh.new_zeros(n, fresh.shape[-1])
-            logits[torch.as_tensor(rows, device=self.device)] = fresh
+                logits = part.new_zeros(n, part.shape[-1])
+            logits[torch.as_tensor(rows, device=self.device)] = part
+        if apart:
+            self._compact()
         if logits is None:  # no slot is active
             zeros = np.zeros(n, dtype=np.int64)
             return (0, 0.0) if single else (zeros, zeros.astype(np.float32))
@@ -253,77 +278,126 @@ class LMPolicy:
         actions_np[~active] = 0
         log_probs_np[~active] = 0.0
 
-        # What each slot's next observation must look like for its cache to stay usable.
-        self._expected[active] = ids[active]
-        rows = np.flatnonzero(active)
-        within = seq_len[rows] < ids.shape[1]
-        self._expected[rows[within], seq_len[rows[within]]] = actions_np[rows[within]]
-        self._expected_len[active] = seq_len[active] + 1
-        self._expected_len[~active] = -1
+        self._cached_ids[active] = ids[active]
+        self._cached_len[active] = seq_len[active]
         if single:
             return int(actions_np[0]), float(log_probs_np[0])
         return actions_np, log_probs_np
 
-    def _check_obs(self, ids: np.ndarray, seq_len: np.ndarray) -> None:
-        positions = np.arange(ids.shape[1])[None, :]
-        real = positions < seq_len[:, None]
-        if (ids[real] >= self.vocab_size).any() or (ids[~real] != self.vocab_size).any():
+    def _check_obs(self, ids: np.ndarray, seq_len: np.ndarray, one_token: np.ndarray, whole: np.ndarray) -> None:
+        """The new token of `one_token` rows, and every token and the padding of `whole` rows, must
+        belong to the policy's vocabulary (an id past the embedding table is a crash on CUDA)."""
+        bad = False
+        if one_token.any():
+            new = ids[one_token, seq_len[one_token] - 1]
+            bad = bool(((new < 0) | (new >= self.vocab_size)).any())
+        if whole.any():
+            if (seq_len[whole] < 1).any():
+                raise ValueError("an observation has no tokens; reset the env before acting")
+            rows = ids[whole]
+            real = np.arange(ids.shape[1])[None, :] < seq_len[whole][:, None]
+            bad = bad or bool((rows[real] < 0).any() or (rows[real] >= self.vocab_size).any() or (rows[~real] != self.vocab_size).any())
+        if bad:
             raise ValueError(
                 f"the observation's token ids do not fit the policy's vocabulary of {self.vocab_size} "
                 f"(padding must be {self.vocab_size}); create the env with tokenizer=policy.tokenizer"
             )
-        if (seq_len < 1).any():
-            raise ValueError("an observation has no tokens; reset the env before acting")
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_argument(self.model): cache},
         )
         return out.logits[:, -1, :]
 
-    def _decode_step(self, ids: np.ndarray, seq_len: np.ndarray, continuing: np.ndarray) -> torch.Tensor:
-        """One token per slot through the cache: the chosen token for continuing slots, a masked
-        filler for the others (they are recomputed or idle)."""
+    def _decode_step(self, ids: np.ndarray, seq_len: np.ndarray, one_token: np.ndarray, keep: np.ndarray) -> torch.Tensor:
+        """One token per slot through the main cache: the new token of `one_token` slots, a filler for
+        the others, whose output is dropped."""
         n = ids.shape[0]
-        last = np.where(continuing, ids[np.arange(n), np.maximum(seq_len - 1, 0)], 0)
+        last = np.where(one_token, ids[np.arange(n), np.maximum(seq_len - 1, 0)], 0)
         tokens = torch.as_tensor(last, device=self.device)[:, None]
         positions = torch.as_tensor(np.maximum(seq_len - 1, 0), device=self.device)[:, None]
-        cont = torch.as_tensor(continuing, device=self.device)
-        # A slot without a usable cache attends only to its filler token (never to nothing: a
-        # fully masked row would give NaNs), so its stale columns can be dropped.
-        self._valid[~cont] = 0
-        new_col = torch.ones(n, 1, dtype=torch.long, device=self.device)
+        stepping = torch.as_tensor(one_token, device=self.device)
+        # An idle slot that keeps its cache lets its filler attend to it and masks the filler's
+        # column for good. Every other slot (run apart, or without a cache) attends to its filler
+        # alone (never to nothing: a fully masked row gives NaNs) and its stale columns go.
+        if keep.any():
+            keeping = torch.as_tensor(keep, device=self.device)
+            self._valid[~(stepping | keeping)] = 0
+            new_col = (~keeping).long()[:, None]
+        else:
+            self._valid[~stepping] = 0
+            new_col = torch.ones(n, 1, dtype=torch.long, device=self.device)
         self._valid = torch.cat([self._valid, new_col], dim=1)
         logits = self._forward(tokens, self._valid, positions, self._cache)
         self._compact()
         return logits
 
-    def _prefill(self, ids: np.ndarray, seq_len: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-        """Recompute the prefixes of `rows` (left-padded into one batch) and splice their caches in."""
-        lengths = seq_len[rows]
+    def _feed(
+        self, ids: np.ndarray, seq_len: np.ndarray, rows: np.ndarray, start: np.ndarray
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """Run tokens start..seq_len of each of `rows`, left-padded into one batch, after that row's
+        cached prefix (none where start is 0), leaving the main cache as it was.
+
+        Returns the rows' next-token logits, their cache (a copy of their main-cache rows plus the
+        new columns) and its attention mask, for `_splice`.
+        """
+        lengths = seq_len[rows] - start
         width = int(lengths.max())
         batch = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
-        for j, (r, length) in enumerate(zip(rows, lengths)):
-            batch[j, width - length :] = ids[r, :length]
+        positions = np.zeros((len(rows), width), dtype=np.int64)
+        for j, (r, first, length) in enumerate(zip(rows, start, lengths)):
+            batch[j, width - length :] = ids[r, first : first + length]
             mask[j, width - length :] = 1
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+            positions[j, width - length :] = np.arange(first, first + length)
         cache = DynamicCache()
         mask_t = torch.as_tensor(mask, device=self.device)
+        if start.any():
+            index = torch.as_tensor(rows, device=self.device)
+            past = self._valid[index]
+            past[torch.as_tensor(start == 0, device=self.device)] = 0
+            used = past.any(dim=0)
+            first = int(used.long().argmax()) if bool(used.any()) else past.shape[1]
+            for i, layer in enumerate(self._cache.layers):
+                cache.update(layer.keys[index, :, first:], layer.values[index, :, first:], i)
+            mask_t = torch.cat([past[:, first:], mask_t], dim=1)
         logits = self._forward(
             torch.as_tensor(batch, device=self.device), mask_t, torch.as_tensor(positions, device=self.device), cache
         )
-        n = ids.shape[0]
+        return logits, cache, mask_t
+
+    def _splice(self, rows: np.ndarray, cache: DynamicCache, valid: torch.Tensor) -> None:
+        """Put `cache` (the caches of `rows`, masked by `valid`) into the main cache, right-aligned.
+
+        Left padding inside a batch of new spans leaves masked columns between a row's old and new
+        tokens; each row's tokens are first packed to the right (a stable sort of its mask keeps
+        their order), so that the main cache does not grow by holes.
+        """
+        if not bool((valid[:, 1:] >= valid[:, :-1]).all()):
+            order = torch.sort(valid, dim=1, stable=True).indices
+            valid = valid.gather(1, order)
+            for layer in cache.layers:
+                gather = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+                layer.keys = layer.keys.gather(2, gather)
+                layer.values = layer.values.gather(2, gather)
+        first = int(valid.any(dim=0).long().argmax())
+        if first > 0:
+            valid = valid[:, first:]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        width = valid.shape[1]
+        n = len(self._cached_len)
         if self._cache is None:
-            if len(rows) == n:  # every slot recomputed: the new cache is the whole cache
-                self._cache, self._valid = cache, mask_t
-                return logits
-            self._cache, self._valid = _empty_like_cache(cache, n, width), torch.zeros(n, width, dtype=torch.long, device=self.device)
+            if len(rows) == n:  # every slot is in `cache`: it is the whole cache
+                self._cache, self._valid = cache, valid
+                return
+            self._cache = _empty_like_cache(cache, n, width)
+            self._valid = torch.zeros(n, width, dtype=torch.long, device=self.device)
         total = self._valid.shape[1]
         if width > total:  # widen every slot on the left with masked columns
             self._cache = _pad_left(self._cache, width - total)
@@ -336,8 +410,7 @@ class LMPolicy:
             layer.keys[index, :, : total - width] = 0
             layer.values[index, :, : total - width] = 0
         self._valid[index] = 0
-        self._valid[index, total - width :] = mask_t
-        return logits
+        self._valid[index, total - width :] = valid
 
     def _compact(self) -> None:
         """Drop leading cache columns no slot uses any more (a view: the next append copies)."""

@@ -84,6 +84,40 @@ def test_bf16_on_cpu():
     assert out.shape[1] <= ids.shape[1] + 5
 
 
+def test_cache_argument_is_the_name_the_forward_takes():
+    class Renamed(torch.nn.Module):  # transformers >= 5.24
+        def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs): ...
+
+    class Classic(torch.nn.Module):  # transformers 4.56 - 5.23
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class KwargsOnly(torch.nn.Module):  # custom code: the long-standing name
+        def forward(self, *args, **kwargs): ...
+
+    assert models.cache_argument(Renamed()) == "cache"
+    assert models.cache_argument(Classic()) == "past_key_values"
+    assert models.cache_argument(KwargsOnly()) == "past_key_values"
+    assert models.cache_argument(SimpleNamespace(_orig_mod=Renamed())) == "cache"  # torch.compile's wrapper
+
+
+def test_the_cache_argument_fills_the_cache_silently():
+    """Under the wrong name the installed transformers either warns (the old name) or drops the
+    cache into **kwargs unused (the new name on an old version): the cache must come back filled."""
+    import warnings
+
+    from transformers import DynamicCache
+
+    model, tokenizer = load_model("tiny", device="cpu")
+    ids = torch.tensor([tokenizer.encode("12+34=")])
+    cache = DynamicCache()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")
+        first = model(input_ids=ids[:, :-1], use_cache=True, **{models.cache_argument(model): cache}).logits
+        last = model(input_ids=ids[:, -1:], use_cache=True, **{models.cache_argument(model): cache}).logits
+    assert cache.get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(torch.cat([first, last], dim=1), model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_auto_device_and_dtype():
     model, tokenizer = load_model("tiny")
     assert model.device.type == resolve_device("auto").type

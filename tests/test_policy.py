@@ -1,5 +1,6 @@
 """LMPolicy: the KV cache per slot is invisible (same log-probs as recomputing), ragged batches,
-autoreset, greedy determinism, save/load, bf16, and clear errors for a mismatched tokenizer."""
+autoreset, multi-turn replies prefilled as suffixes, greedy determinism, save/load, bf16, and clear
+errors for a mismatched tokenizer."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 import textgym
 from agents.policy import LMPolicy, filter_logits
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the tiny model is ~10x slower on 2 threads of a busy 2-core machine
 
 KW = dict(task="copy", max_new_tokens=6, task_kwargs={"length": 6, "min_length": 1})
 
@@ -192,3 +193,146 @@ def test_inverse_cdf_sampler_draws_the_distribution():
     # Binomial standard error at p=0.5 and n=20000 is 0.0035: 5 SE is 0.018.
     torch.testing.assert_close(freq, probs[0], atol=0.018, rtol=0)
     assert freq[1] == 0 and freq[4] == 0 and (draws[:, 1] == 4).all()
+
+
+# ---------------------------------------------------------------- multi-turn: suffix prefill
+
+
+def small_model(architecture: str, tokenizer, dtype=torch.float32):
+    """A two-layer model of a real HF architecture over the char tokenizer: Qwen2 (rotary
+    positions, q/k/v biases, grouped KV heads) or GPT-2 (learned absolute positions)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    ends = dict(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    if architecture == "qwen2":
+        config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256, **ends)
+        cls = Qwen2ForCausalLM
+    else:
+        config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **ends)
+        cls = GPT2LMHeadModel
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return cls(config).to(dtype).eval()
+
+
+class ForwardLog:
+    """Records the raw logits `act` samples from and the (rows, width) of every model forward."""
+
+    def __init__(self, policy):
+        self.logits, self.shapes = [], []
+        original = policy._sampling_logits
+
+        def spy(logits):
+            self.logits.append(logits.detach().float().clone())
+            return original(logits)
+
+        policy._sampling_logits = spy
+        self.hook = policy.model.register_forward_pre_hook(
+            lambda module, args, kwargs: self.shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        )
+
+    def close(self, policy):
+        self.hook.remove()
+        del policy._sampling_logits
+
+
+def multi_turn_rounds(policy, rounds=9, n=6, width=96, seed=0):
+    """Drive `act` the way a multi-turn vector env would, without one: after each round a slot's
+    observation grows by the action chosen + k env tokens (k = 0..6, per slot and round). Slot 2
+    sits idle in rounds 3-4 and resumes its episode in round 5; slot 1 is reset in round 5; slot 4
+    idles in round 5 and comes back reset in round 6, when a token of slot 3's prompt also changes.
+    Yields per round: the observations, the active mask, act's actions and log-probs, its
+    ForwardLog, the active slots that must be recomputed, and each slot's count of new tokens."""
+    rng = np.random.default_rng(seed)
+    vocab, eos = policy.vocab_size, policy.tokenizer.eos_token_id
+    fresh = lambda: [int(t) for t in rng.integers(1, vocab, size=int(rng.integers(10, 18)))]  # noqa: E731
+    seqs = [fresh() for _ in range(n)]
+    new_tokens = [len(s) for s in seqs]  # tokens each slot gained since it last acted
+    recomputed = set(range(n))
+    for r in range(rounds):
+        if r == 5:
+            seqs[1] = fresh()
+            recomputed.add(1)
+        if r == 6:
+            seqs[4] = fresh()
+            seqs[3][3] = 1 + seqs[3][3] % (vocab - 1)
+            recomputed |= {3, 4}
+        active = np.ones(n, dtype=bool)
+        active[[2] if r in (3, 4) else [4] if r == 5 else []] = False
+        ids = np.full((n, width), vocab, dtype=np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+        obs = {"input_ids": ids, "seq_len": np.array([[len(s)] for s in seqs]), "prompt_len": np.ones((n, 1), dtype=np.int64)}
+        log = ForwardLog(policy)
+        try:
+            actions, log_probs = policy.act(obs, active=active)
+        finally:
+            log.close(policy)
+        yield obs, active, actions, log_probs, log, sorted(recomputed & set(np.flatnonzero(active))), list(new_tokens)
+        for i in np.flatnonzero(active):
+            reply = [int(t) for t in rng.integers(1, vocab, size=int(rng.integers(0, 7))) if t != eos]
+            seqs[i] = seqs[i] + [int(actions[i])] + reply
+            new_tokens[i] = 1 + len(reply)
+            recomputed.discard(i)
+        assert max(len(s) for s in seqs) <= width
+
+
+def full_recompute_logits(model, seq):
+    with torch.no_grad():
+        return model(input_ids=torch.as_tensor(seq, device=model.device)[None]).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("architecture", ["tiny", "qwen2", "gpt2"])
+def test_suffix_prefill_logits_equal_a_full_recompute(architecture):
+    tokenizer = textgym.CharTokenizer()
+    model = LMPolicy.from_pretrained("tiny", seed=0).model if architecture == "tiny" else small_model(architecture, tokenizer)
+    p = LMPolicy(model, tokenizer, seed=0)
+    several_seen = one_seen = 0
+    for obs, active, actions, log_probs, log, recomputed, new in multi_turn_rounds(p):
+        (logits,) = log.logits
+        rows = np.flatnonzero(active)
+        for i in rows:
+            reference = full_recompute_logits(p.model, obs["input_ids"][i, : obs["seq_len"][i, 0]])
+            torch.testing.assert_close(logits[i, : p.vocab_size], reference[: p.vocab_size], atol=2e-5, rtol=1e-5)
+            expected = torch.log_softmax(reference[: p.vocab_size], dim=-1)[actions[i]]
+            assert log_probs[i] == pytest.approx(float(expected), abs=1e-5)
+        assert (actions[~active] == 0).all() and (log_probs[~active] == 0).all()
+        # Only the new tokens went through the model: no forward is wider than the longest new span
+        # of an extending slot or the full length of a slot that had to be recomputed.
+        extending = [i for i in rows if i not in recomputed]
+        widest = max([new[i] for i in extending] + [int(obs["seq_len"][i, 0]) for i in recomputed])
+        assert max(w for _, w in log.shapes) == widest, (log.shapes, widest)
+        # Each slot's tokens are packed to the right when spliced: padding holes do not pile up
+        # (an idle round leaves one masked column in that slot).
+        assert p._valid.shape[1] <= int(obs["seq_len"].max()) + 2
+        one_seen += sum(new[i] == 1 for i in extending)
+        several_seen += sum(new[i] > 1 for i in extending)
+        if any(new[i] == 1 for i in extending):
+            assert (len(obs["seq_len"]), 1) in log.shapes, "one-token slots share one decode step over every slot"
+    assert one_seen >= 5 and several_seen >= 10
+
+
+def test_suffix_prefill_in_bf16_records_the_training_log_probs():
+    p = LMPolicy.from_pretrained("tiny", seed=0, dtype="bfloat16")
+    for obs, active, actions, log_probs, _, _, _ in multi_turn_rounds(p, rounds=6, seed=1):
+        rows = np.flatnonzero(active)
+        assert log_probs.dtype == np.float32 and np.isfinite(log_probs).all()
+        # bf16 keeps 8 bits of mantissa: cached and recomputed attention round differently.
+        np.testing.assert_allclose(log_probs[rows], recompute(p, obs, actions)[rows], atol=0.01)
+
+
+def test_a_bad_new_token_is_a_clear_error_on_the_cached_path(policy):
+    """Tokens that extend a cached prefix are checked too (on CUDA an id past the embedding table
+    is a device-side assert, not an error message)."""
+    v = policy.vocab_size
+    ids = np.full((2, 12), v, dtype=np.int64)
+    ids[:, :4] = [5, 6, 7, 8]
+    policy.reset_cache()
+    policy.act({"input_ids": ids, "seq_len": np.array([[4], [4]])})
+    for new in ([v + 3], [9, -1]):  # one new token, then several
+        bad = ids.copy()
+        bad[0, 4 : 4 + len(new)] = new
+        with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
+            policy.act({"input_ids": bad, "seq_len": np.array([[4 + len(new)], [4]])})
