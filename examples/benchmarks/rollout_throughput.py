@@ -27,6 +27,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 import textgym
 from agents import LMPolicy
+from agents.models import cache_argument
 
 
 class BanTokens(LogitsProcessor):
@@ -101,14 +102,14 @@ def no_cache(policy, ids, mask, new_tokens, banned):
 def kv_limit(policy, ids, mask, new_tokens, banned=None):
     """(d) The floor: prefill, then one-token forwards through a DynamicCache; no sampling, no env."""
     model = policy.model
-    cache = DynamicCache()
+    cache = {cache_argument(model): DynamicCache()}  # the keyword this transformers' forward takes
     positions = _positions(mask)
-    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **cache)
     token, pos = ids[:, -1:], positions[:, -1:]
     for _ in range(new_tokens - 1):  # the prefill produced the first token's logits
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         pos = pos + 1
-        model(input_ids=token, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=token, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **cache)
     return new_tokens * ids.shape[0]
 
 

@@ -179,36 +179,44 @@ class GuessTask(MultiTurnTask):
     Plain: `Guess the 3-digit code, digits 1234. Feedback per digit: + higher, - lower, = right.`
 
     ## Turns and replies
-    Each turn is one guess. The reply is the feedback (a user message); a guess of the wrong
-    length or with other characters gets `invalid` and counts as a guess.
+    Each turn is one guess: its last run of exactly `length` code digits ("My guess: 222." reads
+    222). The reply is the feedback (a user message); a turn with no such run gets `invalid` and
+    counts as a guess. A char-level policy that writes bare codes can end its turns after `length`
+    tokens with the env's `max_turn_tokens` (the tiny model's runs do).
 
     ## Answer
     The secret; metadata `{"secret": ...}`. The split is by secret (held-out codes).
 
     ## Rewards
-    1.0 on the turn the code is found, then the episode ends; 0.0 otherwise (components `answer` (1 when found),
-    `guesses`).
+    1.0 on the turn the code is found, then the episode ends. A wrong guess pays
+    `partial_credit * (digits right) / length` (default 0: success alone); a little of it (0.1)
+    gives a policy that starts from random guesses something to learn from before it ever finds a
+    code. Components: `answer` (1 when found: the success rate), `guesses`.
 
     ## Arguments
     - `length=3`, `digits="1234"`, `max_turns=4`, `feedback="symbols"` ("symbols" | "words"),
-      `seed=0`.
+      `partial_credit=0.0`, `seed=0`.
     """
 
     name = "guess"
     description = "guess a code from per-digit higher/lower feedback (multi-turn)"
 
     def __init__(self, length: int = 3, digits: str = "1234", *, max_turns: int = 4, feedback: str = "symbols",
-                 seed: int = 0, prompt_style: str = "plain"):  # fmt: skip
+                 partial_credit: float = 0.0, seed: int = 0, prompt_style: str = "plain"):  # fmt: skip
         super().__init__(seed=seed, prompt_style=prompt_style)
         if int(length) < 1 or len(set(digits)) != len(digits) or len(digits) < 2 or any(c.isspace() for c in digits):
             raise ValueError(f"need length >= 1 and at least 2 distinct non-space digits, got length={length}, digits={digits!r}")
         if feedback not in ("symbols", "words"):
             raise ValueError(f"feedback must be 'symbols' or 'words', got {feedback!r}")
+        if not 0.0 <= float(partial_credit) < 1.0:
+            raise ValueError(f"partial_credit must be in [0, 1) (finding the code pays 1), got {partial_credit!r}")
         self.length, self.digits, self.max_turns, self.feedback = int(length), digits, int(max_turns), feedback
-        self.params = {"length": self.length, "digits": digits, "max_turns": self.max_turns, "feedback": feedback}
+        self.partial_credit = float(partial_credit)
+        self.params = {"length": self.length, "digits": digits, "max_turns": self.max_turns, "feedback": feedback,
+                       "partial_credit": self.partial_credit}  # fmt: skip
         self.answer_chars = digits
         self.max_answer_chars = self.length
-        self.max_turn_tokens = self.length + 1  # a guess and the end token
+        self._guess = re.compile(f"(?<![{re.escape(digits)}])[{re.escape(digits)}]{{{self.length}}}(?![{re.escape(digits)}])")
 
     def format_prompt(self, example: Example | None) -> str:
         legend = "+ higher, - lower, = right" if self.feedback == "symbols" else "higher, lower or right"
@@ -233,19 +241,20 @@ class GuessTask(MultiTurnTask):
 
     def reply(self, text: str, example: Example, state: dict[str, int]) -> Reply:
         state["guesses"] += 1
-        guess, secret = text.strip(), example.answer
+        guesses, secret = self._guess.findall(text), example.answer
+        guess = guesses[-1] if guesses else None
         found = guess == secret
         parts = {"answer": float(found), "guesses": float(state["guesses"])}
         if found:
             return Reply(reward=1.0, done=True, components=parts)
-        if len(guess) != self.length or any(c not in self.digits for c in guess):
+        if guess is None:
             return Reply("invalid", components=parts)
         rank = {c: k for k, c in enumerate(self.digits)}
         signs = ["=" if g == s else "+" if rank[s] > rank[g] else "-" for g, s in zip(guess, secret)]
+        credit = self.partial_credit * signs.count("=") / self.length
         if self.feedback == "words":
-            signs = [{"+": "higher", "-": "lower", "=": "right"}[c] for c in signs]
-            return Reply(" ".join(signs), components=parts)
-        return Reply("".join(signs), components=parts)
+            return Reply(" ".join({"+": "higher", "-": "lower", "=": "right"}[c] for c in signs), credit, components=parts)
+        return Reply("".join(signs), credit, components=parts)
 
 
 @register_task("retry")
