@@ -45,6 +45,13 @@ class Context:
         dist.all_reduce(t)
         return float(t.item())
 
+    def max(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
     def mean(self, value: float) -> float:
         return self.sum(value) / self.world_size
 

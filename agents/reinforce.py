@@ -149,7 +149,7 @@ class REINFORCE:
         self.policy = policy
         self.iteration = 0
         self.end_iteration = 0  # where the current learn call stops (the linear schedule's end)
-        self.running_mean = 0.0  # the "mean" baseline's m (eq. 22b)
+        self.running_mean: list[float] = []  # the "mean" baseline's m (eq. 22b), per turn
         self.bad_updates = 0
         self.autocast_dtype = _autocast_dtype(cfg.amp, policy)
         self.optimizer = _adamw(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -175,18 +175,30 @@ class REINFORCE:
         cfg = self.config
         returns = L.discounted_returns(batch.rewards, batch.action_mask, cfg.gamma)  # eq. 6a: G_t over the actions
         hidden, values = self._value_estimates(batch) if self.value_head is not None else (None, None)
-        x = BaselineInputs(returns, batch.action_mask, batch.episode_returns, batch.group_size, self.running_mean, values)
+        x = BaselineInputs(returns, batch.action_mask, batch.episode_returns, batch.group_size, tuple(self.running_mean),
+                           values, batch.turns)  # fmt: skip
         advantages = BASELINES[cfg.baseline](x)  # eq. 22: A_t = G_t - b(s_t)
         if cfg.normalize_std:
             advantages = advantages / group_std(x)  # GRPO: A / std of the group's returns
         return advantages, returns, hidden
 
+    def _update_running_mean(self, batch: Batch, returns: torch.Tensor) -> None:
+        """m_k <- m_k + β (mean return-to-go from turn k of this batch - m_k), for the next batch (eq. 22b)."""
+        values, present = BaselineInputs(returns, batch.action_mask, batch.episode_returns, turns=batch.turns).turn_returns
+        for k in range(int(self.dist.max(values.shape[1]))):  # every rank takes as many turns (collectives pair up)
+            count = self.dist.sum(float(present[:, k].sum()) if k < values.shape[1] else 0.0)
+            if count == 0:
+                break  # no episode reached turn k, so none reached a later one
+            mean = self.dist.sum(float(values[:, k][present[:, k]].sum()) if k < values.shape[1] else 0.0) / count
+            if k == len(self.running_mean):
+                self.running_mean.append(0.0)
+            self.running_mean[k] += self.config.mean_baseline_decay * (mean - self.running_mean[k])
+
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step per epoch on a batch of episodes; returns the update's statistics."""
         cfg = self.config
         advantages, returns, hidden = self.advantages(batch)
-        batch_mean = self.dist.mean(float(batch.episode_returns.mean()))  # the same on every rank
-        self.running_mean += cfg.mean_baseline_decay * (batch_mean - self.running_mean)  # eq. 22b, for the next batch
+        self._update_running_mean(batch, returns)
         stats: dict[str, list[float]] = defaultdict(list)
         skipped = False
         for _ in range(cfg.epochs):
@@ -527,7 +539,8 @@ class REINFORCE:
         if agent.reference is not None:
             agent.reference.load_state_dict(state["reference"])
         agent.iteration = state["iteration"]
-        agent.running_mean = state["running_mean"]
+        m = state["running_mean"]
+        agent.running_mean = [float(m)] if isinstance(m, (int, float)) else list(m)  # one turn in older checkpoints
         policy.generator.set_state(state["generator"])
         if agent.value_head is not None and "value_head" in state:
             agent.value_head.load_state_dict(state["value_head"])

@@ -69,6 +69,12 @@ class Episode:
         return self.token_ids[self.action_positions]
 
     @property
+    def turns(self) -> np.ndarray:
+        """(A,) the turn of each action: a new turn starts where env tokens separate two actions."""
+        gaps = np.diff(self.action_positions) > 1
+        return np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64) if len(self.action_positions) else np.zeros(0, np.int64)
+
+    @property
     def reward(self) -> float:
         """R(τ): the sum of the step rewards (eq. 5)."""
         return float(self.rewards.sum())
@@ -85,7 +91,9 @@ class Batch:
     """B episodes as the update's tensors, right-padded to S tokens (CPU; the update moves them).
 
     The per-token tensors are (B, S-1) and aligned with `LMPolicy.log_probs`: column j scores token
-    j+1, so the action written at position p sits in column p-1.
+    j+1, so the action written at position p sits in column p-1. `turns` numbers the policy's turns
+    (0, 1, ...; -1 off the actions): a new turn begins wherever environment tokens separate two
+    actions, so a single-turn episode is all turn 0.
     """
 
     input_ids: torch.Tensor  # (B, S) the episodes' tokens, 0 after the end
@@ -94,15 +102,20 @@ class Batch:
     old_log_probs: torch.Tensor  # (B, S-1) behaviour log-probs of the actions
     rewards: torch.Tensor  # (B, S-1) the step reward of each action
     episode_returns: torch.Tensor  # (B,) R(τ)
+    turns: torch.Tensor | None = None  # (B, S-1) long: the turn of each action, -1 elsewhere
     group_size: int = 1  # episodes [kG, (k+1)G) answer the same prompt
+
+    def __post_init__(self) -> None:
+        if self.turns is None:  # one turn: every action is in turn 0
+            self.turns = torch.where(self.action_mask, 0, -1)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def select(self, rows: slice) -> "Batch":
         """The episodes `rows` (keep whole groups when a group baseline will see them)."""
-        return Batch(self.input_ids[rows], self.attention_mask[rows], self.action_mask[rows],
-                     self.old_log_probs[rows], self.rewards[rows], self.episode_returns[rows], self.group_size)  # fmt: skip
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.action_mask[rows], self.old_log_probs[rows],
+                     self.rewards[rows], self.episode_returns[rows], self.turns[rows], self.group_size)  # fmt: skip
 
 
 def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
@@ -115,6 +128,7 @@ def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
     action_mask = torch.zeros(n, width - 1, dtype=torch.bool)
     old_log_probs = torch.zeros(n, width - 1)
     rewards = torch.zeros(n, width - 1)
+    turns = torch.full((n, width - 1), -1, dtype=torch.long)
     for i, e in enumerate(episodes):
         ids[i, : len(e.token_ids)] = torch.from_numpy(e.token_ids)
         attention[i, : len(e.token_ids)] = 1
@@ -122,8 +136,9 @@ def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
         action_mask[i, columns] = True
         old_log_probs[i, columns] = torch.from_numpy(e.log_probs.astype(np.float32))
         rewards[i, columns] = torch.from_numpy(e.rewards.astype(np.float32))
+        turns[i, columns] = torch.from_numpy(e.turns)
     returns = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, int(group_size))
+    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, turns, int(group_size))
 
 
 def collect_episodes(
