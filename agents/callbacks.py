@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from agents.rollouts import evaluate
-from textgym.config import setting
+from textgym.config import replace, setting
 
 __all__ = [
     "RunManagementConfig",
@@ -93,14 +93,12 @@ class RunManagementConfig:
         if bad:
             raise ValueError(f"report_to takes {', '.join(REPORT_TO)}; got {', '.join(bad)}")
 
+    kind = "run-management"  # how errors name these settings (a class attribute, not a setting)
+
     @classmethod
     def make(cls, **settings: Any) -> "RunManagementConfig":
         """The config with some settings changed (an unknown name raises a TypeError listing the known)."""
-        unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise TypeError(f"unknown run-management setting(s) {sorted(unknown)}; the settings are: {known}")
-        return cls(**settings)
+        return replace(cls, **settings)
 
 
 class Callback:

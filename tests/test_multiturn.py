@@ -12,6 +12,8 @@ import textgym
 from textgym import Example, TextGenEnv, TextGenVectorEnv
 from textgym.tasks import MessageEnvTask, MultiTurnTask, Reply, calculate
 
+from helpers import assert_same
+
 MULTI_TURN = ["calculator", "guess", "retry"]
 
 
@@ -266,24 +268,6 @@ def test_held_out_codes_never_appear_in_training():
 
 
 # -- vector env: slots in different turns, replies of different lengths ----------------------------
-
-
-def assert_same(a, b, where=""):
-    if isinstance(a, tuple):
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{k}]")
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, np.ndarray) and a.dtype == object:
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-        assert a.dtype == b.dtype, where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])

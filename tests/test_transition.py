@@ -15,6 +15,8 @@ from textgym.config import EnvConfig
 from textgym.rewards.core import score_many
 from textgym.transition import Transition, batch_infos
 
+from helpers import assert_same
+
 EX = Example("What is 3 + 4?", "7")
 
 
@@ -110,26 +112,6 @@ def test_the_batched_verifier_sees_every_slot_that_ended_on_a_step():
 # -- partial resets: step for step what SyncVectorEnv does, in every mode --------------------------
 
 KW = dict(task="addition", tokenizer="char", max_new_tokens=6, task_kwargs={"prompt_style": "r1_zero"})
-
-
-def assert_same(a, b, where=""):
-    if isinstance(a, tuple):
-        assert len(a) == len(b), where
-        for k, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{k}]")
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, np.ndarray) and a.dtype == object:
-        assert b.dtype == object and a.shape == b.shape, where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-        assert a.dtype == b.dtype, f"{where}: {a.dtype} != {b.dtype}"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.mark.parametrize("mode", list(AutoresetMode))

@@ -8,6 +8,8 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import textgym  # noqa: F401  (registers TextGen-v0)
 from textgym import TextGenEnv, TextGenVectorEnv
 
+from helpers import assert_same
+
 KW = dict(task="addition", tokenizer="char", max_new_tokens=12, task_kwargs={"prompt_style": "r1_zero", "digits": 2})
 
 
@@ -31,22 +33,6 @@ def scripted_actions(rng, envs, n):
         return out
 
     return next_actions
-
-
-def assert_same(a, b, where=""):
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, np.ndarray) and a.dtype == object:
-        assert a.shape == b.shape, where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-        assert a.dtype == b.dtype, f"{where}: {a.dtype} != {b.dtype}"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])

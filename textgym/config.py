@@ -28,7 +28,7 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, Mapping
 
-__all__ = ["setting", "settings_of", "check_choices", "add_arguments", "given", "describe", "EnvConfig"]
+__all__ = ["setting", "settings_of", "check_choices", "add_arguments", "given", "describe", "replace", "EnvConfig"]
 
 
 def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, cli: bool = True) -> Any:
@@ -178,6 +178,18 @@ def describe(cls: type, indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def replace(config: Any, **changes: Any) -> Any:
+    """A copy of `config` with some settings changed; given a config class, its defaults changed.
+    An unknown name raises a TypeError that lists the settings there are."""
+    cls = config if isinstance(config, type) else type(config)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        what = getattr(cls, "kind", cls.__name__)
+        raise TypeError(f"unknown {what} setting(s) {unknown}; the settings are: {', '.join(names)}")
+    return cls(**changes) if isinstance(config, type) else dataclasses.replace(config, **changes)
+
+
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if allow_none and value is None:
         return
@@ -244,10 +256,8 @@ class EnvConfig:
                 raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
             object.__setattr__(self, "stop_strings", stops)
 
+    kind = "env"  # how errors name these settings (a class attribute, not a setting)
+
     def replace(self, **changes: Any) -> "EnvConfig":
         """A copy with some settings changed (unknown names raise a TypeError that lists the known)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(self))
-            raise TypeError(f"unknown env setting(s) {sorted(unknown)}; the settings are: {known}")
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
