@@ -142,7 +142,8 @@ class _HelperProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self.lines: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._read, daemon=True, name="textgym-math-verify").start()
+        self.reader = threading.Thread(target=self._read, daemon=True, name="textgym-math-verify")
+        self.reader.start()
         self.ready = self._next_line(_STARTUP_SECONDS) == "ready"
 
     def _read(self) -> None:
@@ -173,10 +174,19 @@ class _HelperProcess:
         return json.loads(line)
 
     def close(self) -> None:
+        """Stop the process and release its pipes (a forked child leaves its parent's alone)."""
         self.ready = False
-        if self.pid == os.getpid() and self.process.poll() is None:
+        if self.pid != os.getpid():
+            return
+        if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
+        self.reader.join(1.0)  # it reads to the end of the dead process's output, then stops
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 _helper: _HelperProcess | None = None
@@ -207,6 +217,8 @@ def _math_verify_equal(pred: str, ref: str) -> bool | None:
             return None
     with _helper_lock:
         if _helper is None or not _helper.ready or _helper.pid != os.getpid():
+            if _helper is not None:
+                _helper.close()
             _helper = _HelperProcess()
         return _helper.ask(pred, ref)
 
