@@ -142,12 +142,13 @@ def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
 
 
 def collect_episodes(
-    policy: Any, envs: Any, seed: int | None = None, greedy: bool = False
+    policy: Any, envs: Any, seed: int | None = None, greedy: bool = False, options: dict | None = None
 ) -> tuple[list[Episode], dict[str, float]]:
     """Run one episode in every slot of a vector env, acting with `policy` through `env.step`.
 
     Slots that finish early idle (the policy spends nothing on them) until every slot is done.
-    `seed` seeds the env's reset (slot i: seed + i); the policy samples from its own generator.
+    `seed` seeds the env's reset (slot i: seed + i); `options` go to that reset (e.g. an example
+    index per slot); the policy samples from its own generator.
 
     Returns:
         (episodes in slot order, {"generate_s": time in policy.act, "env_s": time in envs.step}).
@@ -156,13 +157,13 @@ def collect_episodes(
     mode = envs.autoreset_mode
     envs.autoreset_mode = AutoresetMode.DISABLED  # one episode per slot: finished slots ignore their actions
     try:
-        return _collect(policy, envs, seed, greedy)
+        return _collect(policy, envs, seed, greedy, options)
     finally:
         envs.autoreset_mode = mode
 
 
-def _collect(policy: Any, envs: Any, seed: int | None, greedy: bool) -> tuple[list[Episode], dict[str, float]]:
-    obs, _ = envs.reset(seed=seed)
+def _collect(policy: Any, envs: Any, seed: int | None, greedy: bool, options: dict | None) -> tuple[list[Episode], dict[str, float]]:
+    obs, _ = envs.reset(seed=seed, options=options)
     n = envs.num_envs
     prompt_len = obs["prompt_len"][:, 0].copy()
     done = np.zeros(n, dtype=bool)
@@ -233,9 +234,12 @@ def sample_episodes(
 ) -> list[Episode]:
     """`episodes` episodes on a vector env (num_envs at a time) or a single TextGenEnv.
 
-    Episode k starts from `reset(seed=seed + k)` of its slot, so the same seed gives the same
-    prompts on either kind of env; the policy samples from `seed` too, and its own sampling stream
-    is restored afterwards (training that evaluates along the way is not perturbed).
+    On a split with a known number of problems, episode k is problem k (mod the split's size;
+    the split's order is a seeded shuffle), so `episodes` episodes cover that many distinct problems
+    and every evaluation sees the same ones. On an unbounded split, episode k starts from
+    `reset(seed=seed + k)` of its slot. Either way the same seed gives the same episodes on either
+    kind of env; the policy samples from `seed` too, and its own sampling stream is restored
+    afterwards (training that evaluates along the way is not perturbed).
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
@@ -246,9 +250,15 @@ def sample_episodes(
     if seed is not None:
         policy.seed(seed)
     out: list[Episode] = []
+    problems = getattr(envs, "core", getattr(env.unwrapped, "core", None))
+    size = getattr(problems, "num_examples", None)
     try:
         for start in range(0, episodes, envs.num_envs):
-            batch, _ = collect_episodes(policy, envs, seed=None if seed is None else seed + start, greedy=greedy)
+            options = None
+            if size:  # walk the split: distinct problems first, in the split's (seeded) order
+                index = np.arange(start, start + envs.num_envs) % size
+                options = {"index": index} if hasattr(envs, "core") else {"index": int(index[0])}
+            batch, _ = collect_episodes(policy, envs, seed=None if seed is None else seed + start, greedy=greedy, options=options)
             out += batch[: episodes - start]
     finally:
         if seed is not None:

@@ -141,3 +141,15 @@ def test_action_masks_batch():
     masks = envs.action_masks()
     assert masks.shape == (3, envs.vocab_size) and masks.dtype == bool
     assert (masks == TextGenEnv(task="bandit", tokenizer="char", max_new_tokens=2).action_masks()).all()
+
+
+def test_reset_with_one_example_index_per_slot():
+    envs = TextGenVectorEnv(num_envs=4, task="comparison", tokenizer="char", max_new_tokens=4)
+    _, info = envs.reset(seed=0, options={"index": np.array([5, 6, 7, 8])})
+    assert info["index"].tolist() == [5, 6, 7, 8]
+    assert [e.prompt for e in envs.examples] == [envs.task.example("train", i).prompt for i in (5, 6, 7, 8)]
+    groups = TextGenVectorEnv(num_envs=4, group_size=2, task="comparison", tokenizer="char", max_new_tokens=4)
+    _, info = groups.reset(seed=0, options={"index": np.array([3, 3, 9, 9])})
+    assert info["index"].tolist() == [3, 3, 9, 9]
+    with pytest.raises(ValueError, match="4 slots"):
+        envs.reset(options={"index": np.arange(3)})

@@ -43,6 +43,11 @@ class TextGenVectorEnv(VectorEnv):
     per slot starts no episode it would throw away and pays for one verifier call per episode.
     `autoreset_mode` can be changed between episodes (agents switch to `DISABLED` for a rollout).
 
+    Reset options: `index` (an int: that example in every slot reset; or one index per slot,
+    a group taking its first slot's) and `example` (an `Example`) as for `TextGenEnv`, plus
+    `reset_mask`. An evaluation that walks through a split's problems resets with
+    `options={"index": np.arange(k, k + num_envs)}`.
+
     Args:
         num_envs: number of slots N (a multiple of `group_size`).
         group_size: slots per group G (default 1: each slot draws its own examples).
@@ -190,6 +195,11 @@ class TextGenVectorEnv(VectorEnv):
     def _example_for(self, slot: int, options: dict) -> tuple[Example, int]:
         """The slot's next example: its group's n-th, drawn once by the group's first slot
         (`reset` options such as `index` apply to the reset they come with, not to autoresets)."""
+        index = options.get("index")
+        if index is not None and np.ndim(index) == 1:  # one index per slot (a group takes its first slot's)
+            if len(index) != self.num_envs:
+                raise ValueError(f"options['index'] has {len(index)} entries for {self.num_envs} slots; give one per slot or one for all")
+            options = {**options, "index": int(index[slot - slot % self.group_size])}
         if self.group_size == 1:
             if not options:  # the common case, kept short: it runs once per episode
                 index = draw_index(self._rngs[slot], self.core.num_examples)
