@@ -32,8 +32,9 @@ from textgym.tokenizers import DEFAULT_MODEL
 
 __all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings"]
 
-# Settings for models that need other values than the configs' defaults, one preset per model; a
-# model by that exact name uses its preset unless --preset says otherwise. Flags override a preset.
+# Settings that differ from the configs' defaults, as named recipes: a model by the exact name of a
+# preset uses it unless --preset says otherwise; other presets are asked for with --preset. Flags
+# override a preset.
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded default: room for a short chat answer; at T = 1.0 the 4-bit-quantized model
     # rambles, at 0.7 it answers (right about 20-35% of the time at first).
@@ -44,6 +45,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 25-35 updates, 10-20 s on 2 busy CPU cores (seeds 0-2).
     "tiny": dict(task="sort", task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit", max_new_tokens=6,
                  lr=1e-3, iterations=60, prompts=8, mask_actions=True),
+    # The tiny model on the multi-turn guessing game (`--model tiny --preset tiny-guess`): a code of 6
+    # binary digits, 3 guesses, per-digit higher/lower feedback, a little partial credit per right
+    # digit; a guess is exactly 6 tokens (the turn ends there). Learning to use the feedback finds
+    # codes never trained on: held-out success from 0.02 to >= 0.97 within 175 updates (seed 0).
+    "tiny-guess": dict(task="guess", task_kwargs={"length": 6, "digits": "12", "max_turns": 3, "partial_credit": 0.3},
+                       max_new_tokens=40, max_turn_tokens=6, lr=1e-3, iterations=300, prompts=8, mask_actions=True,
+                       eval_every=25, eval_episodes=128),
 }  # fmt: skip
 TASK_BOUND = ("task_kwargs", "reward")  # preset settings that belong to its task: dropped when --task is given
 FIXED_ON_RESUME = ("model", "preset", "mask_actions")  # a checkpoint already holds what these decide
