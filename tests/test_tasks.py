@@ -296,3 +296,17 @@ def test_docstring_example_runs(name):
         assert section in doc, f"{name} docstring lacks {section}"
     code = re.search(r"```python\n(.*?)```", doc, re.DOTALL).group(1)
     exec(compile("\n".join(line[4:] for line in code.splitlines()), f"<{name} docstring>", "exec"), {})
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [
+        ("52", 1.0), ("52 is larger than 37.", 1.0), ("37 is smaller than 52", 1.0), ("52 > 37", 1.0),
+        ("The larger number is 52.", 1.0), ("37 is less than 52, so 52 is bigger.", 1.0),
+        ("37 is larger than 52.", 0.0),  # a false claim: its last number is the right one, the claim is not
+        ("37", 0.0), ("I don't know", 0.0),
+    ],
+)
+def test_comparison_reads_the_claim_not_the_last_number(completion, reward):
+    task = make_task("comparison")
+    assert task.reward(completion, Example("Which is larger: 37 or 52?", "52", {"a": 37, "b": 52})) == reward

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -162,9 +163,11 @@ class ComparisonTask(_TwoOperandTask):
     `str(max(a, b))`; metadata `{"a": a, "b": b}`. At most `digits` characters.
 
     ## Rewards
-    1.0 when the last number in the completion (inside <answer> for r1_zero, with the format
-    checked) is the larger one, else 0.0. "52 is larger than 37" ends in 37 and scores 0: answer
-    with the number, or put it last.
+    1.0 when the number the completion says is larger (inside <answer> for r1_zero, with the format
+    checked) is the larger one, else 0.0. The answer is read from the last claim the text makes —
+    "52 is larger than 37", "37 is smaller than 52", "52 > 37", "the larger number is 52" all answer
+    52 — and from the last number when it makes none. Reading only the last number would pay "30 is
+    larger than 85." for its 85: a policy trained on that learns to state falsehoods.
 
     ## Arguments
     - `digits=2`: digits per number (1: 0-9, 90 problems; d >= 2: exactly d digits).
@@ -193,3 +196,25 @@ class ComparisonTask(_TwoOperandTask):
 
     def solve(self, a, b):
         return str(max(a, b))
+
+    def extract(self, text: str) -> str | None:
+        return claimed_larger(text)
+
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_MORE = r"(?:larger|bigger|greater|higher)"
+_LESS = r"(?:smaller|less|lower)"
+# Each pattern: a claim about which number is larger, and which of its groups names that number.
+_CLAIMS = [
+    (re.compile(rf"{_NUM}\s+is\s+(?:the\s+)?{_MORE}\b", re.IGNORECASE), 1),                     # 52 is larger (than 37)
+    (re.compile(rf"{_NUM}\s+is\s+(?:the\s+)?{_LESS}(?:\s+number|\s+one)?\s+than\s+{_NUM}", re.IGNORECASE), 2),  # 37 is smaller than 52
+    (re.compile(rf"\b(?:the\s+)?{_MORE}(?:\s+number|\s+one)?\s+is\s+{_NUM}", re.IGNORECASE), 1),  # the larger number is 52
+    (re.compile(rf"{_NUM}\s*>\s*{_NUM}"), 1),                                                       # 52 > 37
+    (re.compile(rf"{_NUM}\s*<\s*{_NUM}"), 2),                                                       # 37 < 52
+]
+
+
+def claimed_larger(text: str) -> str | None:
+    """The number a text says is the larger: from its last comparison claim, else its last number."""
+    claims = [(m.start(), m.group(g)) for pattern, g in _CLAIMS for m in pattern.finditer(text)]
+    return max(claims)[1] if claims else last_number(text)
