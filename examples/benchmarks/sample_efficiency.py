@@ -8,11 +8,13 @@ with a fixed seed, so every point of both curves sees the same prompts and the s
 Train rewards (the batch's mean) are logged for both too.
 
 What each agent is, at its defaults:
-  reinforce      `textgym train`'s recipe: group-mean baseline, token-mean loss, constant lr.
+  reinforce      `textgym train`'s recipe: REINFORCEConfig's defaults.
   reinforce-std  the same, with the group advantage divided by the group's std (`normalize_std`).
   reinforce-linear  the same as reinforce, with the learning rate decayed linearly to 0 (TRL's schedule).
   trl            TRL's GRPOTrainer defaults: std-scaled group advantages, DAPO token aggregation,
                  linearly decaying lr, clipped ratio (= 1 with one step per batch).
+  --variant NAME SETTINGS  any other REINFORCE recipe: REINFORCEConfig settings as JSON, e.g.
+                 --variant loo-2epochs '{"baseline": "leave_one_out", "epochs": 2}'
 
     python examples/benchmarks/sample_efficiency.py                       # ~25 min per seed on 2 CPU cores
     python examples/benchmarks/sample_efficiency.py --agents reinforce reinforce-std trl --seeds 0 1 2
@@ -47,7 +49,7 @@ class Evaluator:
 
         self.args, self.tokenizer = args, tokenizer
         self.env = textgym.TextGenVectorEnv(
-            num_envs=min(32, args.eval_episodes), split="validation", task=args.task, task_kwargs=args.task_kwargs,
+            num_envs=min(64, args.eval_episodes), split="validation", task=args.task, task_kwargs=args.task_kwargs,
             tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
         )  # fmt: skip
 
@@ -74,7 +76,7 @@ class Curve:
 
     def add(self, update: int, train_reward: float | None, val: dict[str, float] | None) -> None:
         row = {"agent": self.agent, "seed": self.seed, "update": update, "samples": update * self.samples_per_update,
-               "train_reward": train_reward}  # fmt: skip
+               "train_seconds": round(self.train_seconds, 2), "train_reward": train_reward}  # fmt: skip
         if val is not None:
             row.update(val_reward=val["reward"], val_ci95=val["reward_ci95"], val_accuracy=val["accuracy"],
                        val_length=val["episode_length"])  # fmt: skip
@@ -91,6 +93,9 @@ def load(args, seed: int):
     return load_model(args.model, device="auto", dtype="float32")
 
 
+VARIANTS = {"reinforce": {}, "reinforce-std": {"normalize_std": True}, "reinforce-linear": {"lr_schedule": "linear"}}
+
+
 def run_reinforce(args, seed: int, variant: str) -> Curve:
     import textgym
     from agents import REINFORCE, LMPolicy
@@ -102,8 +107,7 @@ def run_reinforce(args, seed: int, variant: str) -> Curve:
     envs = textgym.TextGenVectorEnv(num_envs=args.prompts * args.group_size, group_size=args.group_size,
                                     task=args.task, task_kwargs=args.task_kwargs, tokenizer=tokenizer,
                                     max_new_tokens=args.max_new_tokens)  # fmt: skip
-    agent = REINFORCE(policy, baseline="group", lr=args.lr, seed=seed, normalize_std=variant == "reinforce-std",
-                      lr_schedule="linear" if variant == "reinforce-linear" else "constant", amp=args.amp)  # fmt: skip
+    agent = REINFORCE(policy, **{"lr": args.lr, "amp": args.amp, **VARIANTS[variant], "seed": seed})
     curve.add(0, None, evaluator(model))
     clock = time.perf_counter()
 
@@ -156,15 +160,17 @@ def run_trl(args, seed: int) -> Curve:
     return curve
 
 
-def first_reaching(rows: list[dict], level: float) -> int | None:
-    """Samples at the first evaluation whose validation reward is >= level (None: never)."""
-    return next((r["samples"] for r in rows if r.get("val_reward") is not None and r["val_reward"] >= level), None)
+def first_reaching(rows: list[dict], level: float, key: str = "samples") -> float | None:
+    """`key` (samples, or training seconds) at the first evaluation whose validation reward is >= level (None: never)."""
+    return next((r[key] for r in rows if r.get("val_reward") is not None and r["val_reward"] >= level), None)
 
 
-FIELDS = ["agent", "seed", "update", "samples", "train_reward", "val_reward", "val_ci95", "val_accuracy", "val_length"]
+FIELDS = ["agent", "seed", "update", "samples", "train_seconds", "train_reward", "val_reward", "val_ci95", "val_accuracy",
+          "val_length"]  # fmt: skip
 # The settings a saved curve must share with this run to be reused (not seeds, agents, threads, out).
 SAME = ("model", "task", "task_kwargs", "prompts", "group_size", "max_new_tokens", "temperature", "lr", "updates",
         "eval_every", "eval_episodes", "amp")  # fmt: skip
+# A saved run of a --variant is reused only when the variant's settings are the same too (saved_rows).
 
 
 def save(rows: list[dict], args, out: Path) -> None:
@@ -188,12 +194,14 @@ def saved_rows(args, out: Path) -> list[dict]:
     if any(saved["config"].get(k) != getattr(args, k) for k in SAME):
         print(f"{path} has other settings: starting over")
         return []
-    finished = {(r["agent"], r["seed"]) for r in saved["rows"] if r["update"] == args.updates}
+    same_variant = {name for name, settings in saved["config"].get("variant", []) if [name, settings] in args.variant}
+    finished = {(r["agent"], r["seed"]) for r in saved["rows"] if r["update"] == args.updates
+                and (r["agent"] in AGENTS or r["agent"] in same_variant)}  # fmt: skip
     return [r for r in saved["rows"] if (r["agent"], r["seed"]) in finished]
 
 
 def report(rows: list[dict], args, out: Path) -> None:
-    agents = [a for a in AGENTS if any(r["agent"] == a for r in rows)]
+    agents = list(dict.fromkeys(r["agent"] for r in rows))
     seeds = {a: sorted({r["seed"] for r in rows if r["agent"] == a}) for a in agents}
     runs = {(a, s): [r for r in rows if r["agent"] == a and r["seed"] == s] for a in agents for s in seeds[a]}
     evals = {a: {} for a in agents}  # agent -> update -> validation rewards over seeds
@@ -208,20 +216,24 @@ def report(rows: list[dict], args, out: Path) -> None:
         cells = [f"{sum(evals[a][u]) / len(evals[a][u]):20.3f}" if u in evals[a] else f"{'':>20}" for a in agents]
         print(f"{u:>6} {u * args.prompts * args.group_size:>7} " + " ".join(cells))
     print()
-    reach: dict[str, list[int | None]] = {}
+    reach: dict[str, list[float | None]] = {}
+    seconds: dict[str, list[float | None]] = {}
     for a in agents:
         reach[a] = [first_reaching(runs[a, s], args.target) for s in seeds[a]]
+        seconds[a] = [first_reaching(runs[a, s], args.target, "train_seconds") for s in seeds[a]]
         finals = [runs[a, s][-1]["val_reward"] for s in seeds[a]]
         means = [sum(v) / len(v) for v in evals[a].values()]
         print(f"{a:>16}: final validation {sum(finals) / len(finals):.3f} (per seed {', '.join(f'{v:.3f}' for v in finals)}); "
-              f"mean over the curve {sum(means) / len(means):.3f}; samples to >= {args.target} per seed: "
-              f"{', '.join('never' if v is None else str(v) for v in reach[a])}")  # fmt: skip
+              f"mean over the curve {sum(means) / len(means):.3f}; to >= {args.target} per seed: "
+              + ", ".join("never" if v is None else f"{v:.0f} samples / {t:.0f} s" for v, t in zip(reach[a], seconds[a])))  # fmt: skip
     if "trl" in agents:
         for a in agents:
             if a != "trl" and None not in reach[a] + reach["trl"]:
                 ours, theirs = sum(reach[a]) / len(reach[a]), sum(reach["trl"]) / len(reach["trl"])
-                print(f"mean samples to validation >= {args.target}: {a} {ours:.0f}, TRL GRPO {theirs:.0f}; "
-                      f"TRL / {a} = {theirs / ours:.2f}x (above 1: {a} needs fewer)")  # fmt: skip
+                ours_s, theirs_s = sum(seconds[a]) / len(seconds[a]), sum(seconds["trl"]) / len(seconds["trl"])
+                print(f"to validation >= {args.target}, mean over seeds: {a} {ours:.0f} samples in {ours_s:.0f} s of training, "
+                      f"TRL GRPO {theirs:.0f} samples in {theirs_s:.0f} s: {a} / TRL = {ours / theirs:.2f}x the samples, "
+                      f"{ours_s / theirs_s:.2f}x the wall time")  # fmt: skip
 
     import matplotlib
 
@@ -252,9 +264,11 @@ def report(rows: list[dict], args, out: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
-    p.add_argument("--task", default="addition")
+    p.add_argument("--task", default="comparison", help="the default task of textgym train")
     p.add_argument("--task-kwargs", type=json.loads, default={}, help="JSON task arguments, e.g. '{\"length\": 2}'")
-    p.add_argument("--agents", nargs="+", choices=AGENTS, default=["reinforce", "trl"])
+    p.add_argument("--agents", nargs="+", default=["reinforce", "trl"], help=f"{', '.join(AGENTS)}, or a --variant's name")
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "SETTINGS"),
+                   help="a REINFORCE recipe: REINFORCEConfig settings as JSON (lr and amp default to --lr and --amp)")
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -262,7 +276,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-5, help="both trainers (textgym train's default)")
     p.add_argument("--updates", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--eval-episodes", type=int, default=64)
+    p.add_argument("--eval-episodes", type=int, default=256, help="distinct validation problems per evaluation")
     p.add_argument("--target", type=float, default=0.9, help="report the samples each agent needs to reach it")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per trainer and seed")
     p.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
@@ -275,6 +289,11 @@ def main() -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.group_size < 2:
         p.error("--group-size must be >= 2: both trainers compare completions of the same prompt")
+    for name, settings in args.variant:
+        VARIANTS[name] = json.loads(settings)
+    unknown = [a for a in args.agents if a not in VARIANTS and a != "trl"]
+    if unknown:
+        p.error(f"unknown agent(s) {unknown}: use {', '.join(AGENTS)} or define them with --variant NAME SETTINGS")
     if "trl" in args.agents and not trl_available():
         print(TRL_MISSING)
         return 0
@@ -283,13 +302,13 @@ def main() -> int:
     print(f"model {args.model}, task {args.task}: {args.prompts} prompts x {args.group_size} samples per update, "
           f"{args.updates} updates, <= {args.max_new_tokens} new tokens, T={args.temperature}, lr={args.lr}, "
           f"validation every {args.eval_every} updates on {args.eval_episodes} episodes, {torch.get_num_threads()} threads")  # fmt: skip
-    runners = {name: (lambda s, name=name: run_reinforce(args, s, name)) for name in AGENTS if name != "trl"}
+    runners = {name: (lambda s, name=name: run_reinforce(args, s, name)) for name in VARIANTS}
     runners["trl"] = lambda s: run_trl(args, s)
     out = Path(args.out)
     rows = saved_rows(args, out)
     done = {(r["agent"], r["seed"]) for r in rows}
     for seed in args.seeds:
-        for name in [a for a in AGENTS if a in args.agents]:
+        for name in args.agents:
             if (name, seed) in done:
                 print(f"{name} seed {seed}: reusing the finished run in {out / 'curves.json'}")
                 continue
