@@ -76,7 +76,9 @@ class RunManagementConfig:
     """The settings of the standard callbacks (`learn`'s keyword arguments, `textgym train`'s flags)."""
 
     eval_every: int = setting(5, "validation reward every this many iterations (and before the first and after the last)")
-    eval_episodes: int = setting(64, "validation episodes per evaluation")
+    eval_episodes: int = setting(
+        256, "validation episodes per evaluation (on a split of known size, that many distinct problems, the same each time)"
+    )
     save_every: int | None = setting(10, "checkpoint every this many iterations, and at the end (None: only at the end)")
     progress_bar: bool = setting(True, "show a progress bar with the train and validation reward")
     early_stop_reward: float | None = setting(None, "stop once the validation reward reaches this")

@@ -1,8 +1,9 @@
 """`textgym train`: a REINFORCE run with train and validation rewards, a progress bar and a plot.
 
-With no arguments it trains the embedded default model SmolLM2-135M-Instruct on single-digit
-addition in its chat format ("What is 3 + 4?"; reward 1 when the last number in the reply is the
-sum), with a group baseline over 8 samples of each of 2 prompts per update.
+With no arguments it trains the embedded default model SmolLM2-135M-Instruct on two-digit
+comparison in its chat format ("Which is larger: 37 or 52?"; reward 1 when the number the reply
+says is larger is the larger one), with a group baseline over 8 samples of each of 2 prompts per
+update, and validation on 256 distinct held-out problems every 5 updates.
 
 Every flag comes from a config dataclass, with its default and help: `RunConfig` and
 `SamplingConfig` (below), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig` and
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
                                     tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
-    eval_env = textgym.TextGenVectorEnv(num_envs=min(32, management.eval_episodes), split="validation",
+    eval_env = textgym.TextGenVectorEnv(num_envs=min(64, management.eval_episodes), split="validation",
                                         tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
     if resume is None and run_cfg.mask_actions:
         policy.restrict_actions(envs.action_masks()[0])

@@ -41,7 +41,7 @@ def test_registration_is_idempotent_and_spec_is_json():
         importlib.reload(textgym)
     spec = gym.spec("TextGen-v0")
     assert spec.vector_entry_point == "textgym.vector:TextGenVectorEnv"
-    assert '"task": "addition"' in spec.to_json()
+    assert '"task": "comparison"' in spec.to_json()  # EnvConfig's default
 
 
 @pytest.mark.parametrize("task", CHAR_TASKS)

@@ -50,9 +50,9 @@ def test_every_setting_is_a_flag_with_the_configs_help_and_default():
 
 def test_the_defaults_are_the_main_jobs():
     s = resolve_settings({})
-    main_job = dict(model="smollm2-135m-instruct", preset="smollm2-135m-instruct", task="addition", prompts=2, group_size=8,
+    main_job = dict(model="smollm2-135m-instruct", preset="smollm2-135m-instruct", task="comparison", prompts=2, group_size=8,
                     iterations=50, baseline="group", lr=2e-5, amp="auto", max_new_tokens=24, temperature=0.7, eval_every=5,
-                    save_every=10, lr_schedule="constant", mask_actions=False)  # fmt: skip
+                    eval_episodes=256, save_every=10, lr_schedule="constant", mask_actions=False)  # fmt: skip
     assert {k: s[k] for k in main_job} == main_job
 
 
@@ -60,7 +60,7 @@ def test_presets_apply_to_their_model_exactly_and_flags_override_them():
     tiny = resolve_settings({"model": "tiny"})
     assert {k: tiny[k] for k in PRESETS["tiny"]} == PRESETS["tiny"] and tiny["preset"] == "tiny"
     other = resolve_settings({"model": "tiny-gpt2"})  # a local directory whose name starts with "tiny"
-    assert other["preset"] is None and other["task"] == "addition" and other["lr"] == REINFORCEConfig.lr
+    assert other["preset"] is None and other["task"] == "comparison" and other["lr"] == REINFORCEConfig.lr
     assert resolve_settings({"model": "tiny", "lr": 0.01})["lr"] == 0.01
     # --task replaces the preset's task, and with it the settings that belong to that task.
     copy = resolve_settings({"model": "tiny", "task": "copy"})
@@ -74,7 +74,7 @@ def test_a_model_named_like_tiny_is_loaded_as_itself(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--model", str(tmp_path / "tiny-gpt2"), "--iterations", "1", "--max-new-tokens", "4", "--out", str(out), *QUICK]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["preset"] is None and config["task"] == "addition" and config["mask_actions"] is False
+    assert config["preset"] is None and config["task"] == "comparison" and config["mask_actions"] is False
 
 
 def test_resume_takes_overrides_and_records_them(tmp_path, capsys):

@@ -54,7 +54,8 @@ def _register() -> None:
         id=ENV_ID,
         entry_point="textgym.env:TextGenEnv",
         vector_entry_point="textgym.vector:TextGenVectorEnv",
-        kwargs={"task": "addition", "tokenizer": "char", "max_new_tokens": 16},
+        # The defaults, from their one place; only names, so EnvSpec.to_json() works.
+        kwargs={name: getattr(EnvConfig(), name) for name in ("task", "tokenizer", "max_new_tokens")},
     )
 
 

@@ -204,7 +204,7 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
 class EnvConfig:
     """The settings of a TextGen environment (single or vector) and of its transition."""
 
-    task: Any = setting("addition", "a task name from `textgym tasks`, or a Task object")
+    task: Any = setting("comparison", "a task name from `textgym tasks`, or a Task object")
     task_kwargs: Mapping[str, Any] = setting(
         default_factory=dict, help='the task\'s own arguments (difficulty, prompt_style, seed), e.g. {"digits": 2}'
     )
