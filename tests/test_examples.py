@@ -29,6 +29,9 @@ def runs(tmp_path_factory):
         "bandit": ["examples/bandit.py", "--updates", "5", "--estimates", "50", "--out", str(png)],
         "rollout": ["examples/benchmarks/rollout_throughput.py", *SMOKE],
         "overhead": ["examples/benchmarks/env_overhead.py", *SMOKE],
+        "baselines": ["examples/benchmarks/baselines.py", "--model", "tiny", "--seeds", "0", "1", "--iterations", "1",
+                      "--batches", "3", "--eval-episodes", "8", "--baselines", "none", "group", "value", "--threads", "1",
+                      "--out", str(png.with_name("baselines.jsonl"))],
     }
     if HAVE_TRL:  # the TRL comparisons (TRL is a bench-only extra)
         commands["sample_efficiency"] = [
@@ -86,3 +89,16 @@ def test_sample_efficiency_scores_every_trainer_with_one_evaluator(runs):
 @pytest.mark.skipif(not HAVE_TRL, reason="TRL (the bench extra) is not installed")
 def test_train_throughput_smoke(runs):
     assert "ratio REINFORCE / TRL GRPOTrainer" in output(runs, "train_throughput")[0]
+
+
+def test_baselines_benchmark_runs_and_resumes(runs):
+    stdout, png = output(runs, "baselines")
+    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| leave_one_out |") for r in rows), "the variance table has every grouped baseline"
+    assert sum(r.startswith(("| none |", "| group |", "| value |")) for r in rows) >= 3
+    again = subprocess.run([sys.executable, "examples/benchmarks/baselines.py", "--model", "tiny", "--seeds", "0", "1",
+                            "--iterations", "1", "--eval-episodes", "8", "--baselines", "none", "--skip-variance",
+                            "--out", str(png.with_name("baselines.jsonl"))],
+                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r for r in stdout.splitlines() if r.startswith("| none |")][-1] in again.stdout, "finished runs are reused"

@@ -1,21 +1,30 @@
 """Baselines compared: none vs mean vs group vs leave-one-out (vs a learned value), over seeds.
 
-Two measurements, both on the tiny model's toy task (sorting 6 characters over "ab", reward = edit-
-distance credit, the defaults of `textgym train --model tiny`):
+Two measurements, on the tiny model's toy task (`--model tiny`: sorting 6 characters over "ab",
+edit-distance credit, the `tiny` preset of `textgym train`) or on the default model and task
+(`--model smollm2-135m-instruct`: `textgym train`'s main job):
 
 1. Gradient variance at a fixed policy: many independent batches of rollouts from the same initial
    policy, the REINFORCE gradient of each under every baseline; the trace of the covariance of the
-   gradient estimates, and the distance of their mean from the no-baseline mean (the seed's claim:
-   a state-only baseline keeps the mean and lowers the variance).
-2. Learning: validation reward after a fixed number of updates, for every baseline and seed.
+   gradient estimates (summed per parameter, so it fits in memory for a 134M-parameter model), and
+   the distance of their mean from the no-baseline mean (the seed's claim: a state-only baseline
+   keeps the mean and lowers the variance).
+2. Learning: validation reward after a fixed number of updates, for every baseline and seed, with
+   the mean and a 95% interval over seeds.
 
-    python examples/benchmarks/baselines.py                  # 3 seeds, 40 updates, 64 variance batches
-    python examples/benchmarks/baselines.py --seeds 0 1 --iterations 10 --batches 16   # quicker
+    python examples/benchmarks/baselines.py --model tiny                       # 3 seeds, 30 updates, 32 batches
+    python examples/benchmarks/baselines.py --model smollm2-135m-instruct --iterations 20 --batches 16
+    python examples/benchmarks/baselines.py --skip-variance --seeds 3 4        # more learning runs
+
+Writes a JSON line per measurement to --out (learning runs already there are reused, so it resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,75 +32,120 @@ import torch
 import textgym
 from agents import LMPolicy, REINFORCE
 from agents.rollouts import collect_episodes, to_batch
+from agents.train import PRESETS
 
-TASK = dict(task="sort", task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit", max_new_tokens=6)
 BASELINES = ["none", "mean", "group", "leave_one_out", "value"]
 
 
-def make(seed: int, baseline: str, prompts: int, group: int):
-    policy = LMPolicy.from_pretrained("tiny", seed=seed)
-    envs = textgym.TextGenVectorEnv(num_envs=prompts * group, group_size=group, tokenizer=policy.tokenizer, **TASK)
-    policy.restrict_actions(envs.action_masks()[0])
-    agent = REINFORCE(policy, baseline=baseline, lr=1e-3, seed=seed, loss_aggregation="sum")
+def setup(model: str) -> dict:
+    """The task and training settings of `textgym train --model <model>` (its preset over the defaults)."""
+    if model == "tiny":
+        preset = PRESETS["tiny"]
+        return dict(env=dict(task=preset["task"], task_kwargs=preset["task_kwargs"], reward=preset["reward"],
+                             max_new_tokens=preset["max_new_tokens"]),
+                    lr=preset["lr"], temperature=1.0, prompts=preset["prompts"], mask=True)  # fmt: skip
+    preset = PRESETS.get(model, {})
+    return dict(env=dict(max_new_tokens=preset.get("max_new_tokens", 24)), lr=2e-5, temperature=preset.get("temperature", 1.0),
+                prompts=2, mask=False)  # fmt: skip
+
+
+def make(args, seed: int, baseline: str):
+    s = setup(args.model)
+    policy = LMPolicy.from_pretrained(args.model, seed=seed, temperature=s["temperature"])
+    envs = textgym.TextGenVectorEnv(num_envs=s["prompts"] * args.group_size, group_size=args.group_size,
+                                    tokenizer=policy.tokenizer, **s["env"])  # fmt: skip
+    if s["mask"]:
+        policy.restrict_actions(envs.action_masks()[0])
+    agent = REINFORCE(policy, baseline=baseline, lr=s["lr"], seed=seed)
     return agent, envs
 
 
-def flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
-
-
-def gradient_variance(batches: int, prompts: int, group: int) -> dict[str, tuple[float, float]]:
-    """trace Cov[g] and |mean g - mean g_none| / |mean g_none| per baseline, same rollouts for all."""
-    agent, envs = make(0, "none", prompts, group)
+def gradient_variance(args) -> dict[str, dict[str, float]]:
+    """Per baseline: trace Cov[g] and |mean g - mean g_none| / |mean g_none|, all from the same rollouts."""
+    agent, envs = make(args, 0, "none")
     rollouts = []
-    for b in range(batches):
+    for b in range(args.batches):
         agent.policy.seed(1000 + b)
-        rollouts.append(to_batch(collect_episodes(agent.policy, envs, seed=1000 + b)[0], group_size=group))
-    grads = {}
+        rollouts.append(to_batch(collect_episodes(agent.policy, envs, seed=1000 + b)[0], group_size=args.group_size))
+    params = [p for p in agent.policy.model.parameters() if p.requires_grad]
+    out, reference = {}, None
     for baseline in BASELINES[:4]:  # the value head starts at 0, i.e. as "none": compared in learning only
         agent = REINFORCE(agent.policy, agent.config, baseline=baseline)
-        agent.running_mean = float(np.mean([r.episode_returns.mean() for r in rollouts]))  # a converged running mean
-        gs = []
+        agent.running_mean = [float(np.mean([r.episode_returns.mean() for r in rollouts]))]  # a converged running mean
+        total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         for batch in rollouts:
             agent.compute_gradients(batch, agent.advantages(batch)[0])
-            gs.append(flat_grad(agent.policy.model))
-        grads[baseline] = torch.stack(gs).double()
-    ref = grads["none"].mean(0)
-    out = {}
-    for baseline, g in grads.items():
-        trace = float(g.var(dim=0, unbiased=True).sum())
-        shift = float((g.mean(0) - ref).norm() / ref.norm())
-        out[baseline] = (trace, shift)
+            for t, q, p in zip(total, squares, params):
+                g = p.grad.double() if p.grad is not None else torch.zeros_like(t)
+                t += g
+                q += g * g
+        n = len(rollouts)
+        mean = [t / n for t in total]
+        trace = sum(float(((q - n * m * m) / (n - 1)).sum()) for q, m in zip(squares, mean))  # Σ_i unbiased Var(g_i)
+        if reference is None:
+            reference = mean
+        shift = math.sqrt(sum(float(((m - r) ** 2).sum()) for m, r in zip(mean, reference)))
+        norm = math.sqrt(sum(float((r**2).sum()) for r in reference))
+        out[baseline] = {"trace": trace, "shift": shift / norm}
+        agent.policy.model.zero_grad(set_to_none=True)
     return out
+
+
+def learning(args, seed: int, baseline: str) -> float:
+    agent, envs = make(args, seed, baseline)
+    val = textgym.TextGenVectorEnv(num_envs=64, split="validation", tokenizer=agent.policy.tokenizer, **setup(args.model)["env"])
+    agent.learn(envs, iterations=args.iterations, progress_bar=False)
+    return agent.evaluate(val, episodes=args.eval_episodes)["reward"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="tiny (the toy task) or smollm2-135m-instruct (the main job)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=40)
-    p.add_argument("--batches", type=int, default=64, help="rollout batches for the variance estimate")
-    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--baselines", nargs="+", default=BASELINES, choices=BASELINES)
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--batches", type=int, default=32, help="rollout batches for the variance estimate")
     p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--eval-episodes", type=int, default=256)
+    p.add_argument("--skip-variance", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/baselines.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
-    var = gradient_variance(args.batches, args.prompts, args.group_size)
-    print(f"gradient estimates at the initial policy ({args.batches} batches of {args.prompts}x{args.group_size} episodes):\n")
-    print("| baseline | trace Cov[g] | relative to none | mean shift vs none (|Δ|/|g|) |\n|---|---|---|---|")
-    for b, (trace, shift) in var.items():
-        print(f"| {b} | {trace:.4g} | {trace / var['none'][0]:.3f} | {shift:.3f} |")
+    def record(row: dict) -> None:
+        with open(out, "a") as f:
+            f.write(json.dumps({"model": args.model, **row}) + "\n")
+        done.append({"model": args.model, **row})
 
-    print(f"\nvalidation reward after {args.iterations} updates (seeds {args.seeds}):\n")
-    print("| baseline | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |\n|---|" + "---|" * (len(args.seeds) + 1))
-    for baseline in BASELINES:
+    if not args.skip_variance:
+        var = gradient_variance(args)
+        record({"kind": "variance", "batches": args.batches, **{b: v for b, v in var.items()}})
+        s = setup(args.model)
+        print(f"gradient estimates at the initial policy ({args.batches} batches of {s['prompts']}x{args.group_size} episodes):\n")
+        print("| baseline | trace Cov[ĝ] | vs none | mean shift vs none (|Δ|/|ĝ|) |\n|---|---|---|---|")
+        for b, v in var.items():
+            print(f"| {b} | {v['trace']:.4g} | {v['trace'] / var['none']['trace']:.3f} | {v['shift']:.3f} |", flush=True)
+
+    print(f"\nvalidation reward after {args.iterations} updates ({args.eval_episodes} episodes; seeds {args.seeds}):\n")
+    print("| baseline | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± 95% CI over seeds |\n|---|"
+          + "---|" * (len(args.seeds) + 1))  # fmt: skip
+    for baseline in args.baselines:
         finals = []
         for seed in args.seeds:
-            agent, envs = make(seed, baseline, args.prompts, args.group_size)
-            val = textgym.TextGenVectorEnv(num_envs=32, split="validation", tokenizer=agent.policy.tokenizer, **TASK)
-            agent.learn(envs, iterations=args.iterations, progress_bar=False)
-            finals.append(agent.evaluate(val, episodes=64)["reward"])
-        print(f"| {baseline} | " + " | ".join(f"{f:.3f}" for f in finals) + f" | {np.mean(finals):.3f} |", flush=True)
+            key = {"kind": "learning", "baseline": baseline, "seed": seed, "iterations": args.iterations,
+                   "eval_episodes": args.eval_episodes}  # fmt: skip
+            found = [r for r in done if r.get("model") == args.model and all(r.get(k) == v for k, v in key.items())]
+            reward = found[-1]["validation_reward"] if found else learning(args, seed, baseline)
+            if not found:
+                record({**key, "validation_reward": reward})
+            finals.append(reward)
+        half = 1.96 * np.std(finals, ddof=1) / math.sqrt(len(finals)) if len(finals) > 1 else float("nan")
+        print(f"| {baseline} | " + " | ".join(f"{f:.3f}" for f in finals) + f" | {np.mean(finals):.3f} ± {half:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
