@@ -49,7 +49,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -64,9 +63,9 @@ from textgym.tasks import Task, make_task
 from textgym.tasks.base import _ExampleListTask
 
 __all__ = [
-    "EvalConfig", "EvalResult", "evaluate_policy", "load_policy", "resolve_checkpoint", "extract_answer",
+    "EvalConfig", "EvalResult", "evaluate_policy", "load_policy", "resolve_checkpoint", "extract_answer", "vote_key",
     "pass_at_k", "majority_vote", "wilson_interval", "bootstrap_intervals", "read_samples", "summarize_samples",
-    "format_table", "add_arguments", "run", "main", "SAMPLES_FILE",
+    "fingerprint", "format_table", "resolve_settings", "add_arguments", "run", "main", "SAMPLES_FILE",
 ]
 
 SAMPLES_FILE = "samples.jsonl"
@@ -580,7 +579,7 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
     return task_rows, problem_rows
 
 
-def format_table(task_rows: Sequence[Mapping[str, Any]], config: EvalConfig, markdown: bool = True) -> str:
+def format_table(task_rows: Sequence[Mapping[str, Any]], config: EvalConfig) -> str:
     """The per-task table: every metric with its 95% bootstrap interval over problems."""
     names = _metric_names(config)
     head = ["task", "problems", *names, "tokens", "truncated"]
@@ -631,11 +630,11 @@ def read_samples(path: str | os.PathLike, repair: bool = False) -> tuple[dict[st
             header = item
         else:
             records.append(item)
-    if lines[-1].strip() and repair:
+    if header is None and records:
+        raise ValueError(f"{path} has no config line; it is not a textgym eval samples file")
+    if lines[-1] and repair:
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(lines[-1]))
-    if header is None and (records or lines[-1].strip()):
-        raise ValueError(f"{path} has no config line; it is not a textgym eval samples file")
     return header, records
 
 
@@ -748,7 +747,6 @@ def evaluate_policy(
             notes.append(note)
 
     records: list[dict[str, Any]] = []
-    writer: Callable = records.extend
     paths: dict[str, Path] = {}
     sink = None
     if out is not None:
@@ -760,9 +758,10 @@ def evaluate_policy(
         if recorded is None:
             sink([{"type": "config", "version": FORMAT_VERSION, "config": header}])
 
-        def writer(batch: Sequence[dict[str, Any]]) -> None:
-            sink(batch)
-            records.extend(batch)
+    def write(batch: Sequence[dict[str, Any]]) -> None:
+        if sink is not None:
+            sink(batch)  # on disk before anything else happens
+        records.extend(batch)
 
     done = {_sample_key(r) for r in records}
     total = sum(r.episodes for r in runs)
@@ -776,7 +775,7 @@ def evaluate_policy(
         for run_ in runs:
             if bar is not None:
                 bar.set_postfix_str(run_.name)
-            _run_batches(policy, run_, env, config, done, writer, bar)
+            _run_batches(policy, run_, env, config, done, write, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -871,8 +870,11 @@ def resolve_settings(flags: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     model = flags.get("model", settings["model"])
     checkpoint = resolve_checkpoint(model)
     if checkpoint is not None:
-        recorded = _run_settings(checkpoint)
-        base = {k: v for k, v in recorded.items() if k in settings and k not in (*ENV_EXCLUDED, *MODEL_SETTINGS)}
+        from agents.train import SamplingConfig
+
+        recorded = _run_settings(checkpoint)  # only how the run's episodes looked: its env and sampling
+        names = {f.name for cls in (EnvConfig, SamplingConfig) for f in dataclasses.fields(cls)} - set(ENV_EXCLUDED)
+        base = {k: v for k, v in recorded.items() if k in names and k in settings}
         source = f"the run's settings ({checkpoint.parent / 'config.json'})"
     else:
         preset = flags.get("preset") or (model if model in PRESETS else None)

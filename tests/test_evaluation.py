@@ -354,7 +354,7 @@ def test_an_unknown_reasoning_gym_dataset_lists_the_known_ones(tmp_path):
 # -- models: a `textgym train` run -----------------------------------------------------------------
 
 
-def test_a_train_run_is_evaluated_from_its_latest_checkpoint(tmp_path, capsys):
+def test_a_train_run_is_evaluated_from_its_latest_checkpoint(tmp_path, capsys, monkeypatch):
     from agents.train import main as train
 
     run = tmp_path / "run"
@@ -365,16 +365,18 @@ def test_a_train_run_is_evaluated_from_its_latest_checkpoint(tmp_path, capsys):
         (run / "metrics.jsonl").write_text("")
         resolve_checkpoint(run)
     (run / "metrics.jsonl").unlink()
-    assert train([*common, "--iterations", "2", "--out", str(run)]) == 0
+    assert train([*common, "--iterations", "2", "--seed", "3", "--temperature", "0.9", "--out", str(run)]) == 0
     latest = run / (run / "latest").read_text().strip()
     assert latest.name.startswith("checkpoint-") and resolve_checkpoint(run) == latest
     assert resolve_checkpoint(latest) == latest and resolve_checkpoint("tiny") is None
-    out = tmp_path / "eval"
-    assert evaluation.main(["--model", str(run), "--samples", "2", "--split", "train", "--out", str(out), "--no-progress-bar"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert evaluation.main(["--model", str(run), "--samples", "2", "--split", "train", "--no-progress-bar"]) == 0
     printed = capsys.readouterr().out
     assert "the run's settings" in printed and "| copy" in printed  # the run's task, budget and sampling
+    (out,) = (tmp_path / "runs").glob("eval-*")  # not the run's directory: only its env and sampling carry over
     header, records = read_samples(out / "samples.jsonl")
     assert header["config"]["checkpoint"] == str(latest.resolve()) and header["config"]["iteration"] == 2
+    assert header["config"]["seed"] == 0 and header["config"]["temperature"] == 0.9
     assert header["config"]["max_new_tokens"] == 3 and header["config"]["task_kwargs"]["copy"] == {"length": 2, "alphabet": "ab"}
     assert records and all(r["tokens"] <= 3 for r in records)
 
@@ -398,3 +400,22 @@ def test_cli_subprocess(tmp_path):
     assert "| sort" in proc.stdout
     for name in ("samples.jsonl", "summary.json", "tasks.csv", "problems.csv"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
+def test_the_reasoning_gym_table_script_runs_end_to_end_and_resumes(tmp_path):
+    """Base evaluation, training, trained evaluation, table; a second run finds everything done."""
+    script = [sys.executable, "examples/benchmarks/reasoning_gym_table.py", "table", "--model", "tiny", "--datasets",
+              "leg_counting", "--size", "200", "--problems", "2", "--samples", "2", "--iterations", "1",
+              "--max-new-tokens", "4", "--threads", "1", "--out", str(tmp_path), "--train-args", "--prompts", "1",
+              "--group-size", "2", "--eval-episodes", "2"]  # fmt: skip
+    first = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "$ textgym eval --model tiny --task reasoning_gym:leg_counting" in first.stdout
+    assert "$ textgym train --model tiny --task reasoning_gym:leg_counting" in first.stdout
+    (row,) = [line for line in first.stdout.splitlines() if line.startswith("| leg_counting |")]
+    assert row.endswith("| 1 |") and row.count("[") == 4
+    assert (tmp_path / "leg_counting" / "trained-1" / "summary.json").exists()
+    again = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "$ textgym train" not in again.stdout  # trained already: not again
+    assert row in again.stdout.splitlines()
