@@ -334,6 +334,22 @@ def test_bad_input_is_a_clear_error(tmp_path, args, match):
     assert not (tmp_path / "eval" / "samples.jsonl").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs datasets (pip install 'textgym[data]')")
+def test_a_hub_dataset_from_a_local_directory(tmp_path, capsys):
+    import datasets
+
+    rows_ = [{"question": f"Copy: {w}", "answer": f"so\n#### {i}"} for i, w in enumerate("abcdefghijklmnopqrstuvwxyz")]
+    datasets.Dataset.from_list(rows_).save_to_disk(str(tmp_path / "saved"))
+    kwargs = {"prompt_field": "question", "answer_field": "answer", "answer_extract": "gsm8k", "reward": "gsm8k"}
+    assert evaluation.main(["--model", "tiny", "--task", f"hf:{tmp_path / 'saved'}", "--task-kwargs", json.dumps(kwargs),
+                            "--split", "train", "--problems", "3", "--samples", "2", "--max-new-tokens", "4",
+                            "--out", str(tmp_path / "eval"), "--no-progress-bar"]) == 0  # fmt: skip
+    (row,) = rows(tmp_path / "eval" / "tasks.csv")
+    assert row["task"] == f"hf:{tmp_path / 'saved'}" and row["problems"] == "3"
+    records = read_samples(tmp_path / "eval" / "samples.jsonl")[1]
+    assert all(r["reference"].isdigit() for r in records)  # the answer field through answer_extract
+
+
 def test_a_malformed_data_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": oops}\n')

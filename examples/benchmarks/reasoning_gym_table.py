@@ -58,9 +58,17 @@ def call(cmd: list[str], log: Path | None = None) -> int:
         return subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
 
 
+def task_kwargs(args: argparse.Namespace, name: str) -> dict:
+    """The dataset's size, and its curriculum level where it has a curriculum (level 0: its easiest)."""
+    import reasoning_gym
+
+    level = {} if args.level is None or name not in reasoning_gym.factory.CURRICULA else {"level": args.level}
+    return {"size": args.size, **level}
+
+
 def common_env(args: argparse.Namespace, name: str) -> list[str]:
     """The settings every command of a dataset shares: the task, its size, the budget, the prompt."""
-    return ["--task", f"reasoning_gym:{name}", "--task-kwargs", json.dumps({"size": args.size}),
+    return ["--task", f"reasoning_gym:{name}", "--task-kwargs", json.dumps(task_kwargs(args, name)),
             "--max-new-tokens", str(args.max_new_tokens), "--system-prompt", args.system_prompt,
             "--temperature", str(args.temperature), "--threads", str(args.threads)]  # fmt: skip
 
@@ -103,7 +111,7 @@ def scan(args: argparse.Namespace) -> int:
               f"{row['tokens']:.1f} tokens, {row['truncated']:.0%} truncated", flush=True)  # fmt: skip
     results.sort(key=lambda item: (-item[1]["pass@1"], item[0]))
     print(f"\n{args.model}, {args.problems} test problems x {args.samples} samples, T = {args.temperature}, "
-          f"{args.max_new_tokens} new tokens:\n")  # fmt: skip
+          f"{args.max_new_tokens} new tokens, curriculum level {args.level}:\n")  # fmt: skip
     print(f"| dataset | pass@1 | pass@{args.samples} | mean reward | tokens |")
     print("|---|---|---|---|---|")
     for name, row in results:
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=None, help="reasoning-gym dataset names (scan: default the candidates)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--size", type=int, default=1000, help="entries reasoning-gym generates (80/10/10 train/validation/test)")
+    p.add_argument("--level", type=lambda v: None if v.lower() == "none" else int(v), default=0,
+                   help="reasoning-gym curriculum level of the datasets that have one (none: their default config)")
     p.add_argument("--problems", type=int, default=64, help="test problems evaluated")
     p.add_argument("--samples", type=int, default=8, help="samples per problem (pass@1 and pass@samples)")
     p.add_argument("--iterations", type=int, default=100, help="table: training updates")
