@@ -770,6 +770,8 @@ def evaluate_policy(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="eval", unit="sample", dynamic_ncols=True, file=sys.stderr)
+    generator = getattr(policy, "generator", None)
+    state = generator.get_state() if generator is not None else None  # training that evaluates is not perturbed
     t0 = time.perf_counter()
     try:
         for run_ in runs:
@@ -777,6 +779,8 @@ def evaluate_policy(
                 bar.set_postfix_str(run_.name)
             _run_batches(policy, run_, env, config, done, write, bar)
     finally:
+        if state is not None:
+            generator.set_state(state)
         if bar is not None:
             bar.close()
         if sink is not None:

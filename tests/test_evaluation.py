@@ -194,7 +194,9 @@ def test_maj_at_k_is_right_when_the_most_common_answer_is(tiny):
 
 def test_greedy_only_and_no_files(tiny):
     config = EvalConfig(samples=0, problems=3, progress_bar=False)
+    state = tiny.generator.get_state()
     result = evaluate_policy(tiny, "copy", config, EnvConfig(max_new_tokens=4), task_kwargs={"copy": {"length": 2}})
+    assert torch.equal(tiny.generator.get_state(), state)  # the policy's own sampling stream is left as it was
     assert [r["mode"] for r in result.samples] == ["greedy"] * 3
     assert set(result.tasks[0]) >= {"greedy", "greedy_lo", "greedy_hi"} and "pass@1" not in result.tasks[0]
     assert result.paths == {}
