@@ -2,13 +2,14 @@
 
     textgym bench --agents random,lm:tiny,lm-greedy:tiny --tasks copy,bandit --episodes 64
     textgym bench --agents random,sb3-ppo --tasks bandit,copy --task-kwargs '{"copy": {"length": 2, "alphabet": "abc"}}'
-    textgym bench --agents lm-greedy:smollm2-135m-instruct,reinforce:runs/addition-.../checkpoint --tasks addition
+    textgym bench --agents lm-greedy:smollm2-135m-instruct,reinforce:runs/addition-20261201-120000 --tasks addition
 
 Agents:
   random              uniform over the task's allowed tokens (`env.action_masks()`), char tokenizer
   lm:<model>          an LMPolicy, sampled (any name `LMPolicy.from_pretrained` takes; "tiny")
   lm-greedy:<model>   the same, argmax
-  reinforce:<dir>     a saved REINFORCE agent's policy (a run directory or its checkpoint/), sampled
+  reinforce:<dir>     a `textgym train` run's policy (the run directory: its `latest` checkpoint; or a
+                      checkpoint-NNNNNN directory), sampled
   sb3-ppo             Stable-Baselines3 PPO trained here for --sb3-timesteps on the train split, deterministic
                       (one-hot observations, allowed tokens as actions, char tokenizer); toy tasks only
   sb3-a2c             the same with Stable-Baselines3 A2C
@@ -16,6 +17,7 @@ Agents:
 Every agent is evaluated by `agents.rollouts.evaluate` on the same prompts (the split's episodes
 drawn from --seed), so rows are comparable and the same seed gives the same table (tokens/s aside).
 Accuracy is the fraction of episodes whose answer is fully right (reward or answer component >= 1).
+For pass@k, majority vote and per-sample records of one model, use `textgym eval`.
 """
 
 from __future__ import annotations
@@ -157,21 +159,18 @@ class Loader:
         self.cache: dict[str, Any] = {}
 
     def lm(self, spec: AgentSpec):
-        from agents.policy import LMPolicy
-        from agents.reinforce import REINFORCE
+        from agents.evaluation import load_policy, resolve_checkpoint
 
         key = f"{spec.kind == 'reinforce'}:{spec.target}"
         if key not in self.cache:
-            if spec.kind == "reinforce":
-                path = Path(spec.target)
-                if (path / "checkpoint" / "agent.pt").exists():
-                    path = path / "checkpoint"
-                self.cache[key] = REINFORCE.load(path, device=self.args.device).policy
-                self.cache[key].temperature = float(self.args.temperature)
-            else:
-                self.cache[key] = LMPolicy.from_pretrained(
-                    spec.target, device=self.args.device, temperature=self.args.temperature
-                )
+            try:
+                if spec.kind == "reinforce" and resolve_checkpoint(spec.target) is None:
+                    raise FileNotFoundError(f"{spec.target} is not a textgym train run directory nor a checkpoint (no "
+                                            "'latest' pointer, no agent.pt); use lm:<model> for other models")  # fmt: skip
+                policy, _ = load_policy(spec.target, device=self.args.device, temperature=self.args.temperature)
+            except FileNotFoundError as e:
+                raise SystemExit(f"error: agent {spec.name}: {e}") from None
+            self.cache[key] = policy
         return self.cache[key]
 
 

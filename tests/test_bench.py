@@ -63,3 +63,22 @@ def test_cli_subprocess(tmp_path):
         assert (out / name).stat().st_size > 0
     rows = _rows(out / "bench.csv")
     assert rows[0]["agent"] == "random" and rows[0]["task"] == "copy" and rows[0]["episodes"] == "8"
+
+
+def test_reinforce_agent_from_a_train_run_directory(tmp_path, capsys):
+    """reinforce:<run dir> loads the checkpoint the run's `latest` names (runs write checkpoint-NNNNNN)."""
+    from agents.train import main as train
+
+    run = tmp_path / "run"
+    assert train(["--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "ab"}',
+                  "--max-new-tokens", "3", "--prompts", "1", "--group-size", "2", "--eval-episodes", "2",
+                  "--iterations", "1", "--no-progress-bar", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    assert not (run / "checkpoint").exists() and (run / "latest").exists()
+    checkpoint = run / (run / "latest").read_text().strip()
+    common = ["--tasks", "copy", "--task-kwargs", '{"length": 2, "alphabet": "ab"}', "--episodes", "4", "--no-progress"]
+    agents = f"reinforce:{run},reinforce:{checkpoint}"
+    assert bench.main(["--agents", agents, *common, "--out", str(tmp_path / "bench")]) == 0
+    by_agent = {r["agent"]: r for r in _rows(tmp_path / "bench" / "bench.csv")}
+    assert by_agent[f"reinforce:{run}"] == {**by_agent[f"reinforce:{checkpoint}"], "agent": f"reinforce:{run}"}
+    with pytest.raises(SystemExit, match="not a textgym train run directory nor a checkpoint"):
+        bench.main(["--agents", f"reinforce:{tmp_path}", *common, "--out", str(tmp_path / "bench2")])

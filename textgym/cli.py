@@ -1,7 +1,7 @@
-"""The `textgym` command: `textgym train`, `textgym tasks`, `textgym rewards`, `textgym bench`.
+"""The `textgym` command: `textgym train`, `textgym eval`, `textgym bench`, `textgym tasks`, `textgym rewards`.
 
-`tasks` and `rewards` need only textgym; `train` and `bench` live in agents/ (torch) and are
-imported only when asked for, so `textgym tasks` stays fast.
+`tasks` and `rewards` need only textgym; `train`, `eval` and `bench` live in agents/ (torch) and
+are imported only when asked for, so `textgym tasks` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import sys
 def _tasks(args: argparse.Namespace) -> int:
     import textgym
 
+    if args.reasoning_gym:
+        return _reasoning_gym_tasks()
     for name in textgym.list_tasks():
         task = textgym.make_task(name)
         split = next(s for s in task.SPLITS if task.num_examples(s) != 0)
@@ -22,6 +24,31 @@ def _tasks(args: argparse.Namespace) -> int:
         print(f"    train examples: {'unbounded' if size is None else size}; max answer chars: {task.max_answer_chars}")
         print(f"    prompt: {task.format_prompt(ex)!r}")
         print(f"    answer: {ex.answer!r}")
+    from textgym.tasks import list_task_families
+
+    print("task families: " + ", ".join(f"{f}:<name>" for f in list_task_families())
+          + " (`textgym tasks --reasoning-gym` lists reasoning-gym's datasets)")
+    return 0
+
+
+def _reasoning_gym_tasks() -> int:
+    """One line per reasoning-gym dataset: its `make_task` name, what it generates, its options."""
+    from textgym.tasks import reasoning_gym_config_fields, reasoning_gym_datasets
+
+    try:
+        names = reasoning_gym_datasets()
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    import reasoning_gym
+
+    for name in names:
+        dataset, config = reasoning_gym.factory.DATASETS[name]
+        doc = (dataset.__doc__ or config.__doc__ or "").strip().splitlines()
+        options = [f for f in reasoning_gym_config_fields(name) if f not in ("size", "seed")]
+        print(f"reasoning_gym:{name}: {doc[0].strip() if doc else ''}")
+        print(f"    options: {', '.join(options) if options else '(none)'}")
+    print(f"{len(names)} datasets; make_task('reasoning_gym:<name>', size=..., seed=..., level=..., **options)")
     return 0
 
 
@@ -46,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         from agents.train import add_arguments
 
         add_arguments(p)
-    sub.add_parser("tasks", help="list the built-in tasks with a sample prompt and answer")
+    pt = sub.add_parser("tasks", help="list the built-in tasks with a sample prompt and answer")
+    pt.add_argument("--reasoning-gym", action="store_true", help="list reasoning-gym's datasets instead (needs reasoning-gym)")
+    pe = sub.add_parser("eval", help="pass@k, maj@k, mean@k and greedy accuracy of a model (see `textgym eval --help`)")
+    if first == ["eval"]:
+        from agents.evaluation import add_arguments as add_eval_arguments
+
+        add_eval_arguments(pe)
     sub.add_parser("rewards", help="list the registered reward functions")
     pb = sub.add_parser("bench", help="benchmark agents on tasks (see `textgym bench --help`)")
     if first == ["bench"]:
@@ -63,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from agents.train import run
 
         return run(args)
+    if args.command == "eval":
+        from agents.evaluation import run as run_eval
+
+        return run_eval(args)
     from agents.bench import run as run_bench
 
     return run_bench(args)
