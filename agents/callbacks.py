@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -259,15 +260,22 @@ class MetricsWriter(Callback):
     would otherwise log the iterations after its checkpoint twice when resumed. Iterations are
     seeded from (seed, iteration), so a resumed run logs the same rows again. The directory is
     checked when the callback is made, so a bad path fails before any work.
+
+    Every row gets `wall_s`: wall-clock seconds of training so far, evaluations included, counted
+    from when the callback was made and continued from the last kept row on resume (the time to a
+    target reward, read off the run itself).
     """
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = _check_writable(Path(run_dir)) / "metrics.jsonl"
         self.file = None
+        self.started = time.perf_counter()
+        self.offset = 0.0
 
     def on_training_start(self, agent: Any, metrics: dict) -> None:
         super().on_training_start(agent, metrics)
         keep = [r for r in read_metrics(self.path) if agent.iteration > 0 and r.get("iteration", 0) <= agent.iteration]
+        self.offset = max((float(r.get("wall_s", 0.0)) for r in keep), default=0.0)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, self.path)
@@ -280,7 +288,8 @@ class MetricsWriter(Callback):
         return True
 
     def _write(self, metrics: dict) -> None:
-        self.file.write(json.dumps(metrics) + "\n")
+        row = {**metrics, "wall_s": round(self.offset + time.perf_counter() - self.started, 3)}
+        self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
 

@@ -35,7 +35,7 @@ from agents.reinforce import REINFORCE
 torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, reward="partial_credit", max_new_tokens=3)
-TIMING = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s")
+TIMING = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s")
 
 
 def make(seed=0, **settings):
@@ -138,6 +138,8 @@ def test_resume_evaluates_only_what_it_logs_and_replays_the_uninterrupted_run(tm
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3, 4]
     assert len(calls) == sum("val_reward" in r for r in rows if r["iteration"] > 2) == 1  # only iteration 4's
     assert untimed(rows) == untimed(read_metrics(tmp_path / "straight"))
+    walls = [r["wall_s"] for r in rows]  # training time so far, continued across the resume
+    assert walls == sorted(walls) and walls[3] >= walls[2] > 0
 
 
 def test_a_function_or_a_callback_stops_training_and_every_callback_sees_the_last_iteration():

@@ -29,6 +29,7 @@ def runs(tmp_path_factory):
         "bandit": ["examples/bandit.py", "--updates", "5", "--estimates", "50", "--out", str(png)],
         "rollout": ["examples/benchmarks/rollout_throughput.py", *SMOKE],
         "overhead": ["examples/benchmarks/env_overhead.py", *SMOKE],
+        "multiturn": ["examples/benchmarks/multiturn_throughput.py", *SMOKE],
         "baselines": ["examples/benchmarks/baselines.py", "--model", "tiny", "--seeds", "0", "1", "--iterations", "1",
                       "--batches", "3", "--eval-episodes", "8", "--baselines", "none", "group", "value", "--threads", "1",
                       "--out", str(png.with_name("baselines.jsonl"))],
@@ -62,6 +63,13 @@ def test_bandit_baseline_lowers_gradient_variance(runs):
 
 def test_rollout_throughput_smoke(runs):
     assert "| a/b |" in output(runs, "rollout")[0]
+
+
+def test_multiturn_throughput_smoke(runs):
+    row = output(runs, "multiturn")[0].strip().splitlines()[-1]
+    batch, replies, prefill, recompute, ratio = (float(v) for v in row.strip("| ").split(" | "))
+    assert replies > 0, "the smoke run must exercise the environment's replies"
+    assert prefill > 0 and recompute > 0 and ratio > 0
 
 
 def test_env_overhead_smoke(runs):
