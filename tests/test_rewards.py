@@ -153,10 +153,14 @@ def test_math_equal(pred, ref, equal):
     "9**9**9**9", "2**99999999", "(" * 5000 + "1" + ")" * 5000, "1" * 100000,
     "__import__('os').system('echo hi')", "().__class__.__bases__[0]", "x" * 300 + "+1",
 ])
-def test_math_equal_is_safe_and_fast(evil):
+def test_math_equal_is_safe_and_bounded(evil):
+    """Hostile answers are not equal, run no code, and return within the module's guarantee (a hang
+    would not); the bound is the documented one, not a speed target (typical calls take ms)."""
+    from textgym.rewards.math_equiv import HARD_LIMIT_SECONDS
+
     start = time.perf_counter()
     assert math_equal(evil, "1") is False
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HARD_LIMIT_SECONDS
 
 
 def test_math_equiv_reward():
@@ -272,13 +276,16 @@ def test_score_turns_failures_into_zero(fn, message):
 
 
 def test_score_timeout_gives_up_waiting():
+    release, finished = threading.Event(), []
+
     def slow(completion, example):
-        time.sleep(2)
+        release.wait(60)
+        finished.append(True)
         return 1.0
 
-    start = time.perf_counter()
     result = score(slow, "7", EX7, timeout=0.1)
-    assert time.perf_counter() - start < 1.0
+    assert not finished, "score returned while the verifier was still running (no clock involved)"
+    release.set()
     assert result.reward == 0.0 and "timed out after 0.1 s" in result.error
     assert score(boom, "7", EX7, timeout=1).error.startswith("reward 'boom' raised")
     assert score(lambda c, e: 1.0, "7", EX7, timeout=1).reward == 1.0  # a fresh worker after the hang
@@ -355,7 +362,7 @@ def test_process_isolation_kills_a_hung_verifier_and_recovers():
     worker_pid = int(score(pid_or_spin, "7", EX7, timeout=5, isolation="process").reward)
     start = time.perf_counter()
     result = score(pid_or_spin, "spin", EX7, timeout=0.3, isolation="process")
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - start < 20.0  # it spins forever: any bound shows it was given up on
     assert result.reward == 0.0 and "timed out after 0.3 s" in result.error
     with pytest.raises(ProcessLookupError):  # the spinning worker is gone, not burning a core
         os.kill(worker_pid, 0)

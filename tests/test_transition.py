@@ -37,7 +37,7 @@ def die_on_die(completion, example):
 
 def sleep_on_slow(completion, example):
     if completion == "slow":
-        time.sleep(5)
+        time.sleep(30)
     return float(completion == example.answer)
 
 
@@ -48,7 +48,7 @@ def test_a_batch_keeps_a_timeout_per_call_and_scores_the_rest(isolation):
     items = [("7", EX), (hang, EX), ("8", EX), ("7", EX)]
     start = time.perf_counter()
     results = score_many(fn, items, timeout=0.5, isolation=isolation)
-    assert time.perf_counter() - start < 4.0, "one hung call costs its own timeout, not the batch's"
+    assert time.perf_counter() - start < 20.0, "the hung call (30 s or forever) is given up on after its own timeout"
     assert [r.reward for r in results] == [1.0, 0.0, 0.0, 1.0]
     assert [r.error is None for r in results] == [True, False, True, True]
     assert "timed out after 0.5 s" in results[1].error
