@@ -96,15 +96,23 @@ class CalculatorTask(MultiTurnTask):
     ## Answer
     `str(a * b)`; metadata `{"a": a, "b": b}`.
 
+    With the tool, the task's system prompt describes it with one worked exchange (as chat
+    templates describe tools in the system message); `--system-prompt` replaces it. A 135M model
+    without that example almost never writes a call (SmolLM2-135M-Instruct: 0 of 640 samples).
+
     ## Rewards
     On the final answer: 1.0 when its last number equals a * b, else 0.0; components `answer` and
-    `calls` (how many calculator calls the episode made). Calls pay nothing themselves.
+    `calls` (how many calculator calls the episode made). `call_credit` (default 0: success alone)
+    pays that much, once per episode, on the first call the calculator evaluates without an error:
+    a format reward that gives a policy that rarely writes a well-formed call something to learn
+    from before it ever answers right. The success rate is the `answer` component either way.
 
     ## Arguments
     - `digits=3`, `digits2=2`: digits of the two operands (123 * 45 by default).
     - `tool=True`: offer the calculator. `tool=False` asks the same problems without it (one turn,
-      the prompt ends "Answer with the number."): the baseline the tool is measured against.
-    - `max_turns=3`, `seed=0`, `prompt_style="plain"`.
+      the prompt ends "Answer with the number.", no system prompt of its own): the baseline the
+      tool is measured against.
+    - `call_credit=0.0`, `max_turns=3`, `seed=0`, `prompt_style="plain"`.
 
     ## Example
     ```python
@@ -119,15 +127,26 @@ class CalculatorTask(MultiTurnTask):
     answer_chars = None
     reply_roles = ("tool",)
 
-    def __init__(self, digits: int = 3, digits2: int = 2, *, tool: bool = True, max_turns: int = 3, seed: int = 0,
-                 prompt_style: str = "plain"):  # fmt: skip
+    tool_system_prompt = (
+        "You can use a calculator. To use it, reply with only <calc>expression</calc>; the result comes back "
+        "to you. Example:\nUser: What is 12 * 34?\nAssistant: <calc>12*34</calc>\nTool: 408\nAssistant: 408"
+    )
+
+    def __init__(self, digits: int = 3, digits2: int = 2, *, tool: bool = True, call_credit: float = 0.0,
+                 max_turns: int = 3, seed: int = 0, prompt_style: str = "plain"):  # fmt: skip
         super().__init__(seed=seed, prompt_style=prompt_style)
         self.ranges = operand_range(int(digits)), operand_range(int(digits2))
         self.tool = bool(tool)
         self.max_turns = int(max_turns) if self.tool else 1
-        self.params = {"digits": int(digits), "digits2": int(digits2), "tool": self.tool, "max_turns": self.max_turns}
+        if not 0.0 <= float(call_credit) < 1.0:
+            raise ValueError(f"call_credit must be in [0, 1) (a call pays less than the answer), got {call_credit}")
+        self.call_credit = float(call_credit)
+        self.params = {"digits": int(digits), "digits2": int(digits2), "tool": self.tool, "max_turns": self.max_turns,
+                       "call_credit": self.call_credit}  # fmt: skip
         self.max_answer_chars = int(digits) + int(digits2)
-        if not self.tool:
+        if self.tool:
+            self.system_prompt = self.tool_system_prompt
+        else:
             self.instruction = "Answer with the number."
 
     @property
@@ -143,17 +162,22 @@ class CalculatorTask(MultiTurnTask):
         return Example(f"What is {a} * {b}?", str(a * b), {"a": a, "b": b})
 
     def start(self, example: Example) -> dict[str, int]:
-        return {"calls": 0}
+        return {"calls": 0, "credited": 0}
 
     def reply(self, text: str, example: Example, state: dict[str, int]) -> Reply:
         calls = _CALL.findall(text) if self.tool else []
         if calls or (self.tool and text.rstrip().endswith("</calc>")):
             state["calls"] += 1
+            credit = 0.0
             try:
-                result = calculate(calls[-1]) if calls else "error: no <calc> before </calc>"
+                if not calls:
+                    raise ValueError("no <calc> before </calc>")
+                result = calculate(calls[-1])
+                if not state["credited"]:
+                    state["credited"], credit = 1, self.call_credit
             except ValueError as e:
                 result = f"error: {e}"
-            return Reply(result, role="tool", components={"answer": 0.0, "calls": float(state["calls"])})
+            return Reply(result, reward=credit, role="tool", components={"answer": 0.0, "calls": float(state["calls"])})
         correct = float(numbers_equal(last_number(text), example.answer))
         return Reply(reward=correct, done=True, components={"answer": correct, "calls": float(state["calls"])})
 
