@@ -192,6 +192,7 @@ class Evaluation(Callback):
     Every evaluation uses the same prompts and samples (seed `agent.config.seed + 104729` unless
     `seed` is given), so the points of one run are comparable; the policy's sampling stream is
     left where it was. A resumed run does not re-evaluate its starting point (its row is logged).
+    `time_val_s` is the evaluation's wall time.
     """
 
     def __init__(
@@ -220,8 +221,10 @@ class Evaluation(Callback):
 
     def _evaluate(self, metrics: dict) -> None:
         seed = self.seed if self.seed is not None else self.agent.config.seed + EVAL_SEED_OFFSET
+        start = time.perf_counter()
         self.last = evaluate(self.agent.policy, self.env, episodes=self.episodes, greedy=self.greedy, seed=seed)
         metrics.update({f"val_{k}": v for k, v in self.last.items()})
+        metrics["time_val_s"] = time.perf_counter() - start  # what the evaluation cost (outside time_*_s of the update)
 
 
 # -- files: metrics, checkpoints, plot ------------------------------------------------------------

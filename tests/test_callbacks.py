@@ -35,7 +35,7 @@ from agents.reinforce import REINFORCE
 torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, reward="partial_credit", max_new_tokens=3)
-TIMING = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s")
+TIMING = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s", "time_val_s")
 
 
 def make(seed=0, **settings):

@@ -34,7 +34,7 @@ from agents.train import PRESETS, resolve_settings
 torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, reward="partial_credit", max_new_tokens=3)
-TIMING_KEYS = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s")
+TIMING_KEYS = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s", "time_val_s")
 
 
 def tiny_policy(seed=0):
