@@ -305,6 +305,11 @@ def test_docstring_example_runs(name):
         ("The larger number is 52.", 1.0), ("37 is less than 52, so 52 is bigger.", 1.0),
         ("37 is larger than 52.", 0.0),  # a false claim: its last number is the right one, the claim is not
         ("37", 0.0), ("I don't know", 0.0),
+        ("The answer is 52.", 1.0), ("52. Yes, 52.", 1.0),  # one number named, as often as it likes
+        # reward hacks seen in training runs: echoing the question, hedging between the two numbers
+        ("37 or 52.", 0.0), ("The larger is 37 or 52.", 0.0), ("The larger is 52 or 37.", 0.0),
+        ("37 or 52 is larger.", 0.0), ("To compare 37 and 52, look at the tens.", 0.0),
+        ("The larger number is 52, not 37.", 1.0), ("Between 37 and 52, the larger is 52.", 1.0),
     ],
 )
 def test_comparison_reads_the_claim_not_the_last_number(completion, reward):

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from textgym.rewards.extract import last_number, numbers_equal
+from textgym.rewards.extract import last_number, numbers_equal, parse_number
 from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
 
 __all__ = ["AdditionTask", "MultiplicationTask", "ComparisonTask"]
@@ -166,8 +166,11 @@ class ComparisonTask(_TwoOperandTask):
     1.0 when the number the completion says is larger (inside <answer> for r1_zero, with the format
     checked) is the larger one, else 0.0. The answer is read from the last claim the text makes —
     "52 is larger than 37", "37 is smaller than 52", "52 > 37", "the larger number is 52" all answer
-    52 — and from the last number when it makes none. Reading only the last number would pay "30 is
-    larger than 85." for its 85: a policy trained on that learns to state falsehoods.
+    52 — and, when it makes none, from the one number it names ("52", "The answer is 52."). A text
+    that names several numbers without a claim ("37 or 52."), or hedges one ("the larger is 37 or
+    52"), answers nothing. Both rules close reward hacks seen in training runs: reading only the
+    last number paid "30 is larger than 85." for its 85 (a policy learned to state falsehoods), and
+    paid an echo of the question ("37 or 52.") whenever the second number was the larger.
 
     ## Arguments
     - `digits=2`: digits per number (1: 0-9, 90 problems; d >= 2: exactly d digits).
@@ -202,6 +205,7 @@ class ComparisonTask(_TwoOperandTask):
 
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
+_NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 _MORE = r"(?:larger|bigger|greater|higher)"
 _LESS = r"(?:smaller|less|lower)"
 # Each pattern: a claim about which number is larger, and which of its groups names that number.
@@ -214,7 +218,27 @@ _CLAIMS = [
 ]
 
 
+# A number offered with an alternative next to it ("the larger is 66 or 90", "16 or 95 is larger")
+# names no one number.
+_ALTERNATIVE_BEFORE = re.compile(r"-?\d+(?:\.\d+)?\s*(?:,|/|\bor\b|\band\b)\s*$", re.IGNORECASE)
+_ALTERNATIVE_AFTER = re.compile(r"^\s*(?:,|/|\bor\b|\band\b)\s*-?\d", re.IGNORECASE)
+
+
 def claimed_larger(text: str) -> str | None:
-    """The number a text says is the larger: from its last comparison claim, else its last number."""
-    claims = [(m.start(), m.group(g)) for pattern, g in _CLAIMS for m in pattern.finditer(text)]
-    return max(claims)[1] if claims else last_number(text)
+    """The number a text says is the larger: from its last comparison claim, else its only number.
+
+    A claim whose number comes with an alternative ("the larger is 66 or 90") is no claim. Without
+    a claim the text must name one number (as often as it likes): "16 or 95." names both numbers of
+    the question and says nothing about which is larger, so it answers nothing (reading its last
+    number would pay an echo of the question half of the time, which a policy learns to exploit).
+    """
+    claims = []
+    for pattern, g in _CLAIMS:
+        for m in pattern.finditer(text):
+            start, end = m.span(g)
+            if not (_ALTERNATIVE_BEFORE.search(text, 0, start) or _ALTERNATIVE_AFTER.match(text[end:])):
+                claims.append((m.start(), m.group(g)))
+    if claims:
+        return max(claims)[1]
+    named = {parse_number(n) for n in _NUMBERS.findall(text)}
+    return last_number(text) if len(named) == 1 else None
