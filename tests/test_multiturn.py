@@ -246,16 +246,17 @@ def test_calculator_tool_is_exact_and_refuses_code():
     assert task.system_prompt and "<calc>12*34</calc>" in task.system_prompt and bare.system_prompt is None
 
 
-def test_calculator_call_credit_pays_the_first_working_call_once():
+def test_calculator_call_credit_pays_the_first_right_call_once():
     task = textgym.make_task("calculator", call_credit=0.1)
     ex = task.example("train", 0)
     state = task.start(ex)
     assert task.reply("<calc>x*2</calc>", ex, state).reward == 0.0  # an error earns nothing
+    assert task.reply("<calc>95.5</calc>", ex, state).reward == 0.0  # nor a call that is not a * b
     call = f"<calc>{ex.metadata['a']}*{ex.metadata['b']}</calc>"
     assert task.reply(call, ex, state).reward == 0.1
     assert task.reply(call, ex, state).reward == 0.0  # once per episode: calls cannot be farmed
     final = task.reply(f"It is {ex.answer}.", ex, state)
-    assert final.reward == 1.0 and final.components == {"answer": 1.0, "calls": 3.0}
+    assert final.reward == 1.0 and final.components == {"answer": 1.0, "calls": 4.0}
     assert textgym.make_task("calculator").reply(call, ex, {"calls": 0, "credited": 0}).reward == 0.0  # default: none
     with pytest.raises(ValueError, match="call_credit"):
         textgym.make_task("calculator", call_credit=1.0)

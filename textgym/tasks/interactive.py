@@ -103,9 +103,10 @@ class CalculatorTask(MultiTurnTask):
     ## Rewards
     On the final answer: 1.0 when its last number equals a * b, else 0.0; components `answer` and
     `calls` (how many calculator calls the episode made). `call_credit` (default 0: success alone)
-    pays that much, once per episode, on the first call the calculator evaluates without an error:
-    a format reward that gives a policy that rarely writes a well-formed call something to learn
-    from before it ever answers right. The success rate is the `answer` component either way.
+    pays that much, once per episode, on the first call whose result is a * b — the right
+    calculation — so a policy learns to call the calculator correctly before it ever reports the
+    result (paying any well-formed call was farmed in a trial: `<calc>95.5</calc>`). The success
+    rate is the `answer` component either way.
 
     ## Arguments
     - `digits=3`, `digits2=2`: digits of the two operands (123 * 45 by default).
@@ -173,7 +174,7 @@ class CalculatorTask(MultiTurnTask):
                 if not calls:
                     raise ValueError("no <calc> before </calc>")
                 result = calculate(calls[-1])
-                if not state["credited"]:
+                if not state["credited"] and numbers_equal(result, example.answer):
                     state["credited"], credit = 1, self.call_credit
             except ValueError as e:
                 result = f"error: {e}"
