@@ -10,7 +10,7 @@ import re
 from fractions import Fraction
 
 __all__ = [
-    "answer_tag", "boxed", "gsm8k_answer", "last_number", "first_line", "parse_number", "numbers_equal", "EXTRACTORS",
+    "answer_tag", "boxed", "gsm8k_answer", "last_number", "numbers", "first_line", "parse_number", "numbers_equal", "EXTRACTORS",
 ]
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -74,9 +74,14 @@ def gsm8k_answer(text: str) -> str | None:
     return number.replace(",", "") if _GROUPED.fullmatch(number) else number
 
 
+def numbers(text: str) -> list[str]:
+    """Every number written in the text, in order, as written ("1,000", "-3", "7.5")."""
+    return _NUMBER.findall(text)
+
+
 def last_number(text: str) -> str | None:
     """The last number written in the text, as written ("1,000", "-3", "7.5"), or None."""
-    found = _NUMBER.findall(text)
+    found = numbers(text)
     return found[-1] if found else None
 
 

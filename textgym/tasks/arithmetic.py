@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from textgym.rewards.extract import last_number, numbers_equal, parse_number
+from textgym.rewards.extract import last_number, numbers, numbers_equal, parse_number
 from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
 
 __all__ = ["AdditionTask", "MultiplicationTask", "ComparisonTask"]
@@ -205,7 +205,6 @@ class ComparisonTask(_TwoOperandTask):
 
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
-_NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 _MORE = r"(?:larger|bigger|greater|higher)"
 _LESS = r"(?:smaller|less|lower)"
 # Each pattern: a claim about which number is larger, and which of its groups names that number.
@@ -240,5 +239,5 @@ def claimed_larger(text: str) -> str | None:
                 claims.append((m.start(), m.group(g)))
     if claims:
         return max(claims)[1]
-    named = {parse_number(n) for n in _NUMBERS.findall(text)}
-    return last_number(text) if len(named) == 1 else None
+    found = numbers(text)  # the same reading of numbers as last_number ("1,000" is one number)
+    return found[-1] if len({parse_number(n) for n in found}) == 1 else None
