@@ -437,3 +437,18 @@ def test_the_reasoning_gym_table_script_runs_end_to_end_and_resumes(tmp_path):
     again = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ textgym train" not in again.stdout  # trained already: not again
     assert row in again.stdout.splitlines()
+
+
+def test_the_reasoning_gym_table_names_what_one_answer_for_every_problem_scores(tmp_path):
+    """A policy that always says the commonest reference scores its share: the table shows that share
+    (per evaluated problem, however many samples each has), so a collapse to "Yes" is not read as learning."""
+    spec = importlib.util.spec_from_file_location("rg_table", REPO / "examples/benchmarks/reasoning_gym_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.constant_answer_rate(tmp_path) is None  # nothing evaluated yet
+    rows = [{"type": "config", "config": {}}]
+    for problem, reference in enumerate(["Yes", "Yes", "No", "Yes"]):
+        rows += [{"mode": "sample", "problem": problem, "sample": s, "reference": reference} for s in range(3)]
+    rows.append({"mode": "greedy", "problem": 2, "sample": 0, "reference": "No"})
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert table.constant_answer_rate(tmp_path) == 0.75
