@@ -72,8 +72,9 @@ def common_env(args: argparse.Namespace, name: str) -> list[str]:
     """The settings every command of a dataset shares: the task, its size, the budget, the prompt."""
     prompt = [] if args.system_prompt is None else ["--system-prompt", args.system_prompt]
     stops = ["--stop-strings", *args.stop_strings] if args.stop_strings else []
+    reward = ["--reward", args.reward] if args.reward else []
     return ["--task", f"reasoning_gym:{name}", "--task-kwargs", json.dumps(task_kwargs(args, name)),
-            "--max-new-tokens", str(args.max_new_tokens), *prompt, "--chat-template", args.chat_template, *stops,
+            "--max-new-tokens", str(args.max_new_tokens), *prompt, "--chat-template", args.chat_template, *stops, *reward,
             "--temperature", str(args.temperature), "--threads", str(args.threads)]  # fmt: skip
 
 
@@ -186,7 +187,8 @@ def table(args: argparse.Namespace) -> int:
                      f"{cell(before, f'pass@{k}')} | {cell(after, f'pass@{k}')} | "
                      f"{'—' if constant is None else f'{constant:.2f}'} | {iteration} |")  # fmt: skip
     print(f"\n{args.model} before and after `textgym train` ({args.iterations} updates), {args.problems} held-out test "
-          f"problems x {k} samples, T = {args.temperature}, {args.max_new_tokens} new tokens; 95% bootstrap intervals:\n")  # fmt: skip
+          f"problems x {k} samples, T = {args.temperature}, {args.max_new_tokens} new tokens, "
+          f"{'reward ' + args.reward if args.reward else 'the datasets verifiers'}; 95% bootstrap intervals:\n")  # fmt: skip
     print(f"| dataset | problems | pass@1 base | pass@1 trained | pass@{k} base | pass@{k} trained | "
           f"one answer for all | updates |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the system message (none: the model's own)")
     p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--stop-strings", nargs="+", default=None, help="end a completion at these strings (e.g. a newline)")
+    p.add_argument("--reward", default=None,
+                   help="a textgym reward instead of the dataset's own verifier, in every command (e.g. numeric_match: "
+                        "the last number the reply writes equals the reference)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of every command")
