@@ -452,3 +452,21 @@ def test_the_reasoning_gym_table_names_what_one_answer_for_every_problem_scores(
     rows.append({"mode": "greedy", "problem": 2, "sample": 0, "reference": "No"})
     (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert table.constant_answer_rate(tmp_path) == 0.75
+
+
+@pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
+def test_the_reasoning_gym_table_passes_its_reward_to_every_command(tmp_path):
+    """--reward numeric_match scores base evaluation, training and trained evaluation alike."""
+    spec = importlib.util.spec_from_file_location("rg_table", REPO / "examples/benchmarks/reasoning_gym_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    from argparse import Namespace
+
+    args = Namespace(size=200, level=0, system_prompt=None, stop_strings=None, max_new_tokens=8, chat_template="auto",
+                     temperature=0.7, threads=1, reward=None, problems=2, batch_size=4, seed=0)  # fmt: skip
+    assert "--reward" not in table.common_env(args, "leg_counting")
+    args.reward = "numeric_match"
+    env = table.common_env(args, "leg_counting")
+    assert env[env.index("--reward") + 1] == "numeric_match"
+    command = table.eval_command(args, "leg_counting", "tiny", tmp_path, 2, [1, 2])
+    assert command[command.index("--reward") + 1] == "numeric_match"
