@@ -92,6 +92,15 @@ def test_sample_efficiency_scores_every_trainer_with_one_evaluator(runs):
     first = {r["agent"]: (r["val_reward"], r["val_length"]) for r in rows if r["update"] == "0"}
     assert len(set(first.values())) == 1, first
     assert (out / "curves.png").stat().st_size > 0 and "validation reward" in stdout
+    # Everything reused (e.g. curves.json merged from two out dirs, no csv): nothing trains, all files written.
+    (out / "curves.csv").unlink()
+    cmd = ["examples/benchmarks/sample_efficiency.py", *TINY_TRAINING, "--agents", "reinforce", "trl", "--updates", "3",
+           "--eval-every", "2", "--eval-episodes", "8", "--out", str(out)]  # fmt: skip
+    again = subprocess.run([sys.executable, *cmd], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("reusing the finished run") == 2 and "s per update (sampling" not in again.stdout
+    with open(out / "curves.csv") as f:
+        assert list(csv.DictReader(f)) == rows
 
 
 @pytest.mark.skipif(not HAVE_TRL, reason="TRL (the bench extra) is not installed")

@@ -317,6 +317,7 @@ def main() -> int:
             save(rows, args, out)
             print(f"{name} seed {seed}: {curve.train_seconds / args.updates:.1f} s per update (sampling + update, "
                   "evaluations excluded)", flush=True)  # fmt: skip
+    save(rows, args, out)  # also when every run was reused (curves.json merged from two out dirs has no csv yet)
     report([r for r in rows if r["agent"] in args.agents and r["seed"] in args.seeds], args, out)
     return 0
 
