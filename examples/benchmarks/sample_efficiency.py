@@ -37,6 +37,9 @@ from pathlib import Path
 import torch
 from trl_grpo import TRL_MISSING, grpo_trainer, trl_available
 
+from agents.reinforce import REINFORCEConfig
+from textgym.config import EnvConfig
+
 AGENTS = ("reinforce", "reinforce-std", "reinforce-linear", "trl")
 EVAL_SEED = 104729
 
@@ -126,7 +129,6 @@ def run_reinforce(args, seed: int, variant: str) -> Curve:
 def run_trl(args, seed: int) -> Curve:
     from transformers import TrainerCallback
 
-    from textgym.config import EnvConfig
     from textgym.transition import Transition
 
     model, tokenizer = load(args, seed)
@@ -264,7 +266,7 @@ def report(rows: list[dict], args, out: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
-    p.add_argument("--task", default="comparison", help="the default task of textgym train")
+    p.add_argument("--task", default=EnvConfig.task, help=f"default: textgym train's ({EnvConfig.task})")
     p.add_argument("--task-kwargs", type=json.loads, default={}, help="JSON task arguments, e.g. '{\"length\": 2}'")
     p.add_argument("--agents", nargs="+", default=["reinforce", "trl"], help=f"{', '.join(AGENTS)}, or a --variant's name")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "SETTINGS"),
@@ -273,7 +275,7 @@ def main() -> int:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--lr", type=float, default=2e-5, help="both trainers (textgym train's default)")
+    p.add_argument("--lr", type=float, default=REINFORCEConfig.lr, help=f"both trainers (default: textgym train's, {REINFORCEConfig.lr})")
     p.add_argument("--updates", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-episodes", type=int, default=256, help="distinct validation problems per evaluation")

@@ -6,7 +6,7 @@ update is sampling + reward + one forward/backward; the measure is completion to
 wall time over whole updates (sampling included), after `--warmup` updates that are not counted.
 TRL is an optional, bench-only dependency (`pip install trl`; it also brings `datasets`).
 
-    python examples/benchmarks/train_throughput.py                    # SmolLM2-135M-Instruct, addition
+    python examples/benchmarks/train_throughput.py                    # SmolLM2-135M-Instruct, comparison
     python examples/benchmarks/train_throughput.py --model tiny --task copy --max-new-tokens 6 --updates 2
 """
 
@@ -20,6 +20,9 @@ import time
 
 import torch
 from trl_grpo import TRL_MISSING, grpo_trainer, trl_available
+
+from agents.reinforce import REINFORCEConfig
+from textgym.config import EnvConfig
 
 
 def reinforce_updates(args) -> list[tuple[float, int]]:
@@ -48,7 +51,6 @@ def trl_updates(args) -> list[tuple[float, int]]:
     from transformers import TrainerCallback
 
     from agents.models import load_model
-    from textgym.config import EnvConfig
     from textgym.transition import Transition
 
     model, tokenizer = load_model(args.model, device="auto", dtype="float32")
@@ -87,13 +89,13 @@ def summarize(name: str, updates: list[tuple[float, int]]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct' (default), 'tiny', an HF id or dir")
-    p.add_argument("--task", default="addition")
+    p.add_argument("--task", default=EnvConfig.task, help=f"default: textgym train's ({EnvConfig.task})")
     p.add_argument("--task-kwargs", type=json.loads, default={}, help="JSON task arguments, e.g. '{\"length\": 2}'")
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=REINFORCEConfig.lr, help=f"both trainers (default: textgym train's, {REINFORCEConfig.lr})")
     p.add_argument("--updates", type=int, default=4, help="timed updates per trainer")
     p.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     p.add_argument("--seed", type=int, default=0)
