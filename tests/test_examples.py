@@ -5,6 +5,7 @@ waits for its own. No timing is asserted: the benchmarks only have to run."""
 
 import csv
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -119,3 +120,12 @@ def test_baselines_benchmark_runs_and_resumes(runs):
                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert [r for r in stdout.splitlines() if r.startswith("| none |")][-1] in again.stdout, "finished runs are reused"
+    # another toy in the same file is measured, not answered with the first toy's rows
+    other = subprocess.run([sys.executable, "examples/benchmarks/baselines.py", "--model", "tiny", "--preset", "tiny-sort",
+                            "--seeds", "0", "--iterations", "1", "--eval-episodes", "8", "--baselines", "none", "--skip-variance",
+                            "--out", str(png.with_name("baselines.jsonl"))],
+                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert other.returncode == 0, other.stderr[-2000:]
+    learned = [json.loads(line) for line in png.with_name("baselines.jsonl").read_text().splitlines()]
+    learned = [(r["preset"], r["baseline"], r["seed"]) for r in learned if r["kind"] == "learning"]
+    assert ("tiny-sort", "none", 0) in learned and ("tiny", "none", 0) in learned and len(learned) == len(set(learned))

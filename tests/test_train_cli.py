@@ -45,7 +45,7 @@ def test_every_setting_is_a_flag_with_the_configs_help_and_default():
     assert "(default: 'auto')" in flags["amp"].help and flags["amp"].choices == ["auto", "bf16", "off"]
     assert "[tiny: 0.001]" in flags["lr"].help and "[smollm2-135m-instruct: 0.7]" in flags["temperature"].help
     text = p.format_help()
-    assert "presets (flags override them):" in text and "tiny: task=\"sort\"" in text
+    assert "presets (flags override them):" in text and "tiny: task=\"copy\"" in text
 
 
 def test_the_defaults_are_the_main_jobs():
@@ -65,7 +65,8 @@ def test_presets_apply_to_their_model_exactly_and_flags_override_them():
     # --task replaces the preset's task, and with it the settings that belong to that task.
     copy = resolve_settings({"model": "tiny", "task": "copy"})
     assert copy["task_kwargs"] == {} and copy["reward"] is None and copy["lr"] == PRESETS["tiny"]["lr"]
-    assert resolve_settings({"model": "./my-model", "preset": "tiny"})["task"] == "sort"
+    assert resolve_settings({"model": "./my-model", "preset": "tiny"})["task"] == "copy"
+    assert resolve_settings({"model": "tiny", "preset": "tiny-sort"})["task"] == "sort"
 
 
 def test_a_model_named_like_tiny_is_loaded_as_itself(tmp_path, capsys):

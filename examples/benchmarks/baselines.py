@@ -1,7 +1,7 @@
 """Baselines compared: none vs mean vs group vs leave-one-out (vs a learned value), over seeds.
 
-Two measurements, on the tiny model's toy task (`--model tiny`: sorting 6 characters over "ab",
-edit-distance credit, the `tiny` preset of `textgym train`) or on the default model and task
+Two measurements, on the tiny model's toy task (`--model tiny`: the `tiny` preset of `textgym
+train`; `--preset tiny-sort` for the earlier toy) or on the default model and task
 (`--model smollm2-135m-instruct`: `textgym train`'s main job):
 
 1. Gradient variance at a fixed policy: many independent batches of rollouts from the same initial
@@ -37,20 +37,20 @@ from agents.train import PRESETS
 BASELINES = ["none", "mean", "group", "leave_one_out", "value"]
 
 
-def setup(model: str) -> dict:
-    """The task and training settings of `textgym train --model <model>` (its preset over the defaults)."""
+def setup(model: str, preset_name: str | None = None) -> dict:
+    """The task and training settings of `textgym train --model <model> [--preset P]` (the preset over the defaults)."""
     if model == "tiny":
-        preset = PRESETS["tiny"]
+        preset = PRESETS[preset_name or "tiny"]
         return dict(env=dict(task=preset["task"], task_kwargs=preset["task_kwargs"], reward=preset["reward"],
                              max_new_tokens=preset["max_new_tokens"]),
                     lr=preset["lr"], temperature=1.0, prompts=preset["prompts"], mask=True)  # fmt: skip
-    preset = PRESETS.get(model, {})
+    preset = PRESETS.get(preset_name or model, {})
     return dict(env=dict(max_new_tokens=preset.get("max_new_tokens", 24)), lr=2e-5, temperature=preset.get("temperature", 1.0),
                 prompts=2, mask=False)  # fmt: skip
 
 
 def make(args, seed: int, baseline: str):
-    s = setup(args.model)
+    s = setup(args.model, args.preset)
     policy = LMPolicy.from_pretrained(args.model, seed=seed, temperature=s["temperature"])
     envs = textgym.TextGenVectorEnv(num_envs=s["prompts"] * args.group_size, group_size=args.group_size,
                                     tokenizer=policy.tokenizer, **s["env"])  # fmt: skip
@@ -94,7 +94,7 @@ def gradient_variance(args) -> dict[str, dict[str, float]]:
 
 def learning(args, seed: int, baseline: str) -> float:
     agent, envs = make(args, seed, baseline)
-    val = textgym.TextGenVectorEnv(num_envs=64, split="validation", tokenizer=agent.policy.tokenizer, **setup(args.model)["env"])
+    val = textgym.TextGenVectorEnv(num_envs=64, split="validation", tokenizer=agent.policy.tokenizer, **setup(args.model, args.preset)["env"])
     agent.learn(envs, iterations=args.iterations, progress_bar=False)
     return agent.evaluate(val, episodes=args.eval_episodes)["reward"]
 
@@ -102,6 +102,7 @@ def learning(args, seed: int, baseline: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="tiny (the toy task) or smollm2-135m-instruct (the main job)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help="the model's own preset unless given (tiny-sort: the earlier toy)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--baselines", nargs="+", default=BASELINES, choices=BASELINES)
     p.add_argument("--iterations", type=int, default=30)
@@ -117,15 +118,19 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
+    # which toy a tiny row was measured on: rows written before the presets were named carry none
+    preset = args.preset or ("tiny" if args.model == "tiny" else None)
+
     def record(row: dict) -> None:
+        row = {"model": args.model, **({"preset": preset} if preset else {}), **row}
         with open(out, "a") as f:
-            f.write(json.dumps({"model": args.model, **row}) + "\n")
-        done.append({"model": args.model, **row})
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
 
     if not args.skip_variance:
         var = gradient_variance(args)
         record({"kind": "variance", "batches": args.batches, **{b: v for b, v in var.items()}})
-        s = setup(args.model)
+        s = setup(args.model, args.preset)
         print(f"gradient estimates at the initial policy ({args.batches} batches of {s['prompts']}x{args.group_size} episodes):\n")
         print("| baseline | trace Cov[ĝ] | vs none | mean shift vs none (|Δ|/|ĝ|) |\n|---|---|---|---|")
         for b, v in var.items():
@@ -137,12 +142,12 @@ def main() -> None:
     for baseline in args.baselines:
         finals = []
         for seed in args.seeds:
-            key = {"kind": "learning", "baseline": baseline, "seed": seed, "iterations": args.iterations,
+            key = {"kind": "learning", "preset": preset, "baseline": baseline, "seed": seed, "iterations": args.iterations,
                    "eval_episodes": args.eval_episodes}  # fmt: skip
             found = [r for r in done if r.get("model") == args.model and all(r.get(k) == v for k, v in key.items())]
             reward = found[-1]["validation_reward"] if found else learning(args, seed, baseline)
             if not found:
-                record({**key, "validation_reward": reward})
+                record({k: v for k, v in key.items() if k != "preset"} | {"validation_reward": reward})
             finals.append(reward)
         half = 1.96 * np.std(finals, ddof=1) / math.sqrt(len(finals)) if len(finals) > 1 else float("nan")
         print(f"| {baseline} | " + " | ".join(f"{f:.3f}" for f in finals) + f" | {np.mean(finals):.3f} ± {half:.3f} |", flush=True)
