@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping
 from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
 from textgym.tokenizers import DEFAULT_MODEL
 
-__all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings"]
+__all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings", "split_settings"]
 
 # Settings that differ from the configs' defaults, as named recipes: a model by the exact name of a
 # preset uses it unless --preset says otherwise; other presets are asked for with --preset. Flags
@@ -51,7 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The toy before 2026-12-02: sort 6 characters over "ab" (64 problems, 6 held out). The model
     # learns where to switch from a to b only approximately, and the switch point drifts with every
     # update: a shift by one turns most strings from exact (1.0) to one-off (0.83) at once, so
-    # validation swings between 0.72 and 0.96 after reaching 0.9 (README). Kept for its results.
+    # after reaching 0.9 validation fell to 0.42-0.88 (seeds 0-5; one never got there; README).
+    # Kept for its results.
     "tiny-sort": dict(task="sort", task_kwargs={"length": 6, "alphabet": "ab"}, reward="partial_credit", max_new_tokens=6,
                       lr=1e-3, iterations=60, prompts=8, mask_actions=True),
     # The tiny model on the multi-turn guessing game (`--model tiny --preset tiny-guess`): a code of 6
@@ -151,8 +152,9 @@ def resolve_settings(flags: dict[str, Any], base: dict[str, Any] | None = None) 
     return {**settings, **values, **flags, "preset": preset}
 
 
-def _split(settings: dict[str, Any]) -> list[Any]:
-    """The five configs made from a flat dict of settings (each takes its own names)."""
+def split_settings(settings: dict[str, Any]) -> list[Any]:
+    """The five configs (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig)
+    made from a flat dict of settings such as `resolve_settings` returns (each takes its own names)."""
     return [cls(**{k: v for k, v in settings.items() if k in _names(cls)}) for cls in _configs()]
 
 
@@ -187,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         settings = resolve_settings(flags)
     try:
-        run_cfg, management, env_cfg, agent_cfg, sampling = _split(settings)
+        run_cfg, management, env_cfg, agent_cfg, sampling = split_settings(settings)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if run_cfg.threads:

@@ -29,7 +29,7 @@ from agents.baselines import BASELINES
 from agents.policy import LMPolicy
 from agents.reinforce import REINFORCE, REINFORCEConfig
 from agents.rollouts import collect_episodes, to_batch
-from agents.train import PRESETS, resolve_settings
+from agents.train import PRESETS, resolve_settings, split_settings
 
 torch.set_num_threads(2)
 
@@ -84,7 +84,7 @@ def test_slow_tiny_model_learns_the_default_toy_task_to_09_validation_reward():
     validation = {task.example("validation", i).prompt for i in range(n_val)}
     assert not validation & {task.example("train", i).prompt for i in range(task.num_examples("train"))}
     policy.restrict_actions(envs.action_masks()[0])
-    agent = REINFORCE(policy, REINFORCEConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(REINFORCEConfig) if f.name in cfg}))
+    agent = REINFORCE(policy, split_settings(cfg)[3])  # the preset's REINFORCEConfig, entropy bonus included
     untrained = agent.evaluate(eval_env, episodes=64)
     assert untrained["reward"] < 0.5 and untrained["accuracy"] < 0.1, untrained  # chance level
     curve = [(0, round(untrained["reward"], 3), round(untrained["accuracy"], 3))]

@@ -32,37 +32,34 @@ import torch
 import textgym
 from agents import LMPolicy, REINFORCE
 from agents.rollouts import collect_episodes, to_batch
-from agents.train import PRESETS
+from agents.train import PRESETS, resolve_settings, split_settings
 
 BASELINES = ["none", "mean", "group", "leave_one_out", "value"]
 
 
-def setup(model: str, preset_name: str | None = None) -> dict:
-    """The task and training settings of `textgym train --model <model> [--preset P]` (the preset over the defaults)."""
-    if model == "tiny":
-        preset = PRESETS[preset_name or "tiny"]
-        return dict(env=dict(task=preset["task"], task_kwargs=preset["task_kwargs"], reward=preset["reward"],
-                             max_new_tokens=preset["max_new_tokens"]),
-                    lr=preset["lr"], temperature=1.0, prompts=preset["prompts"], mask=True)  # fmt: skip
-    preset = PRESETS.get(preset_name or model, {})
-    return dict(env=dict(max_new_tokens=preset.get("max_new_tokens", 24)), lr=2e-5, temperature=preset.get("temperature", 1.0),
-                prompts=2, mask=False)  # fmt: skip
+def setup(model: str, preset: str | None = None):
+    """The configs of `textgym train --model <model> [--preset P]`: the defaults, then the preset."""
+    run, _, env, agent, sampling = split_settings(resolve_settings({"model": model, **({"preset": preset} if preset else {})}))
+    return run, env, agent, sampling
 
 
 def make(args, seed: int, baseline: str):
-    s = setup(args.model, args.preset)
-    policy = LMPolicy.from_pretrained(args.model, seed=seed, temperature=s["temperature"])
-    envs = textgym.TextGenVectorEnv(num_envs=s["prompts"] * args.group_size, group_size=args.group_size,
-                                    tokenizer=policy.tokenizer, **s["env"])  # fmt: skip
-    if s["mask"]:
+    run, env, agent_cfg, sampling = setup(args.model, args.preset)
+    policy = LMPolicy.from_pretrained(args.model, seed=seed, temperature=sampling.temperature)
+    envs = textgym.TextGenVectorEnv(num_envs=run.prompts * args.group_size, group_size=args.group_size,
+                                    config=env, tokenizer=policy.tokenizer)  # fmt: skip
+    if run.mask_actions:
         policy.restrict_actions(envs.action_masks()[0])
-    agent = REINFORCE(policy, baseline=baseline, lr=s["lr"], seed=seed)
+    agent = REINFORCE(policy, agent_cfg, baseline=baseline, seed=seed)
     return agent, envs
 
 
 def gradient_variance(args) -> dict[str, dict[str, float]]:
     """Per baseline: trace Cov[g] and |mean g - mean g_none| / |mean g_none|, all from the same rollouts."""
     agent, envs = make(args, 0, "none")
+    # the REINFORCE estimator alone: a preset's entropy bonus or KL term would add the same extra
+    # gradient under every baseline
+    agent = REINFORCE(agent.policy, agent.config, entropy_coef=0.0, kl_coef=0.0)
     rollouts = []
     for b in range(args.batches):
         agent.policy.seed(1000 + b)
@@ -94,7 +91,7 @@ def gradient_variance(args) -> dict[str, dict[str, float]]:
 
 def learning(args, seed: int, baseline: str) -> float:
     agent, envs = make(args, seed, baseline)
-    val = textgym.TextGenVectorEnv(num_envs=64, split="validation", tokenizer=agent.policy.tokenizer, **setup(args.model, args.preset)["env"])
+    val = textgym.TextGenVectorEnv(num_envs=64, config=setup(args.model, args.preset)[1], split="validation", tokenizer=agent.policy.tokenizer)
     agent.learn(envs, iterations=args.iterations, progress_bar=False)
     return agent.evaluate(val, episodes=args.eval_episodes)["reward"]
 
@@ -130,8 +127,8 @@ def main() -> None:
     if not args.skip_variance:
         var = gradient_variance(args)
         record({"kind": "variance", "batches": args.batches, **{b: v for b, v in var.items()}})
-        s = setup(args.model, args.preset)
-        print(f"gradient estimates at the initial policy ({args.batches} batches of {s['prompts']}x{args.group_size} episodes):\n")
+        prompts = setup(args.model, args.preset)[0].prompts
+        print(f"gradient estimates at the initial policy ({args.batches} batches of {prompts}x{args.group_size} episodes):\n")
         print("| baseline | trace Cov[ĝ] | vs none | mean shift vs none (|Δ|/|ĝ|) |\n|---|---|---|---|")
         for b, v in var.items():
             print(f"| {b} | {v['trace']:.4g} | {v['trace'] / var['none']['trace']:.3f} | {v['shift']:.3f} |", flush=True)
