@@ -34,6 +34,7 @@ import torch
 from agents import distributed
 from agents import losses as L
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
+from agents.curriculum import FrontierSampler
 from agents.callbacks import (
     Callback,
     RunManagementConfig,
@@ -77,9 +78,32 @@ class REINFORCEConfig:
         "same, or eq. 26's sum over each completion",
     )
     epochs: int = setting(1, "update epochs per batch; > 1 uses the clipped importance-ratio loss (eq. 27a) against the behaviour log-probs")
-    cliprange: float = setting(0.2, "ε of the clipped loss (epochs > 1)")
+    cliprange: float = setting(0.2, "ε of the clipped loss (epochs > 1): the ratio's floor 1 - ε, and its ceiling unless cliprange_high is set")
+    cliprange_high: float | None = setting(
+        None, "ε_high of the clipped loss (eq. 27b, 'clip-higher'): the ratio's ceiling 1 + ε_high (None: cliprange)"
+    )
     kl_coef: float = setting(0.0, "weight of the k3 KL penalty to a frozen copy of the initial policy (0: off, no copy kept)")
-    entropy_coef: float = setting(0.0, "weight of the entropy bonus")
+    entropy_coef: float = setting(0.0, "weight of the entropy bonus (with entropy_target: its starting value)")
+    entropy_target: float | None = setting(
+        None,
+        "target mean token entropy H* in nats: after every update the entropy bonus weight moves by dual ascent, "
+        "β <- max(0, β + entropy_lr (H* - H)) (eq. 26b). None: a fixed bonus entropy_coef",
+    )
+    entropy_lr: float = setting(0.05, "η of the entropy bonus's dual ascent (entropy_target)")
+    mask_truncated: bool = setting(
+        False, "no gradient from episodes the token budget cut off (eq. 26c); their rewards still count in the baselines"
+    )
+    dynamic_sampling: bool = setting(
+        False,
+        "drop groups whose rewards are all equal (no gradient under a group baseline) and sample more prompts until "
+        "the update has `prompts` informative groups, or max_sampling_rounds rounds ran (DAPO; eq. 22f)",
+    )
+    max_sampling_rounds: int = setting(4, "dynamic_sampling: the most rounds of sampling per update (the first included)")
+    frontier_weight: float | None = setting(
+        None,
+        "frontier sampling (eq. 26d): draw training problems with weight w when their last pass rate was 0 or 1, "
+        "1 otherwise; needs a finite training split. None: off (the env draws problems uniformly)",
+    )
     max_grad_norm: float | None = setting(1.0, "clip the gradient's global norm to this (None: no clipping)")
     micro_batch_size: int | None = setting(
         None, "episodes per forward/backward; gradients accumulate over the batch, so memory follows it (None: all at once)"
@@ -101,6 +125,17 @@ class REINFORCEConfig:
         _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
         _require(_is_int(self.epochs, 1), f"epochs must be an integer >= 1, got {self.epochs!r}")
         _require(self.cliprange > 0, f"cliprange must be > 0, got {self.cliprange}")
+        _require(self.cliprange_high is None or self.cliprange_high > 0,
+                 f"cliprange_high must be > 0, or None for the symmetric window; got {self.cliprange_high}")  # fmt: skip
+        _require(self.entropy_target is None or self.entropy_target >= 0,
+                 f"entropy_target must be >= 0 nats, or None for a fixed bonus; got {self.entropy_target}")  # fmt: skip
+        _require(self.entropy_lr > 0, f"entropy_lr must be > 0, got {self.entropy_lr}")
+        _require(_is_int(self.max_sampling_rounds, 1), f"max_sampling_rounds must be an integer >= 1, got {self.max_sampling_rounds!r}")
+        _require(self.frontier_weight is None or 0 < self.frontier_weight <= 1,
+                 f"frontier_weight must be in (0, 1] (1: uniform), or None for off; got {self.frontier_weight}")  # fmt: skip
+        _require(not self.dynamic_sampling or self.baseline in GROUPED,
+                 f"dynamic_sampling drops groups whose advantages are all 0 under a group baseline: use baseline='group' or "
+                 f"'leave_one_out', not {self.baseline!r}")  # fmt: skip
         _require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0 (0 turns the term off)")
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm}")
         _require(self.micro_batch_size is None or _is_int(self.micro_batch_size, 1),
@@ -148,6 +183,10 @@ class REINFORCE:
         self.iteration = 0
         self.end_iteration = 0  # where the current learn call stops (the linear schedule's end)
         self.running_mean: list[float] = []  # the "mean" baseline's m (eq. 22b), per turn
+        self.entropy_coef = cfg.entropy_coef  # β_H: fixed, or adapted towards entropy_target (eq. 26b)
+        self.samples = 0  # episodes sampled for training so far (dynamic sampling's extra rounds included)
+        self.frontier: FrontierSampler | None = None  # made by learn(), which knows the training split
+        self._frontier_state: dict | None = None  # a checkpoint's, until then
         self.bad_updates = 0
         self.autocast_dtype = _autocast_dtype(cfg.amp, policy)
         self.optimizer = _adamw(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,6 +238,13 @@ class REINFORCE:
         self._update_running_mean(batch, returns)
         stats: dict[str, list[float]] = defaultdict(list)
         skipped = False
+        if cfg.mask_truncated and batch.truncated is not None:
+            # eq. 26c: the budget decided these episodes' rewards, so their tokens leave the loss (the
+            # advantages above already used their returns in the group baselines).
+            stats["truncated_masked"].append(float(batch.truncated.float().mean()))
+            batch = batch.with_action_mask(batch.action_mask & ~batch.truncated[:, None])
+            if self.dist.sum(int(batch.action_mask.sum())) == 0:  # nothing left to train on: no step at all
+                return {**{k: float(np.mean(v)) for k, v in stats.items()}, **_no_update(self)}
         for _ in range(cfg.epochs):
             # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
             # behaviour log-probs: after the first step the batch comes from an older policy.
@@ -217,6 +263,11 @@ class REINFORCE:
             if self.value_head is not None:
                 stats["value_loss"].append(self._fit_value_head(hidden, returns, batch.action_mask))
         out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        if not skipped and cfg.entropy_target is not None and stats.get("entropy"):
+            # eq. 26b: dual ascent on β_H, from the entropy of this update's first epoch (the samples' policy)
+            entropy = self.dist.sum(stats["entropy"][0]) / self.dist.world_size
+            self.entropy_coef = L.adapt_entropy_coef(self.entropy_coef, entropy, cfg.entropy_target, cfg.entropy_lr)
+        out["entropy_coef"] = self.entropy_coef
         out["skipped_update"] = float(skipped)
         return out
 
@@ -252,8 +303,8 @@ class REINFORCE:
                     loss, loss_stats = L.reinforce_loss(
                         mb["log_probs"], advantages[rows, mb["columns"]].to(policy.device), mb["mask"], cfg.loss_aggregation,
                         old_log_probs=mb["old_log_probs"] if clipped else None, cliprange=cfg.cliprange,
-                        ref_log_probs=mb.get("ref_log_probs"), kl_coef=cfg.kl_coef,
-                        entropy=mb["entropy"], entropy_coef=cfg.entropy_coef,
+                        cliprange_high=cfg.cliprange_high, ref_log_probs=mb.get("ref_log_probs"), kl_coef=cfg.kl_coef,
+                        entropy=mb["entropy"], entropy_coef=self.entropy_coef,
                     )  # fmt: skip
                     if cfg.loss_aggregation == "token_mean":
                         share = mb["mask"].sum() * world / total_tokens  # this micro-batch's tokens of the whole
@@ -387,13 +438,13 @@ class REINFORCE:
                 keep_going = not signalled
                 while keep_going and self.iteration < self.end_iteration:
                     t0 = time.perf_counter()
-                    self.policy.seed(self._iteration_seed(1))
-                    episodes, timing = collect_episodes(self.policy, envs, seed=self._iteration_seed(0))  # collect
+                    episodes, kept, timing, sampling = self.collect(envs, group_size)  # collect
                     t1 = time.perf_counter()
                     lr = self._scheduled_lr()
-                    stats = self.update(to_batch(episodes, group_size))  # update
+                    stats = self.update(to_batch(kept, group_size)) if self.dist.all_true(bool(kept)) else _no_update(self)  # update
                     self.iteration += 1
-                    metrics = _iteration_metrics(self.iteration, episodes, stats, lr, timing, t1 - t0, time.perf_counter() - t1)
+                    metrics = _iteration_metrics(self.iteration, episodes, {**sampling, **stats}, lr, timing, t1 - t0,
+                                                 time.perf_counter() - t1)  # fmt: skip
                     metrics = self.dist.mean_dict(metrics)  # every rank's episodes count
                     keep_going = self.dist.all_true(callbacks.on_iteration_end(metrics) is not False)  # callbacks
                     signalled = not self.dist.all_true(stop.signum is None)
@@ -406,6 +457,63 @@ class REINFORCE:
         if signalled or stop.signum is not None:
             raise TrainingInterrupted(stop.signum or signal.SIGTERM)  # SIGTERM: another rank's signal
         return self
+
+    def collect(self, envs: Any, group_size: int) -> tuple[list[Episode], list[Episode], dict[str, float], dict[str, float]]:
+        """This iteration's episodes: (all sampled, those the update trains on, timing, statistics).
+
+        One episode per slot through `env.step`; with `frontier_weight` the agent picks each group's
+        problem (eq. 26d), otherwise the env draws it. With `dynamic_sampling`, groups whose rewards
+        are all equal are dropped and further rounds are sampled (fresh problems, the same slots)
+        until `prompts` informative groups are kept or `max_sampling_rounds` rounds ran (eq. 22f);
+        the update then trains on the informative groups alone, possibly fewer than `prompts`.
+        Without it, every episode of the one round is trained on, as before.
+        """
+        cfg = self.config
+        prompts = envs.num_envs // group_size
+        if cfg.frontier_weight is not None and self.frontier is None:
+            self.frontier = FrontierSampler(getattr(envs.core, "num_examples", None), group_size, cfg.frontier_weight)
+            if self._frontier_state is not None:
+                self.frontier.load_state_dict(self._frontier_state)
+        self.policy.seed(self._iteration_seed(1))
+        sampled: list[Episode] = []
+        kept: list[Episode] = []
+        timing = {"generate_s": 0.0, "env_s": 0.0}
+        rounds, uninformative_first = 0, 0.0
+        while True:
+            # Round 0 draws what a run without these guards draws (same seeds); later rounds fresh ones.
+            seed = self._iteration_seed(0) if rounds == 0 else self._iteration_seed(0, rounds)
+            options = None
+            if self.frontier is not None:
+                options = {"index": self.frontier.draw(np.random.default_rng(self._iteration_seed(2, rounds)), prompts)}
+            episodes, t = collect_episodes(self.policy, envs, seed=seed, options=options)
+            for key in timing:
+                timing[key] += t[key]
+            rounds += 1
+            sampled += episodes
+            if self.frontier is not None:
+                self.frontier.record([e.info.get("index", -1) for e in episodes], [e.success for e in episodes])
+            informative = L.informative_groups(torch.tensor([e.reward for e in episodes]), group_size).tolist()
+            if rounds == 1:
+                uninformative_first = 1.0 - float(np.mean(informative))
+            if not cfg.dynamic_sampling:
+                kept = episodes
+                break
+            for k, useful in enumerate(informative):
+                if useful and len(kept) < prompts * group_size:
+                    kept += episodes[k * group_size : (k + 1) * group_size]
+            full = len(kept) >= prompts * group_size
+            if self.dist.all_true(full or rounds >= cfg.max_sampling_rounds):  # every rank samples as many rounds
+                break
+        self.samples += len(sampled)
+        stats = {
+            "groups_all_equal": uninformative_first,  # share of the first round's groups with no gradient (eq. 22f)
+            "sampling_rounds": float(rounds),
+            "informative_groups": float(len(kept) // group_size) if cfg.dynamic_sampling else float(prompts) * (1 - uninformative_first),
+            "samples": float(self.samples),
+        }
+        if self.frontier is not None:
+            stats.update(self.frontier.stats())
+        return sampled, kept, timing, stats
 
     def _check_env(self, envs: Any) -> tuple[Any, int]:
         envs = envs.unwrapped
@@ -432,9 +540,9 @@ class REINFORCE:
             group["lr"] = lr
         return lr
 
-    def _iteration_seed(self, stream: int) -> int:
-        """A seed per (run seed, iteration, stream): resuming at iteration k replays iteration k."""
-        key = [self.config.seed, self.iteration, stream] + ([self.dist.rank] if self.dist.enabled else [])
+    def _iteration_seed(self, stream: int, *more: int) -> int:
+        """A seed per (run seed, iteration, stream, ...): resuming at iteration k replays iteration k."""
+        key = [self.config.seed, self.iteration, stream, *more] + ([self.dist.rank] if self.dist.enabled else [])
         return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def evaluate(self, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0) -> dict[str, float]:
@@ -468,7 +576,11 @@ class REINFORCE:
             "policy_sampling": {k: getattr(self.policy, k) for k in SAMPLING},
             "allowed_tokens": None if self.policy.allowed_tokens is None else self.policy.allowed_tokens.cpu(),
             "generator": self.policy.generator.get_state(),
+            "entropy_coef": self.entropy_coef,
+            "samples": self.samples,
         }
+        if self.frontier is not None:
+            state["frontier"] = self.frontier.state_dict()
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
@@ -540,6 +652,11 @@ class REINFORCE:
         m = state["running_mean"]
         agent.running_mean = [float(m)] if isinstance(m, (int, float)) else list(m)  # one turn in older checkpoints
         policy.generator.set_state(state["generator"])
+        agent.entropy_coef = float(state.get("entropy_coef", config.entropy_coef))
+        if "entropy_coef" in overrides and config.entropy_target is None:
+            agent.entropy_coef = config.entropy_coef  # a fixed bonus given on resume wins
+        agent.samples = int(state.get("samples", 0))
+        agent._frontier_state = state.get("frontier")
         if agent.value_head is not None and "value_head" in state:
             agent.value_head.load_state_dict(state["value_head"])
             agent.value_optimizer.load_state_dict(state["value_optimizer"])
@@ -572,6 +689,12 @@ def _iteration_metrics(
         "tokens_per_s": sum(len(e.action_positions) for e in episodes) / max(collect_s, 1e-9),
         "sample_completion": str(episodes[0].info.get("completion", ""))[:200],
     }
+
+
+def _no_update(agent: REINFORCE) -> dict[str, float]:
+    """The statistics of an iteration whose sampling kept no informative group (on some rank): no step."""
+    agent.policy.reset_cache()
+    return {"skipped_update": 1.0, "entropy_coef": agent.entropy_coef}
 
 
 def _autocast_dtype(amp: str, policy: LMPolicy) -> torch.dtype | None:

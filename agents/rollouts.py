@@ -18,6 +18,7 @@ observation's `seq_len` when the policy chose it), with its behaviour log-prob a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -104,10 +105,13 @@ class Batch:
     episode_returns: torch.Tensor  # (B,) R(τ)
     turns: torch.Tensor | None = None  # (B, S-1) long: the turn of each action, -1 elsewhere
     group_size: int = 1  # episodes [kG, (k+1)G) answer the same prompt
+    truncated: torch.Tensor | None = None  # (B,) bool: the token budget ended the episode
 
     def __post_init__(self) -> None:
         if self.turns is None:  # one turn: every action is in turn 0
             self.turns = torch.where(self.action_mask, 0, -1)
+        if self.truncated is None:
+            self.truncated = torch.zeros(self.input_ids.shape[0], dtype=torch.bool)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -115,7 +119,12 @@ class Batch:
     def select(self, rows: slice) -> "Batch":
         """The episodes `rows` (keep whole groups when a group baseline will see them)."""
         return Batch(self.input_ids[rows], self.attention_mask[rows], self.action_mask[rows], self.old_log_probs[rows],
-                     self.rewards[rows], self.episode_returns[rows], self.turns[rows], self.group_size)  # fmt: skip
+                     self.rewards[rows], self.episode_returns[rows], self.turns[rows], self.group_size,
+                     self.truncated[rows])  # fmt: skip
+
+    def with_action_mask(self, action_mask: torch.Tensor) -> "Batch":
+        """The same episodes, training on the actions `action_mask` keeps (a subset of `self.action_mask`)."""
+        return dataclasses.replace(self, action_mask=action_mask & self.action_mask)
 
 
 def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
@@ -138,7 +147,8 @@ def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
         rewards[i, columns] = torch.from_numpy(e.rewards.astype(np.float32))
         turns[i, columns] = torch.from_numpy(e.turns)
     returns = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, turns, int(group_size))
+    truncated = torch.tensor([e.info.get("ended_by") == "budget" for e in episodes], dtype=torch.bool)
+    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, turns, int(group_size), truncated)
 
 
 def collect_episodes(
