@@ -441,7 +441,7 @@ class REINFORCE:
                     episodes, kept, timing, sampling = self.collect(envs, group_size)  # collect
                     t1 = time.perf_counter()
                     lr = self._scheduled_lr()
-                    stats = self.update(to_batch(kept, group_size)) if self.dist.all_true(bool(kept)) else _no_update(self)  # update
+                    stats = self.update(to_batch(kept, group_size)) if self._worth_a_step(sampling) else _no_update(self)  # update
                     self.iteration += 1
                     metrics = _iteration_metrics(self.iteration, episodes, {**sampling, **stats}, lr, timing, t1 - t0,
                                                  time.perf_counter() - t1)  # fmt: skip
@@ -465,8 +465,9 @@ class REINFORCE:
         problem (eq. 26d), otherwise the env draws it. With `dynamic_sampling`, groups whose rewards
         are all equal are dropped and further rounds are sampled (fresh problems, the same slots)
         until `prompts` informative groups are kept or `max_sampling_rounds` rounds ran (eq. 22f);
-        the update then trains on the informative groups alone, possibly fewer than `prompts`.
-        Without it, every episode of the one round is trained on, as before.
+        when the bound runs out first, the last round's uninformative groups fill the update (zero
+        advantages: they carry only the entropy and KL terms). Without it, every episode of the one
+        round is trained on, as before.
         """
         cfg = self.config
         prompts = envs.num_envs // group_size
@@ -503,17 +504,34 @@ class REINFORCE:
                     kept += episodes[k * group_size : (k + 1) * group_size]
             full = len(kept) >= prompts * group_size
             if self.dist.all_true(full or rounds >= cfg.max_sampling_rounds):  # every rank samples as many rounds
+                last = [episodes[k * group_size : (k + 1) * group_size] for k, useful in enumerate(informative) if not useful]
                 break
+        useful_groups = len(kept) // group_size if cfg.dynamic_sampling else round(prompts * (1 - uninformative_first))
+        if cfg.dynamic_sampling:
+            # The bound ran out: fill the update with the last round's uninformative groups. Their
+            # advantages are 0, so they add no policy gradient, only the entropy and KL terms — which
+            # is what lets entropy control pull a collapsed policy back to where groups disagree
+            # (skipping the update instead would freeze it there).
+            for group in last[: prompts - len(kept) // group_size]:
+                kept += group
         self.samples += len(sampled)
         stats = {
             "groups_all_equal": uninformative_first,  # share of the first round's groups with no gradient (eq. 22f)
             "sampling_rounds": float(rounds),
-            "informative_groups": float(len(kept) // group_size) if cfg.dynamic_sampling else float(prompts) * (1 - uninformative_first),
+            "informative_groups": float(useful_groups),
             "samples": float(self.samples),
         }
         if self.frontier is not None:
             stats.update(self.frontier.stats())
         return sampled, kept, timing, stats
+
+    def _worth_a_step(self, sampling: dict[str, float]) -> bool:
+        """False when dynamic sampling found no informative group on any rank and no entropy or KL term
+        would act: the gradient is 0, and an optimizer step would still move the weights (Adam's momentum)."""
+        cfg = self.config
+        if not cfg.dynamic_sampling or cfg.entropy_target is not None or cfg.entropy_coef > 0 or cfg.kl_coef > 0:
+            return True
+        return not self.dist.all_true(sampling["informative_groups"] == 0)
 
     def _check_env(self, envs: Any) -> tuple[Any, int]:
         envs = envs.unwrapped

@@ -99,6 +99,23 @@ def test_an_update_without_informative_groups_is_skipped(tmp_path):
     assert metrics[-1]["samples"] == 2 * 3 * 8  # every round counts as samples spent
 
 
+def test_without_informative_groups_entropy_control_still_acts(tmp_path):
+    """A collapsed policy gives no informative group; the update then holds uninformative groups,
+    whose only gradient is the entropy bonus's: the bonus adapts and moves the weights."""
+    policy, envs = setup("test_guards_problem_only")
+    agent = REINFORCE(policy, baseline="group", dynamic_sampling=True, max_sampling_rounds=2, entropy_target=5.0,
+                      entropy_lr=0.1, lr=1e-2, seed=0)  # fmt: skip
+    before = weights(policy)
+    sampled, kept, _, stats = agent.collect(envs, group_size=4)
+    assert stats["informative_groups"] == 0 and len(kept) == 8 and len(sampled) == 16
+    assert {e.slot for e in kept} == set(range(8)) and kept == sampled[8:]  # the last round's groups
+    out = agent.update(to_batch(kept, 4))
+    assert out["skipped_update"] == 0.0 and out["entropy_coef"] > 0  # β starts at 0: the first step is empty
+    assert all(torch.equal(before[k], v) for k, v in weights(policy).items())
+    agent.update(to_batch(kept, 4))  # now β > 0: the entropy bonus moves the weights
+    assert not all(torch.equal(before[k], v) for k, v in weights(policy).items())
+
+
 def test_dynamic_sampling_needs_a_group_baseline():
     with pytest.raises(ValueError, match="dynamic_sampling.*group"):
         REINFORCE(LMPolicy.from_pretrained("tiny"), baseline="mean", dynamic_sampling=True)
