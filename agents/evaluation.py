@@ -848,6 +848,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result.tasks, config))
     print(f"\n95% intervals: percentile bootstrap over problems ({BOOTSTRAP_RESAMPLES} resamples, seed {config.seed}); "
           f"mean@{config.samples} is the mean reward")  # fmt: skip
+    print("prior: the score of giving every problem the commonest reference answer (named), by the verifier; "
+          "lift: pass@1 - prior; answers and their entropy (bits): over all samples / mean per problem")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in result.paths.values()))
     return 0
 
