@@ -19,7 +19,18 @@ the reward, is 1), then averaged over the P problems:
   task's verifier reads (`extract_answer`); numbers vote by value ("7.0" with "7"); a tie goes to
   the answer given first; samples without an answer do not vote;
 - mean@k: the mean reward of the samples (k = n: all of them);
-- greedy: the accuracy of one argmax decoding per problem.
+- greedy: the accuracy of one argmax decoding per problem;
+- prior: what always giving the commonest reference answer of the evaluated problems scores, by
+  pass@1's rule (the answer, e.g. "Yes", is named beside it). That one answer, in the task's format,
+  is scored by the verifier on every problem (one call each), so numeric equivalence and partial
+  credit count as they do for the model (`agents.answers`); prior_reward is its mean reward. None
+  (—) where the problems have no reference answers, and for multi-turn tasks;
+- lift: pass@1 - prior, per problem (the constant answer solves a problem or not), averaged: what
+  the model scores above answering every problem alike;
+- answers: how many different answers the samples give (same answer by `vote_key`; samples without
+  an answer are not counted), over all samples and the mean per problem; answer entropy: their
+  entropy in bits, over all samples and the mean per problem. A model that says "Yes" to every
+  problem has 1 answer and entropy 0 while its pass@1 is the prior.
 Confidence intervals (95%) are over problems, not samples: a percentile bootstrap that resamples
 the P problems (1,000 resamples, seeded by --seed; every metric of a task from the same
 resamples). A metric that is the same on every problem gets a zero-width interval. The per-problem
@@ -43,24 +54,23 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
-from textgym.rewards.builtin import (
-    boxed_math, contains, exact_match, gsm8k, math_equiv, numeric_match, partial_credit, r1_format, r1_zero,
+from agents.answers import Prior, constant_answer_prior
+from agents.statistics import (
+    BOOTSTRAP_RESAMPLES, answer_entropy, bootstrap_intervals, distinct_answers, majority_vote, pass_at_k,
+    wilson_interval,
 )
-from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, parse_number
+from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
+from textgym.rewards.answers import extract_answer, vote_key
 from textgym.tasks import Task, make_task
-from textgym.tasks.base import _ExampleListTask
 
 __all__ = [
     "EvalConfig", "EvalResult", "evaluate_policy", "load_policy", "resolve_checkpoint", "extract_answer", "vote_key",
@@ -70,8 +80,6 @@ __all__ = [
 
 SAMPLES_FILE = "samples.jsonl"
 FORMAT_VERSION = 1
-BOOTSTRAP_RESAMPLES = 1000
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -132,166 +140,6 @@ def _parse_ks(value: Any) -> tuple[int, ...]:
     if not ks:
         raise ValueError("k is empty; give at least one value, e.g. --k 1")
     return tuple(sorted(set(ks)))
-
-
-# -- the metrics ---------------------------------------------------------------------------------
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
-
-    C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i): a product of c factors in (0, 1], with no
-    binomial coefficient that could overflow a float.
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset holds a correct sample
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def vote_key(answer: str | None) -> str | None:
-    """What makes two answers the same vote: a number's value, else the text with spaces collapsed."""
-    if answer is None:
-        return None
-    number = parse_number(answer)
-    if number is not None:
-        return str(number)
-    text = " ".join(answer.split())
-    return text or None
-
-
-def majority_vote(answers: Sequence[str | None]) -> tuple[int | None, str | None]:
-    """(index of the first sample giving the most common answer, that answer's vote key).
-
-    Ties go to the answer given first; samples without an answer (None) do not vote; (None, None)
-    when no sample gives one.
-    """
-    keys = [vote_key(a) for a in answers]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return None, None
-    top = max(counts.values())
-    for i, key in enumerate(keys):
-        if key is not None and counts[key] == top:
-            return i, key
-    raise AssertionError("unreachable")
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap_intervals(
-    columns: Mapping[str, Sequence[float]], seed: int, resamples: int = BOOTSTRAP_RESAMPLES
-) -> dict[str, tuple[float, float]]:
-    """95% percentile-bootstrap intervals of the mean of every column (one value per problem).
-
-    The same resampled problem sets serve every column, so the intervals of a task's metrics are
-    paired; the seed makes them reproducible.
-    """
-    sizes = {len(v) for v in columns.values()}
-    if not sizes:
-        return {}
-    if len(sizes) != 1:
-        raise ValueError(f"every column needs one value per problem; got lengths {sorted(sizes)}")
-    p = sizes.pop()
-    if p == 0:
-        return {name: (math.nan, math.nan) for name in columns}
-    rows = np.random.default_rng(seed).integers(0, p, size=(resamples, p))
-    out = {}
-    for name, values in columns.items():
-        means = np.asarray(values, dtype=np.float64)[rows].mean(axis=1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
-        out[name] = (float(lo), float(hi))
-    return out
-
-
-# -- what a completion answers -------------------------------------------------------------------
-
-
-def _stripped(text: str) -> str | None:
-    return text.strip() or None
-
-
-def _answer_region(text: str) -> str | None:
-    tagged = answer_tag(text)
-    return tagged if tagged is not None else _stripped(text)
-
-
-def _numeric(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is None:
-        region = boxed(text)
-    return last_number(text if region is None else region)
-
-
-def _math(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is not None:
-        return boxed(region) or region
-    return boxed(text) or last_number(text)
-
-
-def _gsm8k(text: str) -> str | None:
-    found = gsm8k_answer(text)
-    return found if found is not None else last_number(_answer_region(text) or "")
-
-
-def _boxed(text: str) -> str | None:
-    return boxed(_answer_region(text) or "")
-
-
-# Each built-in reward's own reading of a completion, for tasks scored by a reward function.
-REWARD_EXTRACTORS: dict[Any, Callable[[str], str | None]] = {
-    exact_match: _answer_region, partial_credit: _answer_region, contains: _stripped, numeric_match: _numeric,
-    math_equiv: _math, gsm8k: _gsm8k, boxed_math: _boxed, r1_zero: answer_tag, r1_format: answer_tag,
-}  # fmt: skip
-
-
-def _reward_extractor(reward: Any) -> Callable[[str], str | None]:
-    from textgym.rewards.core import get_reward
-
-    return REWARD_EXTRACTORS.get(get_reward(reward), _stripped)
-
-
-def _task_extractor(task: Task) -> Callable[[str], str | None]:
-    """How the task's verifier reads an answer out of (the answer region of) a completion."""
-    if task.reward_override is not None:
-        return _reward_extractor(task.reward_override)
-    if isinstance(task, _ExampleListTask):  # tasks from examples and data files: their reward reads it
-        return _reward_extractor(task.answer_reward)
-    if type(task).score_answer is Task.score_answer or type(task).extract is not Task.extract:
-        return task.extract  # the extract / check design of the built-in tasks
-    return _stripped  # a verifier of the whole text (reasoning-gym's score_answer reads it stripped)
-
-
-def extract_answer(task: Task, completion: str, *, reward: Any = None, info: Mapping[str, Any] | None = None) -> str | None:
-    """The answer `completion` gives, as the verifier reads it: what maj@k votes on.
-
-    `reward` is the env's reward when it replaces the task's verifier (`EnvConfig.reward`): a
-    built-in reward's own extraction is used, otherwise the stripped completion. In r1_zero style
-    the answer is read inside the <answer> tags (None without them). In a multi-turn task it is
-    read from the policy's last turn (`info["conversation"]`, the episode's final info). Tasks
-    whose verifier reads the whole text (reasoning-gym's) vote on the stripped completion.
-    """
-    if reward is not None:
-        return _reward_extractor(reward)(completion)
-    if task.multi_turn:
-        turns = [span["text"] for span in (info or {}).get("conversation", []) if span.get("role") == "assistant"]
-        text = turns[-1] if turns else completion
-        return task.extract(text) if type(task).extract is not Task.extract else _stripped(text)
-    if task.reward_override is None and task.prompt_style == "r1_zero":
-        completion = answer_tag(completion)
-        if completion is None:
-            return None
-    return _task_extractor(task)(completion)
 
 
 # -- loading the model -----------------------------------------------------------------------------
@@ -521,20 +369,26 @@ def _metric_names(config: EvalConfig) -> list[str]:
     return names
 
 
-def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, tasks: Sequence[str]) -> tuple[list[dict], list[dict]]:
+def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, tasks: Sequence[str],
+                      priors: Mapping[str, Prior | None] | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """(one row per task, one row per problem) from the sample records, in task and problem order.
 
-    Depends only on the records and the configuration, so a resumed evaluation and an
-    uninterrupted one with the same seed give the same tables.
+    `priors` holds each task's constant-answer prior on these problems (`constant_answer_prior`;
+    a task without one has no prior or lift). Depends only on the records, the configuration and
+    the priors, so a resumed evaluation and an uninterrupted one with the same seed give the same
+    tables.
     """
+    priors = priors or {}
     by_problem: dict[tuple[str, int], dict[str, list]] = {}
     for r in records:
         slot = by_problem.setdefault((r["task"], int(r["problem"])), {"sample": [], "greedy": []})
         slot[r["mode"]].append(r)
     task_rows, problem_rows = [], []
     for task in tasks:
+        prior = priors.get(task)
         keys = sorted(p for t, p in by_problem if t == task)
         rows = []
+        every_answer: list[str | None] = []
         for p in keys:
             samples = sorted(by_problem[(task, p)]["sample"], key=lambda r: int(r["sample"]))
             greedy = by_problem[(task, p)]["greedy"]
@@ -553,6 +407,13 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
                         row[f"maj@{k}"] = float(winner is not None and bool(samples[winner]["correct"]))
                         row[f"maj@{k}_answer"] = answer
                 row[f"mean@{config.samples}"] = float(np.mean([r["reward"] for r in samples]))
+                answers = [r["extracted"] for r in samples]
+                every_answer += answers
+                row["distinct_answers"], row["answer_entropy"] = distinct_answers(answers), answer_entropy(answers)
+            if prior is not None:
+                row["prior"], row["prior_reward"] = prior.success[p], prior.reward[p]
+                if config.samples:
+                    row["lift"] = row["success_rate"] - row["prior"]  # pass@1 of the problem - the constant answer's
             if config.greedy:
                 if len(greedy) != 1:
                     raise ValueError(f"{task} problem {p} has {len(greedy)} greedy decodings, expected 1")
@@ -566,12 +427,21 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
         problem_rows += rows
         if not rows:
             continue
-        names = _metric_names(config)
+        names = _metric_names(config) + _prior_names(config, prior)
         intervals = bootstrap_intervals({m: [r[m] for r in rows] for m in names}, seed=config.seed)
         summary: dict[str, Any] = {"task": task, "problems": len(rows), "samples": config.samples}
         for m in names:
             summary[m] = float(np.mean([r[m] for r in rows]))
             summary[f"{m}_lo"], summary[f"{m}_hi"] = intervals[m]
+        summary["prior_answer"] = None if prior is None else prior.answer
+        summary["prior_reward"] = None if prior is None else float(np.mean([r["prior_reward"] for r in rows]))
+        summary.setdefault("prior", None)
+        summary.setdefault("lift", None)
+        if config.samples:
+            summary["distinct_answers"] = distinct_answers(every_answer)
+            summary["distinct_answers_per_problem"] = float(np.mean([r["distinct_answers"] for r in rows]))
+            summary["answer_entropy"] = answer_entropy(every_answer)
+            summary["answer_entropy_per_problem"] = float(np.mean([r["answer_entropy"] for r in rows]))
         summary["tokens"] = float(np.mean([r["tokens"] for r in rows]))
         summary["truncated"] = float(np.mean([r["truncated"] for r in rows]))
         summary["reward_errors"] = int(sum(r["reward_errors"] for r in rows))
@@ -579,12 +449,34 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
     return task_rows, problem_rows
 
 
+def _prior_names(config: EvalConfig, prior: Prior | None) -> list[str]:
+    """The prior's columns with intervals: the prior, and the lift over it where there are samples."""
+    if prior is None:
+        return []
+    return ["prior", "lift"] if config.samples else ["prior"]
+
+
+def _short(text: Any, width: int = 12) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_table(task_rows: Sequence[Mapping[str, Any]], config: EvalConfig) -> str:
-    """The per-task table: every metric with its 95% bootstrap interval over problems."""
+    """The per-task table: every metric with its 95% bootstrap interval over problems, the prior (and
+    its answer), the lift over it, and the answers' diversity (over all samples / mean per problem)."""
     names = _metric_names(config)
-    head = ["task", "problems", *names, "tokens", "truncated"]
-    body = [[r["task"], str(r["problems"]), *(f"{r[m]:.3f} [{r[m + '_lo']:.2f}, {r[m + '_hi']:.2f}]" for m in names),
-             f"{r['tokens']:.1f}", f"{r['truncated']:.2f}"] for r in task_rows]  # fmt: skip
+    diversity = ["answers all / problem", "answer entropy all / problem"] if config.samples else []
+    head = ["task", "problems", *names, "prior (answer)", *(["lift"] if config.samples else []), *diversity, "tokens",
+            "truncated"]  # fmt: skip
+    body = []
+    for r in task_rows:
+        cells = [r["task"], str(r["problems"]), *(f"{r[m]:.3f} [{r[m + '_lo']:.2f}, {r[m + '_hi']:.2f}]" for m in names)]
+        cells.append("—" if r.get("prior") is None else f"{r['prior']:.3f} ({_short(r['prior_answer'])})")
+        if config.samples:
+            cells.append("—" if r.get("lift") is None else f"{r['lift']:+.3f} [{r['lift_lo']:+.2f}, {r['lift_hi']:+.2f}]")
+            cells.append(f"{r['distinct_answers']} / {r['distinct_answers_per_problem']:.1f}")
+            cells.append(f"{r['answer_entropy']:.2f} / {r['answer_entropy_per_problem']:.2f}")
+        body.append([*cells, f"{r['tokens']:.1f}", f"{r['truncated']:.2f}"])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
@@ -787,7 +679,8 @@ def evaluate_policy(
             sink.close()
     elapsed = time.perf_counter() - t0
 
-    task_rows, problem_rows = summarize_samples(records, config, names)
+    priors = {run_.name: _prior(run_, env, config, policy.tokenizer) for run_ in runs}
+    task_rows, problem_rows = summarize_samples(records, config, names, priors)
     result = EvalResult(task_rows, problem_rows, records, config, header, paths)
     if out is not None:
         summary = {"config": header, "tasks": task_rows, "notes": notes,
@@ -796,6 +689,15 @@ def evaluate_policy(
         _write_csv(paths["tasks"], task_rows)
         _write_csv(paths["problems"], problem_rows)
     return result
+
+
+def _prior(run: _TaskRun, env: EnvConfig, config: EvalConfig, tokenizer: Any) -> Prior | None:
+    """The constant-answer prior of a task on its evaluated problems, scored by the env's verifier."""
+    from textgym.vector import TextGenVectorEnv
+
+    envs = TextGenVectorEnv(num_envs=1, config=env.replace(task=run.task, task_kwargs={}, split=config.split,
+                                                           tokenizer=tokenizer))  # fmt: skip
+    return constant_answer_prior(envs.core, run.problems)
 
 
 def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dict[str, Any] | None, list[dict]]:
@@ -946,6 +848,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result.tasks, config))
     print(f"\n95% intervals: percentile bootstrap over problems ({BOOTSTRAP_RESAMPLES} resamples, seed {config.seed}); "
           f"mean@{config.samples} is the mean reward")  # fmt: skip
+    print("prior: the score of giving every problem the commonest reference answer (named), by the verifier; "
+          "lift: pass@1 - prior; answers and their entropy (bits): over all samples / mean per problem")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in result.paths.values()))
     return 0
 

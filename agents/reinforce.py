@@ -33,6 +33,7 @@ import torch
 
 from agents import distributed
 from agents import losses as L
+from agents.answers import update_answers
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
 from agents.curriculum import FrontierSampler
 from agents.callbacks import (
@@ -444,7 +445,7 @@ class REINFORCE:
                     stats = self.update(to_batch(kept, group_size)) if self._worth_a_step(sampling) else _no_update(self)  # update
                     self.iteration += 1
                     metrics = _iteration_metrics(self.iteration, episodes, {**sampling, **stats}, lr, timing, t1 - t0,
-                                                 time.perf_counter() - t1)  # fmt: skip
+                                                 time.perf_counter() - t1, answers=update_answers(episodes, envs, group_size))  # fmt: skip
                     metrics = self.dist.mean_dict(metrics)  # every rank's episodes count
                     keep_going = self.dist.all_true(callbacks.on_iteration_end(metrics) is not False)  # callbacks
                     signalled = not self.dist.all_true(stop.signum is None)
@@ -688,14 +689,18 @@ REINFORCE.learn.__doc__ = REINFORCE.learn.__doc__.replace("{run_management}", de
 
 
 def _iteration_metrics(
-    iteration: int, episodes: list[Episode], stats: dict, lr: float, timing: dict, collect_s: float, update_s: float
+    iteration: int, episodes: list[Episode], stats: dict, lr: float, timing: dict, collect_s: float, update_s: float,
+    answers: dict | None = None,
 ) -> dict[str, Any]:
-    """One metrics.jsonl row: train reward and accuracy, the update's statistics, timings, a sample."""
+    """One metrics.jsonl row: train reward and accuracy, what the samples answer (`answers`, from
+    `agents.answers.update_answers`: train_answer_entropy is the mean over prompt groups, in bits;
+    train_distinct_answers over the update), the update's statistics, timings, a sample."""
     summary = summarize(episodes)
     return {
         "iteration": iteration,
         "train_reward": summary["reward"],
         "train_accuracy": summary["accuracy"],
+        **{f"train_{k}": v for k, v in (answers or {}).items()},
         "episode_length": summary["episode_length"],
         "reward_errors": summary["reward_errors"],
         **{k: v for k, v in summary.items() if k.startswith("reward/")},

@@ -2,7 +2,8 @@
 
     episodes, timing = collect_episodes(policy, envs, seed=0)    # one episode per vector-env slot
     batch = to_batch(episodes, group_size=envs.group_size)       # tensors for REINFORCE.update
-    evaluate(policy, eval_env, episodes=64, seed=0)              # mean reward ± 95% CI, accuracy, length
+    evaluate(policy, eval_env, episodes=64, seed=0)              # mean reward ± 95% CI, accuracy, length,
+                                                                 # prior, lift and answer diversity
 
 Episodes run through the ordinary Gymnasium loop, `policy.act(obs, active=~done)` then
 `envs.step(actions)`, with the vector env in `AutoresetMode.DISABLED` for the duration: a slot whose
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from agents.answers import evaluation_answers, is_success
 
 __all__ = ["Episode", "Batch", "collect_episodes", "sample_episodes", "to_batch", "summarize", "evaluate"]
 
@@ -83,8 +86,7 @@ class Episode:
     @property
     def success(self) -> bool:
         """Solved: the verifier's `answer` component (or, without one, the reward) is >= 1."""
-        components = self.info.get("reward_components") or {}
-        return bool(components.get("answer", self.reward) >= 1.0 - 1e-9)
+        return is_success(self.reward, self.info.get("reward_components"))
 
 
 @dataclass
@@ -276,8 +278,14 @@ def sample_episodes(
     return out
 
 
-def summarize(episodes: list[Episode]) -> dict[str, float]:
-    """Mean reward with a 95% confidence interval, accuracy, mean length, and reward components."""
+def summarize(episodes: list[Episode], env: Any = None, priors: dict | None = None, seed: int = 0) -> dict[str, Any]:
+    """Mean reward with a 95% confidence interval, accuracy, mean length, and reward components.
+
+    With the `env` the episodes ran in, also what they answer (`agents.answers.evaluation_answers`):
+    the prior (what always giving the commonest reference answer scores), the lift over it with its
+    95% bootstrap interval over problems (seeded by `seed`), and the answers' diversity. `priors`
+    caches the prior per problem set.
+    """
     r = np.array([e.reward for e in episodes])
     half_width = 1.96 * r.std(ddof=1) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
     components: dict[str, list[float]] = {}
@@ -292,14 +300,19 @@ def summarize(episodes: list[Episode]) -> dict[str, float]:
         "episodes": len(episodes),
         "reward_errors": sum(e.info.get("reward_error") is not None for e in episodes),
         **{f"reward/{name}": float(np.sum(v) / len(episodes)) for name, v in sorted(components.items())},
+        **(evaluation_answers(episodes, env, priors=priors, seed=0 if seed is None else seed) if env is not None else {}),
     }
 
 
-def evaluate(policy: Any, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0) -> dict[str, float]:
-    """Mean reward (± 95% CI), accuracy and length of `policy` over `episodes` episodes of `env`.
+def evaluate(
+    policy: Any, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0, priors: dict | None = None
+) -> dict[str, Any]:
+    """Mean reward (± 95% CI), accuracy and length of `policy` over `episodes` episodes of `env`, and
+    what it answers: the prior, the lift over it and the answers' diversity (see `summarize`).
 
     `env` is a vector env or a single TextGenEnv. The same seed gives the same prompts and the same
     samples, so evaluations along a run are comparable; the policy's sampling stream is untouched.
+    `priors` (a dict the caller keeps) caches the prior: the same problems are scored once.
     For the episodes themselves (per-sample records, pass@k) use `sample_episodes`.
     """
-    return summarize(sample_episodes(policy, env, episodes, greedy=greedy, seed=seed))
+    return summarize(sample_episodes(policy, env, episodes, greedy=greedy, seed=seed), env=env, priors=priors, seed=seed)

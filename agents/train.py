@@ -253,6 +253,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation reward: {first['val_reward']:.3f} (iteration {first['iteration']}) -> "
               f"{last['val_reward']:.3f} ± {last['val_reward_ci95']:.3f} (iteration {last['iteration']}); "
               f"accuracy {first['val_accuracy']:.3f} -> {last['val_accuracy']:.3f}")  # fmt: skip
+        if last.get("val_prior") is not None:  # what one answer for every validation problem scores
+            print(f"one answer for all ({last['val_prior_answer']!r}) scores {last['val_prior']:.3f}; lift over it "
+                  f"{last['val_lift']:+.3f} [{last['val_lift_lo']:+.2f}, {last['val_lift_hi']:+.2f}] (iteration "
+                  f"{last['iteration']}); {last['val_distinct_answers']} distinct answers, entropy "
+                  f"{last['val_answer_entropy']:.2f} bits")  # fmt: skip
+    collapses = [r["collapse"] for r in rows if "collapse" in r]
+    if collapses:
+        print(f"warning: {collapses[0]}")
     latest = out / (out / "latest").read_text().strip()
     print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0

@@ -432,26 +432,25 @@ def test_the_reasoning_gym_table_script_runs_end_to_end_and_resumes(tmp_path):
     assert "$ textgym eval --model tiny --task reasoning_gym:leg_counting" in first.stdout
     assert "$ textgym train --model tiny --task reasoning_gym:leg_counting" in first.stdout
     (row,) = [line for line in first.stdout.splitlines() if line.startswith("| leg_counting |")]
-    assert row.endswith("| 1 |") and row.count("[") == 4
+    assert row.endswith("| 1 |") and row.count("[") == 5  # four pass@k cells and the lift
+    prior = json.loads((tmp_path / "leg_counting" / "base" / "summary.json").read_text())["tasks"][0]
+    assert prior["prior"] is not None and f"| {prior['prior']:.3f} ({prior['prior_answer']}) |" in row  # the harness's prior
     assert (tmp_path / "leg_counting" / "trained-1" / "summary.json").exists()
     again = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ textgym train" not in again.stdout  # trained already: not again
     assert row in again.stdout.splitlines()
 
 
-def test_the_reasoning_gym_table_names_what_one_answer_for_every_problem_scores(tmp_path):
-    """A policy that always says the commonest reference scores its share: the table shows that share
-    (per evaluated problem, however many samples each has), so a collapse to "Yes" is not read as learning."""
+def test_the_reasoning_gym_table_shows_the_prior_and_lift_textgym_eval_computed():
+    """The "one answer for all" column is the harness's prior (scored by the verifier), with its answer;
+    a task without one shows a dash."""
     spec = importlib.util.spec_from_file_location("rg_table", REPO / "examples/benchmarks/reasoning_gym_table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
-    assert table.constant_answer_rate(tmp_path) is None  # nothing evaluated yet
-    rows = [{"type": "config", "config": {}}]
-    for problem, reference in enumerate(["Yes", "Yes", "No", "Yes"]):
-        rows += [{"mode": "sample", "problem": problem, "sample": s, "reference": reference} for s in range(3)]
-    rows.append({"mode": "greedy", "problem": 2, "sample": 0, "reference": "No"})
-    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert table.constant_answer_rate(tmp_path) == 0.75
+    assert not hasattr(table, "constant_answer_rate")  # no second way to count it
+    row = {"prior": 0.75, "prior_answer": "Yes", "lift": -0.125, "lift_lo": -0.25, "lift_hi": 0.0}
+    assert table.prior_cell(row) == "0.750 (Yes)" and table.lift_cell(row) == "-0.125 [-0.25, +0.00]"
+    assert table.prior_cell({"prior": None}) == table.lift_cell(None) == "—"
 
 
 @pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")

@@ -450,6 +450,7 @@ def test_train_command_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     text = done.stdout
     assert "train reward" in text and "validation reward" in text
+    assert "one answer for all (" in text and "lift over it" in text  # the prior, beside the validation reward
     assert str(out / "rewards.png") in text and (out / "rewards.png").exists()
     rows = read_metrics(out)
     assert [r["iteration"] for r in rows] == [0, 1, 2] and np.isfinite(rows[-1]["val_reward"])

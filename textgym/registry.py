@@ -68,6 +68,10 @@ class Registry(Generic[T]):
         """The name `obj` is registered under, or None."""
         return next((name for name, entry in self._entries.items() if entry is obj), None)
 
+    def names_of(self, obj: Any) -> list[str]:
+        """Every name `obj` is registered under, in the order they were registered."""
+        return [name for name, entry in self._entries.items() if entry is obj]
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -99,24 +99,20 @@ def task_row(out: Path) -> dict | None:
     return rows[0] if rows else None
 
 
-def constant_answer_rate(out: Path) -> float | None:
-    """The share of the evaluated problems whose reference is the most common one: what always giving
-    that one answer scores (a policy that collapses to "Yes" on a dataset that is 90% "Yes" gets 0.9)."""
-    samples = out / "samples.jsonl"
-    if not samples.exists():
-        return None
-    references = {}
-    with open(samples) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("mode") == "sample":
-                references[row["problem"]] = row["reference"]
-    if not references:
-        return None
-    counts: dict[str, int] = {}
-    for reference in references.values():
-        counts[reference] = counts.get(reference, 0) + 1
-    return max(counts.values()) / len(references)
+def prior_cell(row: dict | None) -> str:
+    """What always giving the commonest reference answer scores on the evaluated problems, and that answer:
+    `textgym eval`'s prior (scored by the dataset's verifier on every problem; a policy that collapses to
+    "Yes" on a dataset that is 90% "Yes" scores 0.9)."""
+    if row is None or row.get("prior") is None:
+        return "—"
+    return f"{row['prior']:.3f} ({row['prior_answer']})"
+
+
+def lift_cell(row: dict | None) -> str:
+    """pass@1 - prior with its 95% interval (textgym eval's lift)."""
+    if row is None or row.get("lift") is None:
+        return "—"
+    return f"{row['lift']:+.3f} [{row['lift_lo']:+.2f}, {row['lift_hi']:+.2f}]"
 
 
 def cell(row: dict | None, metric: str) -> str:
@@ -189,16 +185,15 @@ def table(args: argparse.Namespace) -> int:
             continue
         commands += [show(base_eval), show(train), show(trained_eval)]
         before, after = task_row(base), task_row(trained)
-        constant = constant_answer_rate(base)
         lines.append(f"| {name} | {before['problems']} | {cell(before, 'pass@1')} | {cell(after, 'pass@1')} | "
-                     f"{cell(before, f'pass@{k}')} | {cell(after, f'pass@{k}')} | "
-                     f"{'—' if constant is None else f'{constant:.2f}'} | {iteration} |")  # fmt: skip
+                     f"{cell(before, f'pass@{k}')} | {cell(after, f'pass@{k}')} | {prior_cell(before)} | "
+                     f"{lift_cell(after)} | {iteration} |")  # fmt: skip
     print(f"\n{args.model} before and after `textgym train` ({args.iterations} updates), {args.problems} held-out test "
           f"problems x {k} samples, T = {args.temperature}, {args.max_new_tokens} new tokens, "
           f"{'reward ' + args.reward if args.reward else 'the datasets verifiers'}; 95% bootstrap intervals:\n")  # fmt: skip
     print(f"| dataset | problems | pass@1 base | pass@1 trained | pass@{k} base | pass@{k} trained | "
-          f"one answer for all | updates |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          f"one answer for all (prior) | lift trained | updates |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     print("\nThe commands (run again, they resume):\n\n" + "\n".join(commands))
     return 0

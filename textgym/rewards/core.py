@@ -28,6 +28,8 @@ __all__ = [
     "RewardFn",
     "RewardResult",
     "register_reward",
+    "get_extractor",
+    "stripped",
     "list_rewards",
     "get_reward",
     "reward_name",
@@ -39,21 +41,68 @@ __all__ = [
 ]
 
 RewardFn = Callable[[str, Example], Union[float, "tuple[float, dict[str, float]]"]]
+Extractor = Callable[[str], Union[str, None]]
 
 REWARDS: Registry[RewardFn] = Registry("reward")
+# How each registered reward reads the answer out of a completion, by the reward's name: what
+# maj@k votes on and what the answer statistics count (`get_extractor`).
+EXTRACTORS: dict[str, Extractor] = {}
 
 
-def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
+def stripped(text: str) -> str | None:
+    """The completion itself as the answer, stripped; None when blank (a reward without an extractor)."""
+    return text.strip() or None
+
+
+def register_reward(name: str, fn: RewardFn | None = None, *, extract: Extractor | str | None = None, overwrite: bool = False):
     """Register `fn` under `name`; without `fn`, return a decorator.
 
-        @register_reward("shout")
+        @register_reward("shout", extract=first_line)
         def shout(completion, example):
             return float(completion.isupper())
 
-    Registering the same function again is a no-op; a different one under a taken name raises
-    ValueError unless `overwrite=True`.
+    `extract(completion) -> str | None` says which answer the reward reads in a completion (None:
+    no answer): `textgym eval`'s maj@k votes on it, and the answer statistics (the prior, answer
+    diversity) count it. A name instead borrows a registered reward's extraction
+    (`extract="numeric_match"`: the last number, in <answer> tags or \\boxed{} if any). Without one,
+    the answer is the whole completion, stripped (`stripped`), so "The sum is 7." and "7" are
+    different answers: give one for any reward that reads a part of the completion (the rewards
+    `combine` and `from_trl` make have none until registered with one).
+
+    Registering the same function again is a no-op (a new `extract` replaces the old); a different
+    one under a taken name raises ValueError unless `overwrite=True`.
     """
-    return REWARDS.register(name, fn, overwrite=overwrite)
+    extractor = _as_extractor(extract, name)
+
+    def add(entry: RewardFn) -> RewardFn:
+        old = REWARDS.get(name) if name in REWARDS else None
+        REWARDS.register(name, entry, overwrite=overwrite)
+        if extractor is not None:
+            EXTRACTORS[name] = extractor
+        elif old is not None and old is not entry:  # the old function's extraction is not this one's
+            EXTRACTORS.pop(name, None)
+        return entry
+
+    return add if fn is None else add(fn)
+
+
+def _as_extractor(extract: Extractor | str | None, name: str) -> Extractor | None:
+    if extract is None or callable(extract):
+        return extract
+    if isinstance(extract, str) and extract in EXTRACTORS:
+        return EXTRACTORS[extract]
+    known = ", ".join(sorted(EXTRACTORS))
+    raise ValueError(f"extract= of reward {name!r} must be a function completion -> answer or the name of a reward "
+                     f"that has one ({known}); got {extract!r}")
+
+
+def get_extractor(reward: str | RewardFn) -> Extractor:
+    """How `reward` (a name or a function) reads the answer in a completion: the extraction it was
+    registered with, else `stripped` (the whole completion)."""
+    if isinstance(reward, str):
+        get_reward(reward)  # an unknown name is an error, not "no extractor"
+        return EXTRACTORS.get(reward, stripped)
+    return next((EXTRACTORS[n] for n in REWARDS.names_of(reward) if n in EXTRACTORS), stripped)
 
 
 def list_rewards() -> list[str]:

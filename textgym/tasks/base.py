@@ -2,7 +2,7 @@
 
 A `Task` answers three questions for the env: which problem comes next (`example(split, index)`,
 deterministic), how to show it to the model (`format_prompt`), and how good a completion is
-(`reward`). Built-in tasks subclass `Task` and fill in `sample` (one random problem) or
+(`reward`); and for evaluations, which answer a completion gives (`answer_of`). Built-in tasks subclass `Task` and fill in `sample` (one random problem) or
 `all_problems` (every problem, when there are few), plus `extract`/`check` for their verifier.
 Tasks from a fixed list of examples come from `Task.from_examples`.
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from textgym.example import Example
 from textgym.registry import Registry
-from textgym.rewards.core import as_result, get_reward
+from textgym.rewards.core import as_result, get_extractor, get_reward, stripped
 from textgym.rewards.builtin import r1_zero_reward
-from textgym.rewards.extract import first_line
+from textgym.rewards.extract import answer_tag, first_line
 
 __all__ = [
     "Example", "Task", "register_task", "register_task_family", "list_tasks", "list_task_families",
@@ -137,6 +137,37 @@ class Task:
             # built per call, not stored: a stored closure would make tasks unpicklable
             return r1_zero_reward(self._score_answer_value)(completion, example)
         return self.score_answer(completion, example)
+
+    def answer_of(self, completion: str, info: Mapping[str, Any] | None = None) -> str | None:
+        """The answer `completion` gives, as this task's verifier reads it; None when it gives none.
+
+        In r1_zero style the answer is read inside the <answer> tags (None without them); in a
+        multi-turn task, in the policy's last turn (`info["conversation"]`, the episode's final
+        info). The reading itself is `answer_reader()`.
+        """
+        if self.multi_turn:
+            turns = [span["text"] for span in (info or {}).get("conversation", []) if span.get("role") == "assistant"]
+            completion = turns[-1] if turns else completion
+        elif self.reward_override is None and self.prompt_style == "r1_zero":
+            completion = answer_tag(completion)
+            if completion is None:
+                return None
+        return self.answer_reader()(completion)
+
+    def answer_reader(self) -> Callable[[str], str | None]:
+        """How the verifier reads the answer in (the answer region of) a completion: a `reward=`'s
+        registered extraction; the task's own `extract` where it defines one or scores by
+        extract/check; else the stripped text (a verifier of the whole text, e.g. reasoning-gym's)."""
+        if self.reward_override is not None:
+            return get_extractor(self.reward_override)
+        if type(self).extract is not Task.extract or (type(self).score_answer is Task.score_answer and not self.multi_turn):
+            return self.extract
+        return stripped
+
+    def completion_for(self, answer: str) -> str:
+        """A completion that gives exactly `answer` in this task's format: the answer in plain style,
+        `</think> <answer>{answer}</answer>` in r1_zero style (what scores a constant answer)."""
+        return f"</think> <answer>{answer}</answer>" if self.prompt_style == "r1_zero" else answer
 
     # -- what subclasses fill in ----------------------------------------------------------------
 
@@ -283,6 +314,9 @@ class _ExampleListTask(Task):
 
     def score_answer(self, text, example):
         return self.answer_reward(text, example)
+
+    def answer_reader(self):
+        return get_extractor(self.reward_override or self.answer_reward)  # the reward that scores reads it
 
     def _empty_split_message(self, split, total):
         return (f"split {split!r} of task {self.name!r} has no examples; pass {split}=[...] to "
