@@ -563,6 +563,7 @@ def _iteration_metrics(
         "train_accuracy": summary["accuracy"],
         "episode_length": summary["episode_length"],
         "reward_errors": summary["reward_errors"],
+        "reply_errors": summary["reply_errors"],
         **{k: v for k, v in summary.items() if k.startswith("reward/")},
         **stats,
         "lr": lr,

@@ -46,8 +46,9 @@ class Episode:
             last; multi-turn tasks may pay per turn).
         info: the final step's info for this slot: `completion` (the text the verifier read),
             `answer`, `ended_by` ("eos", "stop", "budget"), `episode_length`, `reward_components`
-            (name -> score), `reward_error` (None when the verifier succeeded), `index` (the
-            example's index in its split), `prompt_len`, and whatever else the env reports.
+            (name -> score), `reward_error` (None when the verifier succeeded), `reply_error` (only
+            when a multi-turn task's reply failed and ended the episode), `index` (the example's
+            index in its split), `prompt_len`, and whatever else the env reports.
         slot: the vector-env slot it ran in (slots [kG, (k+1)G) share a prompt with group size G).
     """
 
@@ -267,7 +268,8 @@ def sample_episodes(
 
 
 def summarize(episodes: list[Episode]) -> dict[str, float]:
-    """Mean reward with a 95% confidence interval, accuracy, mean length, and reward components."""
+    """Mean reward with a 95% confidence interval, accuracy, mean length, reward components, and how
+    many episodes a failing verifier (`reward_errors`) or a failing multi-turn reply (`reply_errors`) scored 0."""
     r = np.array([e.reward for e in episodes])
     half_width = 1.96 * r.std(ddof=1) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
     components: dict[str, list[float]] = {}
@@ -281,6 +283,7 @@ def summarize(episodes: list[Episode]) -> dict[str, float]:
         "episode_length": float(np.mean([len(e.action_positions) for e in episodes])),
         "episodes": len(episodes),
         "reward_errors": sum(e.info.get("reward_error") is not None for e in episodes),
+        "reply_errors": sum(e.info.get("reply_error") is not None for e in episodes),
         **{f"reward/{name}": float(np.sum(v) / len(episodes)) for name, v in sorted(components.items())},
     }
 
