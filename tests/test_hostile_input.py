@@ -3,6 +3,8 @@
 A model's text reaches a task's `reply` (guarded like a verifier: an error ends that episode, not
 the step of every slot), the calculator (every arithmetic failure is a tool error turn) and the
 tag scanners (linear time). A user's files and settings get one-line errors that say what to do.
+Each test failed on the code before issue 19's fixes, except those marked "(a guard)": they check
+that the new code keeps what already held.
 """
 
 import json
@@ -39,6 +41,7 @@ def play(env, texts, eos=True):
                                         "9" * 99, "(" * 49 + "1" + ")" * 49, "-" * 99 + "1", "1" * 200],
                          ids=lambda e: e if len(e) < 12 else f"{e[:6]}...x{len(e)}")  # fmt: skip
 def test_every_arithmetic_failure_is_a_tool_error_turn(expression):
+    # The zero-to-a-negative-power cases failed; the others are guards.
     task = textgym.make_task("calculator")
     ex = task.example("train", 0)
     reply = task.reply(f"<calc>{expression}</calc>", ex, task.start(ex))
@@ -68,7 +71,7 @@ def test_calculate_only_ever_refuses_with_a_value_error():
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=120))
-def test_calculate_refuses_any_text_with_a_value_error(expression):
+def test_calculate_refuses_any_text_with_a_value_error(expression):  # (a guard)
     try:
         out = calculate(expression)
     except ValueError:
@@ -134,7 +137,7 @@ class Grader(MultiTurnTask):
         return Reply(reward=result.reward, done=True)
 
 
-def test_a_reply_may_make_guarded_calls_of_its_own():
+def test_a_reply_may_make_guarded_calls_of_its_own():  # (a guard)
     # The reply runs in the guard's worker thread; its own guarded call runs inline there instead of
     # waiting for the guard its caller holds (which would end it as a timeout).
     env = TextGenEnv(task=Grader(), tokenizer="char", max_new_tokens=8, reward_timeout=1.0)
@@ -156,7 +159,7 @@ def test_calculator_zero_to_a_negative_power_through_the_env():
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["<calc>", "</calc>", "<calc", "calc>", "</", "1+2", "x", "\n"]), max_size=14).map("".join))
-def test_calc_calls_finds_what_the_lazy_pattern_finds(text):
+def test_calc_calls_finds_what_the_lazy_pattern_finds(text):  # (a guard: the same calls as before)
     assert calc_calls(text) == re.findall(r"<calc>(.*?)</calc>", text, re.DOTALL)
 
 
@@ -172,7 +175,7 @@ def test_a_200k_character_turn_is_answered_fast(text):
     ex = task.example("train", 0)
     began = time.perf_counter()
     reply = task.reply(text, ex, task.start(ex))
-    assert time.perf_counter() - began < 5.0  # the lazy pattern took > 60 s on 200k characters
+    assert time.perf_counter() - began < 5.0  # the lazy pattern took 11.8 s on 48k characters, 40.6 s on 96k
     assert reply.text is not None or reply.done
 
 
@@ -318,6 +321,7 @@ def test_a_budget_too_large_for_memory_is_refused_with_its_size():
 
 @pytest.mark.parametrize("task", ["guess", "retry", "calculator"])
 def test_multi_turn_tasks_work_with_a_chat_template_at_every_budget(task):
+    # guess and retry failed at budgets 8 and 16 ("could not broadcast"); calculator is a guard.
     import gymnasium as gym
 
     for budget in (2, 8, 16, 64):
