@@ -703,6 +703,7 @@ def _iteration_metrics(
         **{f"train_{k}": v for k, v in (answers or {}).items()},
         "episode_length": summary["episode_length"],
         "reward_errors": summary["reward_errors"],
+        "reply_errors": summary["reply_errors"],
         **{k: v for k, v in summary.items() if k.startswith("reward/")},
         **stats,
         "lr": lr,

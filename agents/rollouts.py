@@ -50,8 +50,9 @@ class Episode:
             last; multi-turn tasks may pay per turn).
         info: the final step's info for this slot: `completion` (the text the verifier read),
             `answer`, `ended_by` ("eos", "stop", "budget"), `episode_length`, `reward_components`
-            (name -> score), `reward_error` (None when the verifier succeeded), `index` (the
-            example's index in its split), `prompt_len`, and whatever else the env reports.
+            (name -> score), `reward_error` (None when the verifier succeeded), `reply_error` (only
+            when a multi-turn task's reply failed and ended the episode), `index` (the example's
+            index in its split), `prompt_len`, and whatever else the env reports.
         slot: the vector-env slot it ran in (slots [kG, (k+1)G) share a prompt with group size G).
     """
 
@@ -279,7 +280,8 @@ def sample_episodes(
 
 
 def summarize(episodes: list[Episode], env: Any = None, priors: dict | None = None, seed: int = 0) -> dict[str, Any]:
-    """Mean reward with a 95% confidence interval, accuracy, mean length, and reward components.
+    """Mean reward with a 95% confidence interval, accuracy, mean length, reward components, and how
+    many episodes a failing verifier (`reward_errors`) or a failing multi-turn reply (`reply_errors`) scored 0.
 
     With the `env` the episodes ran in, also what they answer (`agents.answers.evaluation_answers`):
     the prior (what always giving the commonest reference answer scores), the lift over it with its
@@ -299,6 +301,7 @@ def summarize(episodes: list[Episode], env: Any = None, priors: dict | None = No
         "episode_length": float(np.mean([len(e.action_positions) for e in episodes])),
         "episodes": len(episodes),
         "reward_errors": sum(e.info.get("reward_error") is not None for e in episodes),
+        "reply_errors": sum(e.info.get("reply_error") is not None for e in episodes),
         **{f"reward/{name}": float(np.sum(v) / len(episodes)) for name, v in sorted(components.items())},
         **(evaluation_answers(episodes, env, priors=priors, seed=0 if seed is None else seed) if env is not None else {}),
     }

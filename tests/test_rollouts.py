@@ -193,6 +193,18 @@ def test_summarize_counts_reward_errors_and_components():
     assert s["reward/answer"] == pytest.approx(1 / 3) and s["reward/format"] == pytest.approx(1 / 3)
 
 
+def test_reply_errors_are_counted_in_the_training_metrics():
+    from agents.reinforce import _iteration_metrics
+
+    def ep(**info):
+        return Episode(np.arange(4), 2, np.array([2, 3]), np.zeros(2, np.float32), np.zeros(2), {"completion": "x", **info})
+
+    episodes = [ep(reply_error="task 'x': reply() raised ValueError: no"), ep(reward_error=None), ep()]
+    assert summarize(episodes)["reply_errors"] == 1
+    row = _iteration_metrics(1, episodes, {}, 1e-5, {"generate_s": 0.0, "env_s": 0.0}, 1.0, 1.0)
+    assert row["reply_errors"] == 1 and row["reward_errors"] == 0
+
+
 class ReencodingEnv(TwoTurnEnv):
     """Breaks the rule: rewrites the policy's last token when it replies (as re-tokenizing text would)."""
 

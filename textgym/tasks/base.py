@@ -14,7 +14,9 @@ splits on every machine, for every seed.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
+import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -381,7 +383,29 @@ def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
         if isinstance(name_or_task, str) and name_or_task not in TASKS:
             raise ValueError(f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
                              f"(or '<family>:<member>' with a family from {', '.join(list_task_families())})")
-        task = TASKS.get(name_or_task)(**kwargs)
+        factory = TASKS.get(name_or_task)
+        _check_arguments(name_or_task, factory, kwargs)
+        task = factory(**kwargs)
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name_or_task!r} returned {type(task).__name__}, not a Task")
     return task
+
+
+def _check_arguments(name: str, factory: Callable[..., Task], kwargs: Mapping[str, Any]) -> None:
+    """Refuse arguments the task's factory does not take, naming the ones it does (a misspelt
+    `lenght=6` would otherwise be a bare TypeError from deep inside, or, worse, silently ignored)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the factory's own error will have to do
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    valid = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        hints = [f"{close[0]!r} for {k!r}" for k in unknown if (close := difflib.get_close_matches(k, valid, n=1))]
+        raise TypeError(
+            f"task {name!r} has no argument(s) {', '.join(map(repr, unknown))}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + f"; its arguments are: {', '.join(valid)}"
+        )

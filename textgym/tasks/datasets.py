@@ -24,6 +24,7 @@ question never lands in two splits. Parquet needs pyarrow and `from_hub` needs `
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -56,29 +57,47 @@ class DatasetTask(_ExampleListTask):
 
 # -- reading files ----------------------------------------------------------------------------------
 
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8, a leading byte-order mark dropped (spreadsheet programs write one).
+    Other bytes raise a ValueError naming the line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"{path} line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _parse_json(text: str, where: str, hint: str = "") -> Any:
+    """json.loads with errors that name `where`; nesting too deep for Python's parser is one of them."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno}, column {e.colno}"
+        raise ValueError(f"{where} is not valid JSON ({e.msg} at {at}){hint}: "
+                         f"{text[max(0, e.pos - 40) : e.pos + 40].strip()!r}") from None  # fmt: skip
+    except RecursionError:
+        raise ValueError(f"{where} is JSON nested too deeply to read (lists or objects inside each other "
+                         "thousands of levels deep); a row is an object of text or number fields") from None  # fmt: skip
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Row]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{where} is not valid JSON ({e.msg} at column {e.colno}): {line.strip()[:80]!r}"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object of fields")
-            yield where, row
+    for number, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        row = _parse_json(line, where)
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object of fields")
+        yield where, row
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Row]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                         "for one object per line, name the file .jsonl") from None
+    data = _parse_json(_read_text(path), str(path), "; for one object per line, name the file .jsonl")
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
@@ -92,7 +111,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Row]]:
 
 
 def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Row]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)

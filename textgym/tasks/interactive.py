@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from fractions import Fraction
 from typing import Any, Iterable
@@ -21,19 +22,36 @@ from textgym.tasks.arithmetic import operand_range
 from textgym.tasks.base import ENUMERATE_LIMIT, Task, make_task, register_task
 from textgym.tasks.multiturn import MultiTurnTask, Reply
 
-__all__ = ["CalculatorTask", "GuessTask", "RetryTask", "calculate"]
+__all__ = ["CalculatorTask", "GuessTask", "RetryTask", "calculate", "calc_calls"]
 
-_CALL = re.compile(r"<calc>(.*?)</calc>", re.DOTALL)
+_OPEN, _CLOSE = "<calc>", "</calc>"
 _MAX_CALC_CHARS = 100  # also keeps ast.parse away from deep-nesting recursion limits
 _MAX_CALC_DIGITS = 60  # results (and operands) beyond this many digits are refused, not computed
+_MAX_EXPONENT = 64
+
+
+def calc_calls(text: str) -> list[str]:
+    """The expressions of every `<calc>…</calc>` in `text`, left to right (each call ends at the first
+    closing tag after its opening one). One pass over the text: a pattern like `<calc>(.*?)</calc>`
+    rescans the rest of the text from every unclosed opening tag, quadratic in the text's length."""
+    calls, at = [], 0
+    while (start := text.find(_OPEN, at)) != -1:
+        end = text.find(_CLOSE, start + len(_OPEN))
+        if end == -1:  # no closing tag after this opening one, so none after any later one either
+            break
+        calls.append(text[start + len(_OPEN) : end])
+        at = end + len(_CLOSE)
+    return calls
 
 
 def calculate(expression: str) -> str:
     """The value of an arithmetic expression, as the calculator tool prints it; never runs code.
 
     Integers and decimals, + - * / // % **, unary minus and parentheses, computed exactly (with
-    Fractions) and printed as an integer or a decimal rounded to 6 places. Anything else, and
-    numbers too large to be sensible, raise a ValueError that says what is wrong.
+    Fractions) and printed as an integer or a decimal rounded to 6 places. Bounded work: at most
+    100 characters (so nesting is shallow), whole exponents up to 64, operands and results up to 60
+    digits. Anything else raises a ValueError that says what is wrong, and so does every
+    arithmetic failure (division by zero, 0 to a negative power): the tool's "error: ..." reply.
     """
     if len(expression) > _MAX_CALC_CHARS:
         raise ValueError(f"expression longer than {_MAX_CALC_CHARS} characters")
@@ -41,6 +59,14 @@ def calculate(expression: str) -> str:
         tree = ast.parse(expression.strip().replace("×", "*").replace("÷", "/"), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         raise ValueError("not an arithmetic expression") from None
+    try:
+        return _evaluate(tree)
+    except (ArithmeticError, RecursionError, MemoryError) as e:  # bounded above; a last net, never an exception out
+        raise ValueError(f"cannot compute it ({type(e).__name__})") from None
+
+
+def _evaluate(tree: ast.Expression) -> str:
+    """`calculate`'s arithmetic on a parsed expression (raises ValueError; see there)."""
 
     def checked(x: Fraction) -> Fraction:
         if max(abs(x.numerator), x.denominator).bit_length() > _MAX_CALC_DIGITS * 3.33:
@@ -49,6 +75,8 @@ def calculate(expression: str) -> str:
 
     def value(node: ast.AST) -> Fraction:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            if not math.isfinite(node.value):  # a literal such as 1e999 reads as inf
+                raise ValueError("number too large")
             return checked(Fraction(str(node.value)))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = value(node.operand)
@@ -59,8 +87,10 @@ def calculate(expression: str) -> str:
             if op in (ast.Div, ast.FloorDiv, ast.Mod) and b == 0:
                 raise ValueError("division by zero")
             if op is ast.Pow:
-                if b.denominator != 1 or abs(b) > 64:
-                    raise ValueError("exponents must be whole numbers up to 64")
+                if b.denominator != 1 or abs(b) > _MAX_EXPONENT:
+                    raise ValueError(f"exponents must be whole numbers up to {_MAX_EXPONENT}")
+                if a == 0 and b < 0:
+                    raise ValueError("division by zero")
                 return checked(a ** int(b))
             ops = {ast.Add: a.__add__, ast.Sub: a.__sub__, ast.Mult: a.__mul__, ast.Div: a.__truediv__,
                    ast.FloorDiv: a.__floordiv__, ast.Mod: a.__mod__}  # fmt: skip
@@ -166,7 +196,7 @@ class CalculatorTask(MultiTurnTask):
         return {"calls": 0, "credited": 0}
 
     def reply(self, text: str, example: Example, state: dict[str, int]) -> Reply:
-        calls = _CALL.findall(text) if self.tool else []
+        calls = calc_calls(text) if self.tool else []
         if calls or (self.tool and text.rstrip().endswith("</calc>")):
             state["calls"] += 1
             credit = 0.0
