@@ -58,7 +58,7 @@ from textgym.config import EnvConfig, add_arguments as add_config_arguments, che
 from textgym.rewards.builtin import (
     boxed_math, contains, exact_match, gsm8k, math_equiv, numeric_match, partial_credit, r1_format, r1_zero,
 )
-from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, parse_number
+from textgym.rewards.extract import answer_tag, boxed, final_answer, final_number, parse_number
 from textgym.tasks import Task, make_task
 from textgym.tasks.base import _ExampleListTask
 
@@ -225,33 +225,14 @@ def _answer_region(text: str) -> str | None:
     return tagged if tagged is not None else _stripped(text)
 
 
-def _numeric(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is None:
-        region = boxed(text)
-    return last_number(text if region is None else region)
-
-
-def _math(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is not None:
-        return boxed(region) or region
-    return boxed(text) or last_number(text)
-
-
-def _gsm8k(text: str) -> str | None:
-    found = gsm8k_answer(text)
-    return found if found is not None else last_number(_answer_region(text) or "")
-
-
 def _boxed(text: str) -> str | None:
     return boxed(_answer_region(text) or "")
 
 
 # Each built-in reward's own reading of a completion, for tasks scored by a reward function.
 REWARD_EXTRACTORS: dict[Any, Callable[[str], str | None]] = {
-    exact_match: _answer_region, partial_credit: _answer_region, contains: _stripped, numeric_match: _numeric,
-    math_equiv: _math, gsm8k: _gsm8k, boxed_math: _boxed, r1_zero: answer_tag, r1_format: answer_tag,
+    exact_match: _answer_region, partial_credit: _answer_region, contains: _stripped, numeric_match: final_number,
+    math_equiv: final_answer, gsm8k: final_number, boxed_math: _boxed, r1_zero: answer_tag, r1_format: answer_tag,
 }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Arithmetic tasks: addition, multiplication, comparison. Verified by the last number written."""
+"""Arithmetic tasks: addition, multiplication, comparison. Verified by the final number written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from textgym.rewards.extract import last_number, numbers, numbers_equal, parse_number
+from textgym.rewards.extract import final_number, numbers, numbers_equal, parse_number
 from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
 
 __all__ = ["AdditionTask", "MultiplicationTask", "ComparisonTask"]
@@ -24,7 +24,7 @@ def operand_range(digits: int) -> tuple[int, int]:
 
 
 class _TwoOperandTask(Task):
-    """Shared machinery: two operands of `digits` digits, answer verified as the last number."""
+    """Shared machinery: two operands of `digits` digits, answer verified as the final number (`final_number`)."""
 
     answer_chars = _DIGITS
 
@@ -60,7 +60,7 @@ class _TwoOperandTask(Task):
         return [self.make(a, b) for a in span for b in span if self.valid(a, b)]
 
     def extract(self, text: str) -> str | None:
-        return last_number(text)
+        return final_number(text)  # the order every numeric reward reads: \boxed{}, "####", last number
 
     def check(self, answer: str, example: Example) -> float:
         return float(numbers_equal(answer, example.answer))
@@ -81,9 +81,11 @@ class AdditionTask(_TwoOperandTask):
     `str(a + b)`; metadata `{"a": a, "b": b}`. At most `digits + 1` characters.
 
     ## Rewards
-    Plain: 1.0 when the last number in the completion equals a + b ("3 + 4 = 7." counts; "1,000"
-    equals "1000"), else 0.0. r1_zero: the same check on the text inside <answer>, paid only when
-    the R1 format is right; components `format` and `answer`.
+    Plain: 1.0 when the completion's final number equals a + b, else 0.0: the last \\boxed{} or
+    the number after "####" when it writes one, else its last number ("3 + 4 = 7." counts; "1,000"
+    equals "1000"); a completion that stops on an open operator ("3 + 4 =") answers nothing.
+    r1_zero: the same check on the text inside <answer>, paid only when the R1 format is right;
+    components `format` and `answer`.
 
     ## Arguments
     - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits). Up to 18.
@@ -122,8 +124,8 @@ class MultiplicationTask(_TwoOperandTask):
     `str(a * b)`; metadata `{"a": a, "b": b}`. At most `2 * digits` characters.
 
     ## Rewards
-    1.0 when the last number in the completion (inside <answer> for r1_zero, with the format
-    checked) equals a * b, else 0.0.
+    1.0 when the completion's final number (inside <answer> for r1_zero, with the format checked)
+    equals a * b, else 0.0; read as in addition.
 
     ## Arguments
     - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits).
