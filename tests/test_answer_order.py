@@ -161,3 +161,71 @@ def test_answer_tag_reads_as_the_regex_did(text, expected):
 ])
 def test_r1_format_reads_as_the_regex_did(completion, fmt):
     assert is_r1_format(completion) is fmt
+
+
+# -- the comparison task's claim reader: the same answers, in linear time ---------------------------
+
+def claimed_larger_by_regex(text):
+    """The reader before it was made linear (regexes searched over the text before each claim)."""
+    import re
+
+    from textgym.rewards.extract import numbers, parse_number
+
+    num, more, less = r"(-?\d+(?:\.\d+)?)", r"(?:larger|bigger|greater|higher)", r"(?:smaller|less|lower)"
+    slow = [
+        (re.compile(rf"{num}\s+is\s+(?:the\s+)?{more}\b", re.IGNORECASE), 1),
+        (re.compile(rf"{num}\s+is\s+(?:the\s+)?{less}(?:\s+number|\s+one)?\s+than\s+{num}", re.IGNORECASE), 2),
+        (re.compile(rf"\b(?:the\s+)?{more}(?:\s+number|\s+one)?\s+is\s+{num}", re.IGNORECASE), 1),
+        (re.compile(rf"{num}\s*>\s*{num}"), 1),
+        (re.compile(rf"{num}\s*<\s*{num}"), 2),
+    ]
+    before = re.compile(r"-?\d+(?:\.\d+)?\s*(?:,|/|\bor\b|\band\b)\s*$", re.IGNORECASE)
+    after = re.compile(r"^\s*(?:,|/|\bor\b|\band\b)\s*-?\d", re.IGNORECASE)
+    claims = []
+    for pattern, g in slow:
+        for m in pattern.finditer(text):
+            start, end = m.span(g)
+            if not (before.search(text, 0, start) or after.match(text[end:])):
+                claims.append((m.start(), m.group(g)))
+    if claims:
+        return max(claims)[1]
+    found = numbers(text)
+    return found[-1] if len({parse_number(n) for n in found}) == 1 else None
+
+
+NUMBERS = ["5", "52", "37", "-37", "1.5", ".5", "5.", "12-7"]
+WORDS = ["is larger", "is larger than", "is smaller than", "is the smaller one than", "the larger is",
+         "the larger number is", "is Bigger", "or", "OR", "and", "for", "band", ",", "/", ">", "<", "-", ".", "x", "_"]
+
+
+def test_comparison_reads_claims_as_before():
+    from hypothesis import given, settings, strategies as st
+
+    from textgym.tasks.arithmetic import claimed_larger
+
+    gap = st.sampled_from(["", " ", " ", "  ", "\n"])
+
+    @settings(max_examples=3000, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.sampled_from(NUMBERS), gap, st.sampled_from(WORDS), gap), max_size=6))
+    def same(parts):
+        text = "".join("".join(part) for part in parts)
+        assert claimed_larger(text) == claimed_larger_by_regex(text), text
+
+    same()
+    for text in ["52 is larger than 37", "37 is smaller than 52", "the larger is 66 or 90", "16 or 95 is larger",
+                 "66 or90 is larger", "52or 37 is larger", "the larger number is 52, 37", "52 > 37", "37 < 52 and 3",
+                 "the larger is 52 or -37", ".5 is larger than 3", "the larger is 52 or5", "the larger is 52 / 37",
+                 "12-7 is larger", "1.5.3 is larger", "the larger is 52 AND 37", "16 and\n95 is larger"]:
+        assert claimed_larger(text) == claimed_larger_by_regex(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "1" * N, "5 is larger " * (N // 12), "1 or " * (N // 5), "1" * N + " is larger", "the larger is " * (N // 14),
+    ("1" * 100 + " ") * (N // 101), "9 > " * (N // 4),
+])
+def test_comparison_reads_claims_in_linear_time(text):
+    from textgym.tasks.arithmetic import claimed_larger
+
+    start = time.perf_counter()
+    claimed_larger(text)
+    assert time.perf_counter() - start < 5  # "1" * 20,000 took 220 s, "5 is larger " * 8,000 85 s
