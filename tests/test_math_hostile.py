@@ -93,3 +93,15 @@ def test_hostile_answers_return_quickly_with_flat_memory(where):
     assert elapsed < 60, f"{len(HOSTILE)} hostile answers took {elapsed:.1f} s"
     assert grown < 100, f"memory grew by {grown:.0f} MiB"  # one runaway expansion took 340 MiB
     assert results == [False] * len(HOSTILE)
+
+
+def test_the_env_scores_a_hostile_answer_instead_of_timing_out():
+    # score() runs a reward with a timeout in a worker thread, as the env does by default; the old
+    # sympy path ran on past the timeout (and kept running after it) on this answer
+    from textgym.example import Example
+    from textgym.rewards import math_equiv, score
+
+    start = time.perf_counter()
+    result = score(math_equiv, r"so \boxed{(a+b+c+d)^{100}}", Example("q", "5"), timeout=30)
+    assert result.error is None and result.reward == 0.0
+    assert time.perf_counter() - start < 30
