@@ -124,6 +124,16 @@ def test_the_extracted_answer_is_what_the_tasks_verifier_reads(tmp_path):
     assert extract_answer(guess, "1234\nno\n4321", info=info) == extract_answer(guess, "4321")
 
 
+def test_the_extracted_answer_follows_the_numeric_rewards_order():
+    # maj@k votes on what the reward pays for: a box before later numbers, nothing for an unfinished reply
+    addition = make_task("addition")
+    text = r"\boxed{18} dollars a day, i.e. 126 per week"
+    for reward in ("numeric_match", "gsm8k", "math_equiv"):
+        assert extract_answer(addition, text, reward=reward) == "18"
+        assert extract_answer(addition, "so the total is 9 + ", reward=reward) is None
+    assert extract_answer(addition, r"\boxed{7} since 3 + 4") == "7"  # the task's own extract reads the same way
+
+
 @pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
 def test_reasoning_gym_tasks_vote_on_the_stripped_completion():
     task = make_task("reasoning_gym:chain_sum", size=20)

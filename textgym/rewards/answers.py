@@ -5,7 +5,8 @@
     vote_key("7.0") == vote_key(" 7")                        # numbers are the same answer by value
 
 A reward's reading is registered with it (`register_reward(name, fn, extract=...)`); here the
-built-in rewards get theirs (each mirrors what its reward reads in `builtin`). A task reads
+built-in rewards get theirs (each is what its reward reads in `builtin`: the numeric ones share
+`extract.final_number` / `final_answer`, one reading order for all). A task reads
 answers through `Task.answer_of` (its prompt style, its last turn, its verifier's reading).
 """
 
@@ -17,7 +18,7 @@ from textgym.rewards.builtin import (
     boxed_math, contains, exact_match, gsm8k, math_equiv, numeric_match, partial_credit, r1_format, r1_zero,
 )
 from textgym.rewards.core import get_extractor, register_reward, stripped
-from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, parse_number
+from textgym.rewards.extract import answer_tag, boxed, final_answer, final_number, parse_number
 
 __all__ = ["extract_answer", "vote_key", "answer_region"]
 
@@ -28,33 +29,14 @@ def answer_region(text: str) -> str | None:
     return tagged if tagged is not None else stripped(text)
 
 
-def _numeric(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is None:
-        region = boxed(text)
-    return last_number(text if region is None else region)
-
-
-def _math(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is not None:
-        return boxed(region) or region
-    return boxed(text) or last_number(text)
-
-
-def _gsm8k(text: str) -> str | None:
-    found = gsm8k_answer(text)
-    return found if found is not None else last_number(answer_region(text) or "")
-
-
 def _boxed(text: str) -> str | None:
     return boxed(answer_region(text) or "")
 
 
 for _name, _fn, _extract in [
     ("exact_match", exact_match, answer_region), ("partial_credit", partial_credit, answer_region),
-    ("contains", contains, stripped), ("numeric_match", numeric_match, _numeric), ("math_equiv", math_equiv, _math),
-    ("gsm8k", gsm8k, _gsm8k), ("boxed_math", boxed_math, _boxed), ("r1_zero", r1_zero, answer_tag),
+    ("contains", contains, stripped), ("numeric_match", numeric_match, final_number),
+    ("math_equiv", math_equiv, final_answer), ("gsm8k", gsm8k, final_number), ("boxed_math", boxed_math, _boxed), ("r1_zero", r1_zero, answer_tag),
     ("r1_format", r1_format, answer_tag),
 ]:  # fmt: skip
     register_reward(_name, _fn, extract=_extract)  # the same function again: only its extraction is added
