@@ -17,7 +17,7 @@ import numpy as np
 
 from textgym.example import Example
 from textgym.rewards.core import score
-from textgym.rewards.extract import last_number, numbers_equal
+from textgym.rewards.extract import final_number, numbers_equal
 from textgym.tasks.arithmetic import operand_range
 from textgym.tasks.base import ENUMERATE_LIMIT, Task, make_task, register_task
 from textgym.tasks.multiturn import MultiTurnTask, Reply
@@ -209,7 +209,7 @@ class CalculatorTask(MultiTurnTask):
             except ValueError as e:
                 result = f"error: {e}"
             return Reply(result, reward=credit, role="tool", components={"answer": 0.0, "calls": float(state["calls"])})
-        correct = float(numbers_equal(last_number(text), example.answer))
+        correct = float(numbers_equal(final_number(text), example.answer))
         return Reply(reward=correct, done=True, components={"answer": correct, "calls": float(state["calls"])})
 
 
