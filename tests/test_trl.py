@@ -1,5 +1,6 @@
 """textgym tasks inside TRL's GRPOTrainer: the dataset, the verifier as its reward (guarded), the
-multi-turn rollout function, and real GRPOTrainer steps on the tiny model."""
+multi-turn rollout function, real GRPOTrainer steps on the tiny model, and the reasoning-gym table
+trained by TRL."""
 
 import importlib.util
 import json
@@ -289,3 +290,58 @@ def test_grpo_config_has_the_budget_lr_and_sampling_of_a_textgym_run(tmp_path):
     assert (config.learning_rate, config.lr_scheduler_type.value, config.warmup_steps) == (3e-5, "linear", 0)
     assert (config.temperature, config.top_p, config.top_k, config.max_completion_length) == (0.7, 0.9, 0, 32)
     assert (config.beta, config.max_grad_norm, config.weight_decay, config.seed) == (0.0, 1.0, 0.0, 0)
+
+
+# -- the reasoning-gym table, trained by TRL ----------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
+def test_the_reasoning_gym_table_trains_with_trl_and_evaluates_like_textgym(tmp_path):
+    """--trainer trl: GRPOTrainer gets the textgym run's flags (2 updates of 1 prompt x 2 samples), its
+    model is evaluated by the same `textgym eval` command, and a second run trains nothing again."""
+    def table(trl_args):
+        return [sys.executable, "examples/benchmarks/reasoning_gym_table.py", "table", "--model", "tiny", "--datasets",
+                "leg_counting", "--size", "200", "--problems", "2", "--samples", "2", "--iterations", "2",
+                "--max-new-tokens", "4", "--threads", "1", "--out", str(tmp_path), "--trainer", "trl", "--trl-args", trl_args,
+                "--train-args", "--prompts", "1", "--group-size", "2", "--lr", "5e-4"]  # fmt: skip
+
+    script = table('{"loss_type": "dr_grpo", "epsilon_high": 0.28, "mask_truncated_completions": true}')
+    first = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    commands = [line[2:] for line in first.stdout.splitlines() if line.startswith("$ ")]
+    base, train, trained = commands
+    assert train.startswith("python examples/trl_grpo_textgym.py --model tiny --task reasoning_gym:leg_counting")
+    run = tmp_path / "leg_counting" / "trl-2"
+    assert trained == base.replace("--model tiny", f"--model {run / 'model'}").replace(
+        str(tmp_path / "leg_counting" / "base"), str(tmp_path / "leg_counting" / "trl-trained-2"))
+    config = json.loads((run / "settings.json").read_text())["grpo_config"]
+    assert (config["per_device_train_batch_size"], config["num_generations"], config["gradient_accumulation_steps"]) == (2, 2, 1)
+    assert (config["max_steps"], config["learning_rate"], config["max_completion_length"], config["temperature"]) == (2, 5e-4, 4, 0.7)
+    assert (config["loss_type"], config["epsilon_high"], config["mask_truncated_completions"]) == ("dr_grpo", 0.28, True)
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    summary = json.loads((tmp_path / "leg_counting" / "trl-trained-2" / "summary.json").read_text())
+    assert summary["tasks"][0]["problems"] == 2
+    (row,) = [line for line in first.stdout.splitlines() if line.startswith("| leg_counting |")]
+    assert row.endswith("| 2 |") and row.count("[") == 4 and "trained by TRL's GRPOTrainer" in first.stdout
+    again = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and row in again.stdout.splitlines()
+    assert "is trained already" in (tmp_path / "leg_counting" / "trl-train.log").read_text()
+
+
+def test_a_finished_trl_run_is_kept_and_never_overwritten_with_other_settings(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("trl_grpo_textgym", REPO / "examples/trl_grpo_textgym.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    flags = ["--model", "tiny", "--task", "copy", "--iterations", "2", "--out", str(tmp_path)]
+    settings, trl_args, out = script.parse([*flags, "--trl-args", '{"loss_type": "grpo"}'])
+    assert out == tmp_path and trl_args == {"loss_type": "grpo"} and settings["lr"] == 1e-3  # the tiny preset's, as textgym train
+    (tmp_path / "model").mkdir()  # a finished run, as main() records it
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": json.loads(json.dumps(settings, default=str)), "trl_args": trl_args}))
+    assert script.main([*flags, "--trl-args", '{"loss_type": "grpo"}']) == 0 and "is trained already" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="was trained with other settings"):
+        script.main([*flags, "--trl-args", '{"loss_type": "dapo"}'])
+    with pytest.raises(SystemExit, match="was trained with other settings"):
+        script.main([*flags[:-2], "--lr", "1e-4", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        script.main([*flags, "--trl-args", "[1, 2]"])
+    assert "--trl-args must be a JSON object" in capsys.readouterr().err
