@@ -295,6 +295,41 @@ def test_grpo_config_has_the_budget_lr_and_sampling_of_a_textgym_run(tmp_path):
 # -- the reasoning-gym table, trained by TRL ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("task, settings", [
+    ("guess", {"task_kwargs": {"length": 3, "digits": "12"}, "max_turn_tokens": 3}),
+    ("retry", {"task_kwargs": {"task": "copy", "task_kwargs": {"length": 3, "alphabet": "ab"}}, "max_turn_tokens": 4}),
+    ("calculator", {"task_kwargs": {"digits": 2, "digits2": 1}}),
+])  # fmt: skip
+def test_the_rollout_plays_the_builtin_multi_turn_tasks(task, settings, tmp_path):
+    """Each prompt of the dataset becomes one episode of its own example; the env's replies sit between
+    the policy's tokens, masked out; a second call (the next step) plays again from the prompts."""
+    import torch
+    from types import SimpleNamespace
+
+    from agents.models import load_model
+    from agents.trl import textgym_rollout_func
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("tiny", seed=0)
+    model.train()  # as GRPOTrainer holds it
+    env = dict(task=task, tokenizer=tokenizer, max_new_tokens=24, **settings)
+    data = textgym_dataset(split="train", size=3, **env)
+    args = trl.GRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_completion_length=24, seed=0)
+    trainer = SimpleNamespace(args=args, model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    play = textgym_rollout_func(**env)
+    prompts = [data[i]["prompt"] for i in (0, 0, 1, 2)]  # a group shares its prompt
+    for _ in range(2):
+        out = play(prompts, trainer)
+        assert len(out["completion_ids"]) == 4 and model.training  # the trainer's mode is left as it was
+        rules = env_rules(task, tokenizer, {k: v for k, v in env.items() if k not in ("task", "tokenizer")})
+        for i, prompt in enumerate(prompts):
+            example = rules.task.example("train", int(prompt[-1][EXAMPLE_KEY].split("/")[1]))
+            assert out["prompt_ids"][i] == rules.prompt_ids(example, state=rules.task.start(example))
+            assert len(out["completion_ids"][i]) == len(out["env_mask"][i]) == len(out["logprobs"][i]) <= 24
+    if task != "calculator":  # a random model never writes a well-formed <calc> call, so the calculator never replies
+        assert any(0 in mask for mask in out["env_mask"])
+
+
 @pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
 def test_the_reasoning_gym_table_trains_with_trl_and_evaluates_like_textgym(tmp_path):
     """--trainer trl: GRPOTrainer gets the textgym run's flags (2 updates of 1 prompt x 2 samples), its
