@@ -216,6 +216,20 @@ class Transition:
         items = list(zip(texts, examples)) if ids is None else list(zip(texts, examples, ids))
         return score_many(self.reward_fn, items, cfg.reward_timeout, cfg.reward_isolation)
 
+    def cut_at_stop(self, ids: Sequence[int]) -> list[int]:
+        """`ids` up to the token where a step would have ended the episode at a stop string (all of
+        them if none does): for completions sampled elsewhere (another trainer's generate) that
+        did not stop there, so the verifier reads what it would have read in an episode."""
+        ids = [int(i) for i in ids]
+        if not self.stop_strings:
+            return ids
+        for k, token in enumerate(ids):
+            if token != self.eos_token_id and 0 <= token < self.vocab_size and self.stop_candidates[token]:
+                tail = self.tokenizer.decode(ids[max(0, k + 1 - self._stop_window) : k + 1])
+                if any(s in tail for s in self.stop_strings):
+                    return ids[: k + 1]
+        return ids
+
     @cached_property
     def stop_candidates(self) -> np.ndarray:
         """Bool per token id: can this token be the one that completes a stop string?
