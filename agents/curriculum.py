@@ -1,4 +1,5 @@
-"""Which problems the agent trains on: frontier sampling (eq. 26d of `agents.losses`).
+"""Which problems the agent trains on: frontier sampling (eq. 26d of `agents.losses`) and a
+curriculum of levels driven by the same signal (`LevelUp`).
 
     sampler = FrontierSampler(num_problems=826, group_size=8, weight=0.1)
     index = sampler.draw(rng, prompts=2)     # one problem per group, e.g. array([17, 503])
@@ -23,7 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["FrontierSampler"]
+from agents.callbacks import Callback
+
+__all__ = ["FrontierSampler", "LevelUp"]
 
 
 class FrontierSampler:
@@ -91,3 +94,38 @@ class FrontierSampler:
                 f"{self.num_problems}: resume with the task the run was trained on"
             )
         self.passes, self.tries = passes, tries
+
+
+class LevelUp(Callback):
+    """A callback that raises a reasoning-gym dataset's level when the policy has mastered the current one.
+
+        curriculum = ReasoningGymCurriculum("chain_sum", threshold=0.8, patience=5, size=1000)
+        envs = TextGenVectorEnv(..., task=curriculum.task, max_prompt_tokens=...)   # room for the top level
+        agent.learn(envs, iterations=200, callback=LevelUp(curriculum, envs, eval_env))
+
+    The signal is the one frontier sampling reads: the pass rate of the problems the update sampled
+    (`train_accuracy`). When it is at or above the curriculum's threshold for `patience` updates in
+    a row, the training env (and the evaluation env, if given) serve the next level from the next
+    update on, and the frontier sampler starts afresh on the new problems. Every metrics row gets
+    `curriculum_level`.
+    """
+
+    before_logging = True  # learn() runs it before the standard callbacks, so the row it changes is logged
+
+    def __init__(self, curriculum: Any, envs: Any, eval_env: Any = None):
+        self.curriculum, self.envs, self.eval_env = curriculum, envs, eval_env
+
+    def on_training_start(self, agent: Any, metrics: dict) -> None:
+        self.agent = agent
+        metrics["curriculum_level"] = self.curriculum.level
+
+    def on_iteration_end(self, metrics: dict) -> bool:
+        if "train_accuracy" in metrics and self.curriculum.update(metrics["train_accuracy"]):
+            for env in (self.envs, self.eval_env):
+                if env is not None:
+                    env.unwrapped.set_task(self.curriculum.task)
+            if self.agent is not None:
+                self.agent.frontier, self.agent._frontier_state = None, None  # a new split: nothing seen yet
+            metrics["curriculum_level_up"] = 1.0
+        metrics["curriculum_level"] = self.curriculum.level
+        return True

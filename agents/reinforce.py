@@ -35,7 +35,6 @@ from agents import distributed
 from agents import losses as L
 from agents.answers import update_answers
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
-from agents.curriculum import FrontierSampler
 from agents.callbacks import (
     Callback,
     RunManagementConfig,
@@ -44,6 +43,7 @@ from agents.callbacks import (
     standard_callbacks,
     stop_on_signals,
 )
+from agents.curriculum import FrontierSampler
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
 from textgym.config import check_choices, describe, replace, setting
@@ -412,7 +412,8 @@ class REINFORCE:
         The standard callbacks (`agents.callbacks.standard_callbacks`) run first: validation reward
         on `eval_env` before the first iteration, every `eval_every` and after the last; with
         `log_dir`, metrics.jsonl, checkpoints and rewards.png; a progress bar. `callback` (a
-        Callback, a function of the metrics dict, or a list of them) runs after those; one
+        Callback, a function of the metrics dict, or a list of them) runs after those (a callback
+        with `before_logging = True` before them, so the rows it adds to are logged); one
         returning False stops training. Under torchrun the standard callbacks run on rank 0 only,
         `callback` on every rank. The keyword settings (`RunManagementConfig`):
 
@@ -428,7 +429,9 @@ class REINFORCE:
         settings = RunManagementConfig.make(**run_management)
         main = self.dist.is_main  # under torchrun only rank 0 evaluates, logs, draws and checkpoints
         standard = standard_callbacks(settings, eval_env=eval_env, log_dir=log_dir) if main else []
-        callbacks = as_callback([*standard, *as_callback(callback).callbacks])
+        user = as_callback(callback).callbacks
+        first = [c for c in user if getattr(c, "before_logging", False)]  # they change the row the writer logs
+        callbacks = as_callback([*first, *standard, *(c for c in user if c not in first)])
         self.end_iteration = self.iteration + int(iterations)
         error: BaseException | None = None
         with stop_on_signals() as stop:

@@ -81,12 +81,18 @@ class RunConfig:
     device: str = setting("auto", "cuda, mps, cpu, or auto (CUDA, then MPS, then CPU)")
     dtype: str = setting("auto", "float32, bfloat16, float16, or auto (bf16 on CUDA, float32 elsewhere)")
     threads: int | None = setting(None, "torch CPU threads (None: torch's default, all cores)")
+    curriculum_threshold: float | None = setting(
+        None,
+        "reasoning-gym tasks: raise the dataset's curriculum level (task_kwargs 'level': the start) when the update's "
+        "pass rate is >= this for curriculum_patience updates in a row (None: a fixed level)",
+    )
+    curriculum_patience: int = setting(5, "updates in a row at or above curriculum_threshold before the level rises")
     out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>)")
     resume: str | None = setting(None, "continue the run in this directory; other flags given override its settings (recorded in resumes.jsonl)")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("iterations", "prompts", "group_size"):
+        for name in ("iterations", "prompts", "group_size", "curriculum_patience"):
             value = getattr(self, name)
             minimum = 0 if name == "iterations" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -164,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     import textgym
     from agents import distributed
     from agents.callbacks import TrainingInterrupted, read_metrics
+    from agents.curriculum import LevelUp
     from agents.policy import LMPolicy
     from agents.reinforce import REINFORCE
 
@@ -210,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
         agent = REINFORCE(policy, agent_cfg)
     env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
+    curriculum = None
+    if run_cfg.curriculum_threshold is not None:
+        curriculum, env_settings = _curriculum(run_cfg, env_settings, policy.tokenizer, out if resume else None, agent.iteration)
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
                                     tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
     eval_env = textgym.TextGenVectorEnv(num_envs=min(64, management.eval_episodes), split="validation",
@@ -232,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"task {env_cfg.task}{task_kwargs}: {run_cfg.prompts} prompts x "
           f"{run_cfg.group_size} samples per update, updates {agent.iteration} -> {run_cfg.iterations} -> {out}")  # fmt: skip
     try:
-        agent.learn(envs, iterations=max(run_cfg.iterations - agent.iteration, 0), eval_env=eval_env,
+        level_up = None if curriculum is None else LevelUp(curriculum, envs, eval_env)
+        agent.learn(envs, iterations=max(run_cfg.iterations - agent.iteration, 0), eval_env=eval_env, callback=level_up,
                     log_dir=out if ctx.is_main else None, **dataclasses.asdict(management))  # fmt: skip
     except TrainingInterrupted as e:
         print(f"stopped at iteration {agent.iteration} ({e}); checkpoint saved. Continue with: textgym train --resume {out}")
@@ -264,6 +275,37 @@ def run(args: argparse.Namespace) -> int:
     latest = out / (out / "latest").read_text().strip()
     print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0
+
+
+def _curriculum(run_cfg: RunConfig, env_settings: dict[str, Any], tokenizer: Any, resumed: Path | None,
+                iteration: int) -> tuple[Any, dict[str, Any]]:
+    """The reasoning-gym curriculum of a run (at the level a resumed run had reached), and the env
+    settings that serve its task with room for the prompts of its hardest level."""
+    import textgym
+    from agents.callbacks import read_metrics
+    from textgym.tasks.reasoning_gym import FAMILY, ReasoningGymCurriculum
+
+    task = env_settings["task"]
+    if not (isinstance(task, str) and task.startswith(f"{FAMILY}:")):
+        raise SystemExit(f"error: --curriculum-threshold raises a reasoning-gym dataset's level; --task {task} is not one "
+                         f"(use --task {FAMILY}:<dataset>)")  # fmt: skip
+    kwargs = dict(env_settings["task_kwargs"] or {})
+    start = int(kwargs.pop("level", 0))
+    if resumed is not None:  # the level the run had reached at its checkpoint
+        start = max([int(r["curriculum_level"]) for r in read_metrics(resumed)
+                     if r.get("iteration") == iteration and "curriculum_level" in r] or [start])  # fmt: skip
+    try:
+        curriculum = ReasoningGymCurriculum(task.split(":", 1)[1], threshold=run_cfg.curriculum_threshold,
+                                            patience=run_cfg.curriculum_patience, start_level=start, **kwargs)  # fmt: skip
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    settings = {**env_settings, "task": curriculum.task, "task_kwargs": {}}
+    if settings.get("max_prompt_tokens") is None:  # the hardest level's prompts are the longest
+        hardest = ReasoningGymCurriculum(task.split(":", 1)[1], start_level=curriculum.max_level, **kwargs).task
+        rooms = [textgym.TextGenVectorEnv(num_envs=1, tokenizer=tokenizer, **{**settings, "task": t}).obs_len
+                 for t in (curriculum.task, hardest)]  # fmt: skip
+        settings["max_prompt_tokens"] = max(rooms) - int(settings["max_new_tokens"])
+    return curriculum, settings
 
 
 def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:

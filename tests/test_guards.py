@@ -246,3 +246,66 @@ def test_a_batch_of_only_truncated_episodes_takes_no_step():
     stats = agent.update(batch)
     assert stats["skipped_update"] == 1.0 and stats["truncated_masked"] == 1.0
     assert all(torch.equal(before[k], v) for k, v in weights(policy).items())
+
+
+# ----------------------------------------------------------------------------- the curriculum
+
+
+def test_set_task_serves_a_new_task_in_the_same_observation_space():
+    envs = textgym.TextGenVectorEnv(num_envs=2, tokenizer="char", task="copy", task_kwargs={"length": 2},
+                                    max_new_tokens=3, max_prompt_tokens=40)  # fmt: skip
+    space = envs.single_observation_space
+    envs.reset(seed=0)
+    envs.set_task(textgym.make_task("copy", length=4))
+    obs, info = envs.reset(seed=0)
+    assert envs.single_observation_space == space and space.contains({k: v[0] for k, v in obs.items()})
+    assert [len(e.answer) for e in envs.examples] == [4, 4]
+    envs.set_task(textgym.make_task("copy", length=60))  # unbounded: its prompts are met at reset
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        envs.reset(seed=0)
+    envs.set_task(textgym.make_task("copy", length=4))
+    measured = textgym.TextGenVectorEnv(num_envs=1, tokenizer="char", task="copy", task_kwargs={"length": 2},
+                                        max_new_tokens=3)  # fmt: skip
+    with pytest.raises(ValueError, match="max_prompt_tokens=.*to serve it"):
+        measured.set_task(textgym.make_task("copy", length=9))
+    assert [len(e.answer) for e in envs.reset(seed=0) and envs.examples] == [4, 4]  # a refused task changes nothing
+    with pytest.raises(ValueError, match="single-turn"):
+        envs.set_task("guess")
+
+
+def test_level_up_raises_the_level_on_the_update_pass_rate(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    from agents.curriculum import LevelUp
+    from textgym.tasks.reasoning_gym import ReasoningGymCurriculum
+
+    curriculum = ReasoningGymCurriculum("chain_sum", threshold=0.0, patience=2, size=200)  # every update passes
+    policy = LMPolicy.from_pretrained("tiny", seed=0)
+    envs = textgym.TextGenVectorEnv(num_envs=4, group_size=2, tokenizer=policy.tokenizer, task=curriculum.task,
+                                    max_new_tokens=3, max_prompt_tokens=200)  # fmt: skip
+    agent = REINFORCE(policy, baseline="group", frontier_weight=0.5, seed=0)
+    agent.learn(envs, iterations=4, callback=LevelUp(curriculum, envs), progress_bar=False, log_dir=tmp_path / "run")
+    levels = [r["curriculum_level"] for r in rows(tmp_path / "run") if "train_reward" in r]
+    assert levels == [0, 1, 1, 2]  # two passing updates per level
+    assert envs.task is curriculum.task and curriculum.level == 2
+
+
+def test_train_command_raises_the_level_and_a_resume_keeps_it(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "textgym.cli", "train", "--model", "tiny", "--task", "reasoning_gym:chain_sum",
+            "--task-kwargs", '{"size": 200}', "--max-new-tokens", "3", "--curriculum-threshold", "0",
+            "--curriculum-patience", "1", "--prompts", "2", "--group-size", "2", "--eval-episodes", "4",
+            "--no-progress-bar", "--threads", "1"]  # fmt: skip
+    first = subprocess.run([*base, "--iterations", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = subprocess.run([sys.executable, "-m", "textgym.cli", "train", "--resume", str(out), "--iterations", "3",
+                            "--no-progress-bar", "--threads", "1"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    levels = [r["curriculum_level"] for r in rows(out) if "train_reward" in r]
+    assert levels == [1, 2, 3]  # a resumed run goes on from the level it had reached
+    bad = subprocess.run([*base[:7], "copy", *base[8:], "--iterations", "1", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode != 0 and "reasoning-gym" in bad.stderr + bad.stdout

@@ -178,6 +178,14 @@ class TextGenEnv(gym.Env):
         return (self.core.observation(0), float(outcome.rewards[0]), bool(outcome.terminated[0]),
                 bool(outcome.truncated[0]), info)  # fmt: skip
 
+    def set_task(self, task: Any) -> None:
+        """Serve `task` (a Task or a registered name) from the next `reset` on, in the same observation
+        space (its prompts must fit; see `Transition.set_task`)."""
+        from textgym.tasks import make_task
+
+        self.core.set_task(make_task(task))
+        self.task = self.core.task
+
     def render(self):
         text = self.core.text(0) if self._started else ""
         if self.render_mode == "human":

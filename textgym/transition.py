@@ -570,6 +570,41 @@ class Transition:
             return int(cfg.max_prompt_tokens)
         return min(longest if exact else int(math.ceil(longest * 1.25)) + 8, limit)
 
+    def set_task(self, task: Task) -> None:
+        """Serve another single-turn task from the next reset on (a harder level of a curriculum).
+
+        The observation keeps its length, so every prompt of the new task must fit the prompt part
+        it has; otherwise a ValueError names the longest and the max_prompt_tokens that would fit it
+        (make the env with that, or let it measure the hardest level). Every slot must be reset after.
+        """
+        if task.multi_turn or self.multi_turn:
+            raise ValueError("set_task serves single-turn tasks; make a new env for a multi-turn one")
+        old = self.task, self.num_examples
+        self.task, self.num_examples = task, task.num_examples(self.config.split)
+        try:
+            if self.num_examples == 0:
+                raise ValueError(f"task {task.name!r} has no examples in split {self.config.split!r}")
+            room = self.obs_len - self.max_new_tokens
+            need = self._size_prompts()  # with max_prompt_tokens set, it refuses a longer prompt itself
+            if need > room:
+                raise ValueError(
+                    f"task {task.name!r} has prompts of up to {need} tokens, but this env's observations make room "
+                    f"for {room}: make the env with max_prompt_tokens={need} (or more) to serve it"
+                )
+        except ValueError:
+            self.task, self.num_examples = old
+            raise
+        if self.config.reward is None:
+            self.reward_fn = task.reward
+        if self.config.stop_strings is None:
+            self.stop_strings = tuple(task.stop_strings)
+            self._stop_window = max((len(s) for s in self.stop_strings), default=0) + 4
+        for cached in ("action_mask", "stop_candidates"):
+            self.__dict__.pop(cached, None)
+        self._prompt_cache = {}
+        self.done[:] = True
+        self.examples = [None] * self.num_slots
+
     def _longest_in_characters(self, split: str, size: int) -> list[int]:
         """The indices of the split's examples whose prompts are longest in characters (a few)."""
         lengths = np.fromiter((len(self.task.example(split, i).prompt) for i in range(size)), dtype=np.int64, count=size)

@@ -175,6 +175,18 @@ class TextGenVectorEnv(VectorEnv):
             batch_infos(outcome.finals, self.num_envs, infos)
         return self.core.observations(), outcome.rewards, outcome.terminated, outcome.truncated, infos
 
+    def set_task(self, task: Any) -> None:
+        """Serve `task` (a Task or a registered name) from the next `reset` on; see `Transition.set_task`.
+
+        The observation space stays as it is; call `reset()` before stepping again.
+        """
+        from textgym.tasks import make_task
+
+        self.core.set_task(make_task(task))
+        self.task = self.core.task
+        self._queues = [{} for _ in self._queues]
+        self._started = False
+
     def render(self):
         return [self.core.text(i) for i in range(self.num_envs)] if self.render_mode == "ansi" else None
 
