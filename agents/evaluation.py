@@ -531,9 +531,25 @@ def read_samples(path: str | os.PathLike, repair: bool = False) -> tuple[dict[st
 
 
 def _differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The settings that differ. A setting the file does not name (one added to textgym after the file
+    was written) that is at its default now is not a difference: the samples were drawn as it says."""
+    defaults = _setting_defaults()
     keys = list(dict.fromkeys([*recorded, *now]))
     return [f"{k}: {json.dumps(recorded.get(k))} in the file, {json.dumps(now.get(k))} now"
-            for k in keys if recorded.get(k) != now.get(k)]  # fmt: skip
+            for k in keys if recorded.get(k) != now.get(k)
+            and not (k not in recorded and k in defaults and now.get(k) == defaults[k])]  # fmt: skip
+
+
+def _setting_defaults() -> dict[str, Any]:
+    """Every EnvConfig and EvalConfig setting's default, as the fingerprint writes it."""
+    out = {}
+    for cls in (EnvConfig, EvalConfig):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+    return _jsonable(out)
 
 
 class _SampleWriter:

@@ -319,6 +319,20 @@ def test_a_file_from_another_configuration_is_refused_and_left_alone(tmp_path):
     assert samples.read_bytes() == before
 
 
+def test_a_file_written_before_a_setting_existed_resumes_while_that_setting_is_at_its_default(tmp_path):
+    out = tmp_path / "eval"
+    common = [*SORT, "--samples", "2", "--problems", "2", "--out", str(out), "--resume"]
+    assert evaluation.main(common) == 0
+    samples = out / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["config"]["prompt_overflow"]  # as a file written before textgym had that setting
+    samples.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert evaluation.main(common) == 0  # at its default: the samples were drawn as it says
+    with pytest.raises(SystemExit, match='prompt_overflow: null in the file, "truncate" now'):
+        evaluation.main([*common, "--prompt-overflow", "truncate"])
+
+
 def test_a_damaged_line_in_the_middle_is_an_error_that_names_it(tmp_path):
     out = tmp_path / "eval"
     common = [*SORT, "--samples", "2", "--problems", "2", "--out", str(out)]
