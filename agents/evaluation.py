@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from agents.checkpoints import resolve_checkpoint
 from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
 from textgym.rewards.builtin import (
     boxed_math, contains, exact_match, gsm8k, math_equiv, numeric_match, partial_credit, r1_format, r1_zero,
@@ -295,30 +296,6 @@ def extract_answer(task: Task, completion: str, *, reward: Any = None, info: Map
 
 
 # -- loading the model -----------------------------------------------------------------------------
-
-
-def resolve_checkpoint(model: str | os.PathLike) -> Path | None:
-    """The checkpoint directory `model` names, or None when it is not a `textgym train` run.
-
-    A checkpoint (a directory with agent.pt) is itself; a run directory gives the checkpoint its
-    `latest` file names (runs write checkpoint-NNNNNN directories and move `latest` last).
-    """
-    path = Path(model)
-    if not path.is_dir():
-        return None
-    if (path / "agent.pt").exists():
-        return path
-    if (path / "latest").exists():
-        target = path / (path / "latest").read_text().strip()
-        if not (target / "agent.pt").exists():
-            raise FileNotFoundError(f"{path / 'latest'} names {target.name}, which holds no agent.pt; the run directory is damaged")
-        return target
-    if (path / "metrics.jsonl").exists() or any(path.glob("checkpoint-*")):
-        raise FileNotFoundError(
-            f"{path} is a textgym train run without a finished checkpoint ({path / 'latest'} is missing); "
-            "train it further, or evaluate a checkpoint-NNNNNN directory"
-        )
-    return None
 
 
 def _run_settings(checkpoint: Path) -> dict[str, Any]:
