@@ -156,10 +156,10 @@ def scan(args: argparse.Namespace) -> int:
 
 
 def trained_iteration(run: Path) -> int | None:
-    latest = run / "latest"
-    if not latest.exists():
-        return None
-    return int(latest.read_text().strip().split("-")[1])
+    from agents.checkpoints import latest_checkpoint  # the one reader of `latest` (it stays inside the run)
+
+    checkpoint = latest_checkpoint(run)
+    return None if checkpoint is None else int(checkpoint.name.split("-")[1])
 
 
 def table(args: argparse.Namespace) -> int:
