@@ -373,6 +373,9 @@ def _check_new_run_directory(out: Path, overwrite: bool) -> None:
     if _is_run_directory(out):
         if overwrite:
             return
+        if not (out / "latest").exists():
+            raise SystemExit(f"error: {out} already holds a textgym train run, which stopped before its first checkpoint: "
+                             "pass --overwrite to delete it and start over there, or pick another --out")  # fmt: skip
         raise SystemExit(f"error: {out} already holds a textgym train run; continue it with --resume {out}, "
                          "or pass --overwrite to delete it and start over there (or pick another --out)")  # fmt: skip
     raise SystemExit(f"error: --out {out} is not empty and holds no textgym run; pick a new or empty directory "

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -152,6 +153,12 @@ def test_out_never_destroys_a_run_and_overwrite_replaces_it_on_purpose(tmp_path,
     assert config["seed"] == 1 and "overwrite" not in config and not (out / "my-notes.txt").exists()
     assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "the old run was moved aside and not deleted"
+
+    # A run that stopped before its first checkpoint cannot be resumed: the message says --overwrite.
+    (out / "latest").unlink()
+    shutil.rmtree(next(out.glob("checkpoint-*")))
+    with pytest.raises(SystemExit, match="which stopped before its first checkpoint: pass --overwrite"):
+        main([*COPY_AB, "--out", str(out)])
 
     # A directory of other files is neither written into nor deleted, --overwrite or not.
     other = tmp_path / "project"

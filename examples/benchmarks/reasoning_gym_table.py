@@ -178,7 +178,8 @@ def table(args: argparse.Namespace) -> int:
         if done is None or done < args.iterations:
             more = textgym("train", "--resume", str(run), "--iterations", str(args.iterations), "--no-progress-bar",
                            "--threads", str(args.threads))  # fmt: skip
-            if call(train if done is None else more, log=root / "train.log"):
+            again = [*train, "--overwrite"] if run.exists() else train  # a first run that stopped before its first checkpoint
+            if call(again if done is None else more, log=root / "train.log"):
                 print(f"  {name}: training stopped; see {root / 'train.log'} (run again to resume)")
                 continue
         iteration = trained_iteration(run)
