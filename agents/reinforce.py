@@ -551,7 +551,7 @@ class REINFORCE:
             if disk_full(error):
                 raise disk_full_error(run_dir / "latest", "the pointer", run_dir=run_dir) from error
             raise
-        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.stat().st_mtime)
+        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.lstat().st_mtime)  # lstat: a dangling link sorts too
         for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
         return target
