@@ -159,6 +159,7 @@ class Loader:
         self.cache: dict[str, Any] = {}
 
     def lm(self, spec: AgentSpec):
+        from agents.checkpoints import CheckpointError
         from agents.evaluation import load_policy, resolve_checkpoint
 
         key = f"{spec.kind == 'reinforce'}:{spec.target}"
@@ -168,7 +169,7 @@ class Loader:
                     raise FileNotFoundError(f"{spec.target} is not a textgym train run directory nor a checkpoint (no "
                                             "'latest' pointer, no agent.pt); use lm:<model> for other models")  # fmt: skip
                 policy, _ = load_policy(spec.target, device=self.args.device, temperature=self.args.temperature)
-            except FileNotFoundError as e:
+            except (FileNotFoundError, CheckpointError) as e:  # a missing, damaged or foreign run: one line
                 raise SystemExit(f"error: agent {spec.name}: {e}") from None
             self.cache[key] = policy
         return self.cache[key]

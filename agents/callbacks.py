@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from agents.checkpoints import CheckpointError, latest_checkpoint
 from agents.rollouts import evaluate
 from textgym.config import replace, setting
 
@@ -395,8 +396,11 @@ class Checkpoint(Callback):
 
     def on_training_start(self, agent: Any, metrics: dict) -> None:
         super().on_training_start(agent, metrics)
-        latest = self.run_dir / "latest"
-        if agent.iteration > 0 and latest.exists() and _iteration_of(latest.read_text().strip()) == agent.iteration:
+        try:
+            latest = latest_checkpoint(self.run_dir)
+        except CheckpointError:
+            latest = None  # names nothing usable: the first save replaces it
+        if agent.iteration > 0 and latest is not None and _iteration_of(latest.name) == agent.iteration:
             self.saved_at = agent.iteration  # resumed from it: already on disk
 
     def on_iteration_end(self, metrics: dict) -> bool:
@@ -450,7 +454,11 @@ def plot_metrics(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Pat
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    try:
+        fig.savefig(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half PNG behind
+        raise
     os.replace(tmp, out)  # a reader never sees half a PNG
     return out
 

@@ -64,6 +64,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from agents.answers import Prior, constant_answer_prior
+from agents.checkpoints import resolve_checkpoint
 from agents.statistics import (
     BOOTSTRAP_RESAMPLES, answer_entropy, bootstrap_intervals, distinct_answers, majority_vote, pass_at_k,
     wilson_interval,
@@ -143,30 +144,6 @@ def _parse_ks(value: Any) -> tuple[int, ...]:
 
 
 # -- loading the model -----------------------------------------------------------------------------
-
-
-def resolve_checkpoint(model: str | os.PathLike) -> Path | None:
-    """The checkpoint directory `model` names, or None when it is not a `textgym train` run.
-
-    A checkpoint (a directory with agent.pt) is itself; a run directory gives the checkpoint its
-    `latest` file names (runs write checkpoint-NNNNNN directories and move `latest` last).
-    """
-    path = Path(model)
-    if not path.is_dir():
-        return None
-    if (path / "agent.pt").exists():
-        return path
-    if (path / "latest").exists():
-        target = path / (path / "latest").read_text().strip()
-        if not (target / "agent.pt").exists():
-            raise FileNotFoundError(f"{path / 'latest'} names {target.name}, which holds no agent.pt; the run directory is damaged")
-        return target
-    if (path / "metrics.jsonl").exists() or any(path.glob("checkpoint-*")):
-        raise FileNotFoundError(
-            f"{path} is a textgym train run without a finished checkpoint ({path / 'latest'} is missing); "
-            "train it further, or evaluate a checkpoint-NNNNNN directory"
-        )
-    return None
 
 
 def _run_settings(checkpoint: Path) -> dict[str, Any]:

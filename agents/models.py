@@ -240,13 +240,20 @@ def _no_loading_bar():
 
 
 def _from_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    """An HF model with transformers' own code only: a model directory or hub repo that ships Python
+    (`auto_map`) is refused, never run, and never asked about (transformers would prompt on a terminal)."""
     with _no_loading_bar():
         try:
-            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False)
         except (ValueError, ImportError) as error:
+            if "trust_remote_code" in str(error):
+                raise ValueError(
+                    f"{name_or_path} needs its own Python code to load (trust_remote_code), which textgym never runs: "
+                    "use a model that transformers supports natively"
+                ) from None
             if "sdpa" not in str(error).lower():
                 raise
-            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)  # architecture without SDPA
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=False)  # architecture without SDPA
 
 
 def _load_tokenizer_beside(directory: Path) -> Tokenizer:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -30,10 +32,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from agents import distributed
 from agents import losses as L
 from agents.answers import update_answers
+from agents.checkpoints import (
+    FORMAT as CHECKPOINT_FORMAT,
+    CheckpointError,
+    disk_full,
+    disk_full_error,
+    fsync_dir,
+    fsync_tree,
+    read_agent_state,
+    recovery,
+    resolve_checkpoint,
+)
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
 from agents.callbacks import (
     Callback,
@@ -581,21 +595,45 @@ class REINFORCE:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy, optimizer, value head, baseline state, config and iteration to `path`.
 
-        The directory is written beside `path` and renamed into place, so it is complete or absent.
-        An existing `path` is moved aside first and deleted only after the new one is in place.
+        The directory is written beside `path`, fsynced, and renamed into place, so it is complete
+        or absent. An existing `path` is moved aside first and deleted only after the new one is
+        in place. agent.pt holds only tensors and plain containers, so `load` reads it without
+        unpickling code. A save that fails (a full disk: an OSError that says "disk full") leaves
+        nothing behind.
         """
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.policy.save(tmp / "policy")
+        try:
+            tmp.mkdir(parents=True)
+            self.policy.save(tmp / "policy")
+            with open(tmp / "agent.pt", "wb") as f:  # a file object: a full disk surfaces as ENOSPC, not a zip error
+                torch.save(self._state(), f)
+            fsync_tree(tmp)  # on the disk before anything that names it, or deletes what it replaces
+        except BaseException as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, Exception) and disk_full(error):
+                raise disk_full_error(path, "the checkpoint") from error
+            raise
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        if old.exists():
+            shutil.rmtree(old)
+        return path
+
+    def _state(self) -> dict[str, Any]:
+        """agent.pt's content: tensors and plain Python containers only (what weights_only loads)."""
         state = {
-            "iteration": self.iteration,
-            "running_mean": self.running_mean,
-            "config": dataclasses.asdict(self.config),
+            "format": CHECKPOINT_FORMAT,
+            "iteration": int(self.iteration),
+            "running_mean": [float(m) for m in self.running_mean],
+            "config": _plain(dataclasses.asdict(self.config)),
             "optimizer": self.optimizer.state_dict(),
-            "policy_sampling": {k: getattr(self.policy, k) for k in SAMPLING},
+            "policy_sampling": _plain({k: getattr(self.policy, k) for k in SAMPLING}),
             "allowed_tokens": None if self.policy.allowed_tokens is None else self.policy.allowed_tokens.cpu(),
             "generator": self.policy.generator.get_state(),
             "entropy_coef": self.entropy_coef,
@@ -608,21 +646,15 @@ class REINFORCE:
             state["value_optimizer"] = self.value_optimizer.state_dict()
         if self.reference is not None:  # the KL anchor is the initial policy, not the resumed one
             state["reference"] = self.reference.state_dict()
-        torch.save(state, tmp / "agent.pt")
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-        return path
+        return state
 
     def checkpoint(self, run_dir: str | os.PathLike, keep: int = 1) -> Path:
         """Save into a new `run_dir/checkpoint-<iteration>` and then point `run_dir/latest` at it.
 
         `latest` only ever names a complete checkpoint: the new directory is written under a name
         `latest` does not use (a suffix is added if this iteration was saved before), the pointer
-        moves by an atomic rename, and older checkpoints (beyond the newest `keep`) go only after.
+        moves by an atomic rename, and older checkpoints (beyond the newest `keep`) go only after
+        the new checkpoint and the pointer are fsynced.
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -633,11 +665,27 @@ class REINFORCE:
         while (run_dir / name).exists():
             n += 1
             name = f"{base}-{n}"
-        target = self.save(run_dir / name)
+        try:
+            target = self.save(run_dir / name)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise disk_full_error(run_dir / name, "the checkpoint", run_dir=run_dir) from error.__cause__
         pointer = run_dir / ".latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, run_dir / "latest")
-        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.stat().st_mtime)
+        try:
+            with open(pointer, "w") as f:
+                f.write(name + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(pointer, run_dir / "latest")
+            fsync_dir(run_dir)
+        except Exception as error:
+            pointer.unlink(missing_ok=True)
+            shutil.rmtree(target, ignore_errors=True)  # nothing names it; `latest` still names the previous one
+            if disk_full(error):
+                raise disk_full_error(run_dir / "latest", "the pointer", run_dir=run_dir) from error
+            raise
+        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.lstat().st_mtime)  # lstat: a dangling link sorts too
         for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
         return target
@@ -647,44 +695,89 @@ class REINFORCE:
         """Restore an agent saved by `save`/`checkpoint` (a checkpoint or a run directory) to continue.
 
         `overrides` change settings of the saved config (`lr=1e-5`, ...) or the policy's sampling
-        (`temperature`, `top_k`, `top_p`).
+        (`temperature`, `top_k`, `top_p`). Nothing in the checkpoint is run as code: agent.pt is
+        read with `torch.load(weights_only=True)` and the policy's weights are safetensors. A
+        damaged, foreign or unsafe checkpoint, or a `latest` that leaves the run directory, raises
+        `agents.checkpoints.CheckpointError` naming the path and what to do.
         """
-        path = Path(path)
-        if not (path / "agent.pt").exists() and (path / "latest").exists():
-            path = path / (path / "latest").read_text().strip()  # a run directory: its latest checkpoint
-        if not (path / "agent.pt").exists():
+        checkpoint = resolve_checkpoint(path)
+        if checkpoint is None:
             raise FileNotFoundError(f"{path} holds no textgym checkpoint (agent.pt is missing, and no 'latest' pointer)")
-        state = torch.load(path / "agent.pt", map_location="cpu", weights_only=False)
-        sampling = {**state["policy_sampling"], **{k: overrides.pop(k) for k in SAMPLING if k in overrides}}
-        config = REINFORCEConfig(**(state.get("config") or state["hparams"])).replace(**overrides)
+        state = read_agent_state(checkpoint)
+        try:
+            sampling = {**state["policy_sampling"], **{k: overrides.pop(k) for k in SAMPLING if k in overrides}}
+            saved = dict(state.get("config") or state["hparams"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{checkpoint / 'agent.pt'} is not a textgym agent state ({e}); start a new run") from None
+        config = REINFORCEConfig(**saved).replace(**overrides)
         if config.kl_coef > 0 and "reference" not in state:
             raise ValueError(
-                f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {path} does not hold "
+                f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {checkpoint} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
             )
-        policy = LMPolicy.from_pretrained(path / "policy", device=device, dtype=dtype, **sampling)
-        policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
-        agent = cls(policy, config)
-        agent.optimizer.load_state_dict(state["optimizer"])
+        policy = _load_policy(checkpoint, device=device, dtype=dtype, **sampling)
+        try:
+            policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
+            agent = cls(policy, config)
+            agent.optimizer.load_state_dict(state["optimizer"])
+            _check_optimizer_fits(agent.optimizer)
+            if agent.reference is not None:
+                agent.reference.load_state_dict(state["reference"])
+            policy.generator.set_state(state["generator"])
+            if agent.value_head is not None and "value_head" in state:
+                agent.value_head.load_state_dict(state["value_head"])
+                agent.value_optimizer.load_state_dict(state["value_optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{checkpoint}: agent.pt does not fit its policy/ ({reason}); the checkpoint is damaged "
+                                  f"or was assembled from two runs. {recovery(checkpoint, weights=False)}") from None  # fmt: skip
         for group in agent.optimizer.param_groups:  # the config's values, not the saved ones (overrides)
             group.update(lr=config.lr, weight_decay=config.weight_decay)
-        if agent.reference is not None:
-            agent.reference.load_state_dict(state["reference"])
-        agent.iteration = state["iteration"]
+        agent.iteration = int(state["iteration"])
         m = state["running_mean"]
-        agent.running_mean = [float(m)] if isinstance(m, (int, float)) else list(m)  # one turn in older checkpoints
-        policy.generator.set_state(state["generator"])
+        agent.running_mean = [float(m)] if isinstance(m, (int, float)) else [float(v) for v in m]  # one turn in older checkpoints
         agent.entropy_coef = float(state.get("entropy_coef", config.entropy_coef))
         if "entropy_coef" in overrides and config.entropy_target is None:
             agent.entropy_coef = config.entropy_coef  # a fixed bonus given on resume wins
         agent.samples = int(state.get("samples", 0))
         agent._frontier_state = state.get("frontier")
         if agent.value_head is not None and "value_head" in state:
-            agent.value_head.load_state_dict(state["value_head"])
-            agent.value_optimizer.load_state_dict(state["value_optimizer"])
             for group in agent.value_optimizer.param_groups:
                 group["lr"] = config.value_lr
         return agent
+
+
+def _load_policy(checkpoint: Path, **kwargs: Any) -> LMPolicy:
+    """The checkpoint's policy/ (safetensors, never pickles, never remote code), or a CheckpointError."""
+    weights = checkpoint / "policy"
+    if not (weights / "config.json").is_file():
+        raise CheckpointError(f"{weights} is missing or incomplete (no config.json): {checkpoint} is damaged. "
+                              f"{recovery(checkpoint)}")  # fmt: skip
+    try:
+        return LMPolicy.from_pretrained(weights, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{weights} cannot be loaded ({reason}); the checkpoint is damaged. "
+                              f"{recovery(checkpoint, weights=False)}") from None  # fmt: skip
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError when a loaded optimizer's moments do not have their parameter's shape
+    (`load_state_dict` checks only the count; the first step would fail far from the cause)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"optimizer {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy scalars and tuples made plain Python (what a weights_only load accepts)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 REINFORCE.__doc__ = REINFORCE.__doc__.replace("{settings}", describe(REINFORCEConfig, indent="    "))

@@ -12,6 +12,8 @@ needs other values; flags override it.
 
 A run directory holds config.json (the run's settings as it started), metrics.jsonl, rewards.png,
 checkpoint-NNNNNN/ with a `latest` pointer, and resumes.jsonl (the flags each `--resume` changed).
+A new run never writes into a directory that holds one: `--resume D` continues it, `--overwrite`
+deletes it first. The default directory's name is the task's, made safe (letters, digits, - _ .).
 SIGINT (Ctrl-C) or SIGTERM saves a checkpoint after the current update and exits with 130 (SIGINT)
 or 143 (SIGTERM); a second signal aborts at once (the previous checkpoint stays the latest).
 """
@@ -21,17 +23,23 @@ from __future__ import annotations
 import argparse
 import builtins
 import dataclasses
+import errno
 import json
+import os
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+import numpy as np
+
 from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
 from textgym.tokenizers import DEFAULT_MODEL
 
-__all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings", "split_settings"]
+__all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings", "split_settings", "run_name"]
 
 # Settings that differ from the configs' defaults, as named recipes: a model by the exact name of a
 # preset uses it unless --preset says otherwise; other presets are asked for with --preset. Flags
@@ -65,6 +73,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 TASK_BOUND = ("task_kwargs", "reward")  # preset settings that belong to its task: dropped when --task is given
 FIXED_ON_RESUME = ("model", "preset", "mask_actions")  # a checkpoint already holds what these decide
+NOT_RECORDED = ("resume", "overwrite")  # how this command was started, not what the run is
+RUN_FILES = ("latest", "metrics.jsonl", "resumes.jsonl", "rewards.png")  # a directory with one of these holds a run
 ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # train on train, validate on validation
 
 
@@ -87,7 +97,8 @@ class RunConfig:
         "pass rate is >= this for curriculum_patience updates in a row (None: a fixed level)",
     )
     curriculum_patience: int = setting(5, "updates in a row at or above curriculum_threshold before the level rises")
-    out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>)")
+    out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>); a directory that holds a run is refused (see --resume, --overwrite)")
+    overwrite: bool = setting(False, "with --out: delete the run already in that directory and start a new one there")
     resume: str | None = setting(None, "continue the run in this directory; other flags given override its settings (recorded in resumes.jsonl)")
 
     def __post_init__(self) -> None:
@@ -171,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from agents import distributed
     from agents.callbacks import TrainingInterrupted, read_metrics
     from agents.curriculum import LevelUp
+    from agents.checkpoints import CheckpointError, latest_checkpoint
     from agents.policy import LMPolicy
     from agents.reinforce import REINFORCE
 
@@ -180,14 +192,18 @@ def run(args: argparse.Namespace) -> int:
     print = builtins.print if ctx.is_main else (lambda *a, **k: None)  # noqa: A001
 
     if resume is not None:
-        if not (resume / "latest").exists():
-            raise SystemExit(f"error: {resume} has no checkpoint to resume from ({resume / 'latest'} is missing)")
+        if flags.pop("overwrite", False):
+            raise SystemExit("error: --overwrite starts a new run in --out; it does not go with --resume")
+        try:
+            checkpoint = latest_checkpoint(resume) if resume.is_dir() else None
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
+        if checkpoint is None:
+            raise SystemExit(f"error: {_not_resumable(resume)}")
         out_flag = flags.pop("out", None)
         if out_flag is not None and Path(out_flag) != resume:
             raise SystemExit(f"error: --resume continues the run in {resume}; drop --out (or make it the same directory)")
-        base = json.loads((resume / "config.json").read_text())
-        for line in (resume / "resumes.jsonl").read_text().splitlines() if (resume / "resumes.jsonl").exists() else []:
-            base.update(json.loads(line)["overrides"])
+        base = _recorded_settings(resume)
         flags = {k: v for k, v in flags.items() if _jsonable({k: v})[k] != base.get(k)}  # what this resume changes
         fixed = [k for k in FIXED_ON_RESUME if k in flags]
         if fixed:
@@ -201,12 +217,21 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
     if run_cfg.threads:
         torch.set_num_threads(run_cfg.threads)
-    out = resume or Path(run_cfg.out or Path("runs") / f"{env_cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if resume is not None:
+        out = resume
+    elif run_cfg.out:
+        out = Path(run_cfg.out)
+        _check_new_run_directory(out, run_cfg.overwrite)  # before the model loads: fail fast, delete nothing yet
+    else:
+        out = _fresh_run_directory(env_cfg.task)
 
     if resume is not None:
         # The recorded settings, with this resume's changes, replace the checkpoint's.
         settings_now = {**dataclasses.asdict(agent_cfg), **dataclasses.asdict(sampling)}
-        agent = REINFORCE.load(resume, device=run_cfg.device, dtype=run_cfg.dtype, **settings_now)
+        try:
+            agent = REINFORCE.load(checkpoint, device=run_cfg.device, dtype=run_cfg.dtype, **settings_now)
+        except (CheckpointError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}") from None
         policy = agent.policy
         print(f"resuming {resume} at iteration {agent.iteration}" + (f" with {json.dumps(flags)}" if flags else ""))
     else:
@@ -220,20 +245,33 @@ def run(args: argparse.Namespace) -> int:
     curriculum = None
     if run_cfg.curriculum_threshold is not None:
         curriculum, env_settings = _curriculum(run_cfg, env_settings, policy.tokenizer, out if resume else None, agent.iteration)
-    envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
-                                    tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
-    eval_env = textgym.TextGenVectorEnv(num_envs=min(64, management.eval_episodes), split="validation",
+    try:  # the task, its data file and its arguments are the user's: a mistake there is one line
+        envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
                                         tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
-    if resume is None and run_cfg.mask_actions:
-        policy.restrict_actions(envs.action_masks()[0])
+        eval_env = textgym.TextGenVectorEnv(num_envs=min(64, management.eval_episodes), split="validation",
+                                            tokenizer=policy.tokenizer, **env_settings)  # fmt: skip
+    except (ValueError, TypeError, LookupError, OSError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if run_cfg.mask_actions:
+        # The restriction is the current task's allowed tokens, also on resume: a resume may change the
+        # task (--task, --task-kwargs), and keeping the checkpoint's mask would forbid the new task's tokens.
+        allowed = envs.action_masks()[0]
+        before = policy.allowed_tokens
+        if before is not None and not np.array_equal(before.cpu().numpy(), allowed):
+            print(f"the task's allowed tokens changed since the checkpoint ({int(before.sum())} -> {int(allowed.sum())} "
+                  "tokens): sampling among the new task's")  # fmt: skip
+        policy.restrict_actions(allowed)
 
     if ctx.enabled:
         n = run_cfg.prompts * run_cfg.group_size
         print(f"data-parallel on {ctx.world_size} ranks: {n} episodes per rank, {n * ctx.world_size} per update")
     if ctx.is_main:
+        if resume is None and run_cfg.overwrite and out.is_dir() and any(out.iterdir()):
+            _delete_run(out)
+            print(f"--overwrite: deleted the run that was in {out}")
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:
-            recorded = {k: v for k, v in settings.items() if k != "resume"}
+            recorded = {k: v for k, v in settings.items() if k not in NOT_RECORDED}
             (out / "config.json").write_text(json.dumps(_jsonable(recorded), indent=2) + "\n")
         elif flags:
             with open(out / "resumes.jsonl", "a") as f:
@@ -251,6 +289,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"aborted during iteration {agent.iteration + 1}; the last checkpoint is kept. Continue with: textgym train --resume {out}")
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if str(e.strerror).startswith("disk full"):  # a checkpoint's: it says what is left and what to do
+            raise SystemExit(f"error: {e.strerror}") from None
+        raise SystemExit(f"error: disk full while writing into {out} ({e}); the last checkpoint is kept. Free space, "
+                         f"then continue with: textgym train --resume {out}") from None  # fmt: skip
     if not ctx.is_main:
         return 0
     rows = read_metrics(out)
@@ -272,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     collapses = [r["collapse"] for r in rows if "collapse" in r]
     if collapses:
         print(f"warning: {collapses[0]}")
-    latest = out / (out / "latest").read_text().strip()
+    latest = latest_checkpoint(out)
     print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0
 
@@ -306,6 +351,113 @@ def _curriculum(run_cfg: RunConfig, env_settings: dict[str, Any], tokenizer: Any
                  for t in (curriculum.task, hardest)]  # fmt: skip
         settings["max_prompt_tokens"] = max(rooms) - int(settings["max_new_tokens"])
     return curriculum, settings
+
+
+def _recorded_settings(run_dir: Path) -> dict[str, Any]:
+    """A run's settings as recorded: config.json, then each resume's changes (resumes.jsonl).
+    A missing or damaged file is a SystemExit that names it."""
+    path = run_dir / "config.json"
+    try:
+        base = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(base, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path} is missing, so the run's settings are unknown: {run_dir} cannot be resumed; "
+                         f"start a new run (its weights: --model {_latest_policy_hint(run_dir)})") from None  # fmt: skip
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {path} is damaged ({e}); restore it, or start a new run") from None
+    resumes = run_dir / "resumes.jsonl"
+    lines = resumes.read_text(encoding="utf-8", errors="replace").splitlines() if resumes.exists() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            base.update(json.loads(line)["overrides"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: {resumes} line {number} is damaged ({e}); fix or delete that line") from None
+    return base
+
+
+def _latest_policy_hint(run_dir: Path) -> str:
+    from agents.checkpoints import CheckpointError, latest_checkpoint
+
+    try:
+        checkpoint = latest_checkpoint(run_dir)
+    except CheckpointError:
+        checkpoint = None
+    return str(checkpoint / "policy") if checkpoint else "<checkpoint>/policy"
+
+
+def _not_resumable(path: Path) -> str:
+    """Why `--resume path` has nothing to resume, and what to do instead."""
+    if not path.exists():
+        return f"{path} has no checkpoint to resume from: it does not exist (--resume takes a textgym train run's directory)"
+    if not path.is_dir():
+        return f"{path} is a file; --resume takes the directory of a textgym train run"
+    if (path / "agent.pt").exists():
+        return f"{path} is a checkpoint; resume its run: --resume {path.parent}"
+    if (path / "config.json").exists() and (any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").exists()):
+        return f"{path} is a model directory, not a textgym train run; start a new run from it with --model {path}"
+    return f"{path} has no checkpoint to resume from ({path / 'latest'} is missing)"
+
+
+def _is_run_directory(path: Path) -> bool:
+    """Whether `path` holds (part of) a textgym train run: its files, a checkpoint, or its config.json."""
+    if any((path / name).exists() for name in RUN_FILES) or any(path.glob("checkpoint-*")):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "task", "iterations"} <= set(config)
+
+
+def _check_new_run_directory(out: Path, overwrite: bool) -> None:
+    """Refuse to start a run in `out` when that would destroy something (the run there, or other files)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file; pick a directory")
+    if not any(out.iterdir()):
+        return
+    if _is_run_directory(out):
+        if overwrite:
+            return
+        if not (out / "latest").exists():
+            raise SystemExit(f"error: {out} already holds a textgym train run, which stopped before its first checkpoint: "
+                             "pass --overwrite to delete it and start over there, or pick another --out")  # fmt: skip
+        raise SystemExit(f"error: {out} already holds a textgym train run; continue it with --resume {out}, "
+                         "or pass --overwrite to delete it and start over there (or pick another --out)")  # fmt: skip
+    raise SystemExit(f"error: --out {out} is not empty and holds no textgym run; pick a new or empty directory "
+                     "(--overwrite only replaces a run)")  # fmt: skip
+
+
+def _delete_run(out: Path) -> None:
+    """Delete the run in `out` (--overwrite): renamed aside first, so a kill midway leaves no half run."""
+    aside = out.with_name(f".{out.name}.overwritten-{os.getpid()}")
+    os.replace(out, aside)
+    shutil.rmtree(aside)
+
+
+def run_name(task: str, limit: int = 60) -> str:
+    """A directory name for a task spec: letters, digits and - _ . only, at most `limit` characters,
+    still recognisable ("file:/data/x/gsm8k.jsonl" -> "file-data-x-gsm8k.jsonl"): a spec is text a
+    user typed, and a path or a name with / : .. in it must not decide where a run is written."""
+    name = re.sub(r"[-.]{2,}", "-", re.sub(r"[^A-Za-z0-9_.-]+", "-", task)).strip("-.")  # no "..", no "/"
+    if len(name) > limit:  # keep the head (the task family) and the tail (the file or dataset name)
+        head = limit // 3
+        name = name[:head].rstrip("-.") + "-" + name[-(limit - head - 1) :].lstrip("-.")
+    return name or "run"
+
+
+def _fresh_run_directory(task: str) -> Path:
+    """runs/<task>-<date>-<time>, with a suffix when a run started in the same second already has it."""
+    base = Path("runs") / f"{run_name(task)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Data-parallel REINFORCE with torchrun (2 CPU processes, gloo): the ranks' weights stay
-bit-identical and equal a single process's on the same global batch."""
+bit-identical and equal a single process's on the same global batch; the metrics average over the
+ranks even when one rank's rows lack keys (its verifier calls all failed)."""
 
 import json
 import os
@@ -75,3 +76,56 @@ def test_train_command_under_torchrun_logs_once(tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     assert "data-parallel on 2 ranks" in result.stdout
     assert result.stdout.count("validation reward:") == 1
+
+
+METRICS_WORKER = textwrap.dedent(
+    """
+    import json
+    import sys
+    import torch
+    torch.set_num_threads(1)
+    import textgym
+    from textgym.rewards.core import combine
+    from agents import LMPolicy, distributed
+    from agents.reinforce import _iteration_metrics
+    from agents.rollouts import collect_episodes
+
+    ctx = distributed.setup()
+
+    def exact(completion, example):
+        if ctx.rank == 1:
+            raise ConnectionError("the verifier service is down on this rank")
+        return 1.0
+
+    def brevity(completion, example):
+        return 0.5
+
+    policy = LMPolicy.from_pretrained("tiny", seed=0)
+    envs = textgym.TextGenVectorEnv(num_envs=4, group_size=2, task="copy", task_kwargs={"length": 2, "alphabet": "ab"},
+                                    max_new_tokens=3, reward=combine({"exact": exact, "brevity": brevity}),
+                                    tokenizer=policy.tokenizer)
+    episodes, timing = collect_episodes(policy, envs, seed=ctx.rank)
+    local = _iteration_metrics(1, episodes, {"loss": float(ctx.rank)}, 1e-3, timing, 1.0, 1.0)
+    merged = ctx.mean_dict(local)
+    with open(f"{sys.argv[1]}/metrics-rank{ctx.rank}.json", "w") as f:  # not stdout: the ranks' lines interleave
+        json.dump({"rank": ctx.rank, "local": local, "merged": merged}, f)
+    """
+)
+
+
+def test_metrics_average_over_ranks_whose_keys_differ(tmp_path):
+    """Rank 1's verifier fails on every episode, so its row has no reward/<component> keys: the
+    ranks still reduce the same keys, each averaged over the ranks that have it."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(METRICS_WORKER)
+    torchrun(str(worker), str(tmp_path))
+    rows = {rank: json.loads((tmp_path / f"metrics-rank{rank}.json").read_text()) for rank in (0, 1)}
+    local0, local1 = rows[0]["local"], rows[1]["local"]
+    assert local0["reward/exact"] == 1.0 and local0["reward/brevity"] == 0.5 and local0["reward_errors"] == 0
+    assert "reward/exact" not in local1 and local1["reward_errors"] == 4  # the case that broke the reduction
+    merged = rows[0]["merged"]
+    assert {k: v for k, v in rows[1]["merged"].items() if k != "sample_completion"} == {
+        k: v for k, v in merged.items() if k != "sample_completion"
+    }, "every rank must hold the same averaged metrics"
+    assert merged["reward/exact"] == 1.0 and merged["reward/brevity"] == 0.5  # over the rank that has them
+    assert merged["reward_errors"] == 2.0 and merged["loss"] == 0.5 and merged["train_reward"] == (local0["train_reward"] + 0.0) / 2

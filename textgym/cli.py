@@ -2,12 +2,20 @@
 
 `tasks` and `rewards` need only textgym; `train`, `eval` and `bench` live in agents/ (torch) and
 are imported only when asked for, so `textgym tasks` stays fast.
+
+The import name `agents` is also the OpenAI Agents SDK's (`pip install openai-agents`): with both
+installed one shadows or overwrites the other. Before importing agents the command checks, without
+running it, that the package found is textgym's (`agents_problem`), and says what to do if not.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from pathlib import Path
+
+AGENTS_MARKER = "__textgym__ = True"  # a line of textgym's agents/__init__.py; other `agents` packages lack it
 
 
 def _tasks(args: argparse.Namespace) -> int:
@@ -62,12 +70,58 @@ def _rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def agents_problem(init_file: str | None = None) -> str | None:
+    """Why the `agents` package Python would import is not textgym's, or None when it is.
+
+    Looks at files only, so a foreign package's code never runs: its `__init__.py` must carry
+    textgym's marker, and no sub-package of the other SDK may shadow one of textgym's modules
+    (`agents/models/` beside `agents/models.py`, left by installing both into one environment).
+    """
+    if init_file is None:
+        loaded = sys.modules.get("agents")
+        if loaded is not None:
+            init_file = getattr(loaded, "__file__", None)
+        else:
+            try:
+                spec = importlib.util.find_spec("agents")
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None:
+                return "the package `agents` (textgym's agents: training, evaluation) is not installed: reinstall textgym"
+            init_file = spec.origin
+    init = Path(init_file) if init_file else None
+    where = init.parent if init is not None and init.name == "__init__.py" else init
+    fix = ("The OpenAI Agents SDK (`pip install openai-agents`) also installs a top-level package `agents`, and with "
+           "both installed one shadows or overwrites the other. Use textgym in a virtual environment of its own "
+           "(python -m venv .venv), or `pip uninstall openai-agents` and reinstall textgym (pip install "
+           "--force-reinstall --no-deps textgym)")  # fmt: skip
+    try:
+        ours = init is not None and init.name == "__init__.py" and AGENTS_MARKER in init.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        return f"the package `agents` that Python finds ({where}) is not textgym's. {fix}"
+    shadowed = sorted(m.stem for m in where.glob("*.py") if (where / m.stem / "__init__.py").exists())
+    if shadowed:
+        names = ", ".join(f"agents/{name}/" for name in shadowed)
+        return f"textgym's package `agents` ({where}) has another package's {names} over its own modules. {fix}"
+    return None
+
+
+def _require_agents() -> None:
+    problem = agents_problem()
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="textgym", description="Token-level text generation as Gymnasium RL.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an LM with REINFORCE (default: SmolLM2-135M-Instruct on addition)")
     first = (argv if argv is not None else sys.argv[1:])[:1]
+    if first in (["train"], ["eval"], ["bench"]):
+        _require_agents()  # before anything imports it
     from_agents = first == ["train"]
     if from_agents:
         from agents.train import add_arguments

@@ -226,8 +226,8 @@ def _load_hf(name_or_path: str) -> Tokenizer:
     path = Path(name_or_path)
     if path.suffix == ".gguf":
         hf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    else:
-        hf = AutoTokenizer.from_pretrained(name_or_path)
+    else:  # transformers' own tokenizer classes only: shipped Python code (auto_map) is never run
+        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     return HFTokenizer(hf, name=name_or_path)
 
 

@@ -162,10 +162,10 @@ def scan(args: argparse.Namespace) -> int:
 
 
 def trained_iteration(run: Path) -> int | None:
-    latest = run / "latest"
-    if not latest.exists():
-        return None
-    return int(latest.read_text().strip().split("-")[1])
+    from agents.checkpoints import latest_checkpoint  # the one reader of `latest` (it stays inside the run)
+
+    checkpoint = latest_checkpoint(run)
+    return None if checkpoint is None else int(checkpoint.name.split("-")[1])
 
 
 def train_with_textgym(args: argparse.Namespace, name: str, root: Path, train: list[str]) -> tuple | None:
@@ -176,7 +176,8 @@ def train_with_textgym(args: argparse.Namespace, name: str, root: Path, train: l
     if done is None or done < args.iterations:
         more = textgym("train", "--resume", str(run), "--iterations", str(args.iterations), "--no-progress-bar",
                        "--threads", str(args.threads))  # fmt: skip
-        if call(train if done is None else more, log=root / "train.log"):
+        again = [*train, "--overwrite"] if run.exists() else train  # a first run that stopped before its first checkpoint
+        if call(again if done is None else more, log=root / "train.log"):
             print(f"  {name}: training stopped; see {root / 'train.log'} (run again to resume)")
             return None
     iteration = trained_iteration(run)
