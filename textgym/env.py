@@ -178,6 +178,12 @@ class TextGenEnv(gym.Env):
         return (self.core.observation(0), float(outcome.rewards[0]), bool(outcome.terminated[0]),
                 bool(outcome.truncated[0]), info)  # fmt: skip
 
+    def close(self):
+        """End a multi-turn episode still running (the task's `end`) and close the task if the env made
+        it from a name: a tool or OpenEnv task's servers and sessions."""
+        self.core.close()
+        super().close()
+
     def render(self):
         text = self.core.text(0) if self._started else ""
         if self.render_mode == "human":

@@ -175,6 +175,10 @@ class TextGenVectorEnv(VectorEnv):
             batch_infos(outcome.finals, self.num_envs, infos)
         return self.core.observations(), outcome.rewards, outcome.terminated, outcome.truncated, infos
 
+    def close_extras(self, **kwargs: Any) -> None:
+        """End the multi-turn episodes still running and close the task if the env made it (`TextGenEnv.close`)."""
+        self.core.close()
+
     def render(self):
         return [self.core.text(i) for i in range(self.num_envs)] if self.render_mode == "ansi" else None
 
