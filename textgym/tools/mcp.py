@@ -33,10 +33,10 @@ import concurrent.futures
 import os
 import shlex
 import tempfile
-import threading
 import weakref
 from typing import Any, Sequence
 
+from textgym.background import BackgroundLoop
 from textgym.tools.core import Tool, ToolResult, ToolSet
 
 __all__ = ["MCPToolSet", "MCPServerError", "mcp_tools"]
@@ -94,18 +94,16 @@ class MCPToolSet(ToolSet):
         self._closed = False
         self._params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=cwd)
         self._client = ClientSession, stdio_client
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="textgym-mcp")
-        self._thread.start()
-        self._stop = self._on_loop(_make_event()).result()
+        self._background = BackgroundLoop("textgym-mcp")
+        self._stop = self._background.run(_make_event())
         self._tasks: list[concurrent.futures.Future] = []
         self._sessions: list[Any] = []
         self._free: asyncio.Queue | None = None
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, self._stop, self._tasks)
+        self._finalizer = weakref.finalize(self, _shutdown, self._background, self._stop, self._tasks)
         atexit.register(self._finalizer)
         try:
             self._start(sessions, start_timeout)
-            listed = self._on_loop(self._sessions[0].list_tools()).result(start_timeout)
+            listed = self._background.submit(self._sessions[0].list_tools()).result(start_timeout)
         except BaseException:
             self.close()
             raise
@@ -115,15 +113,12 @@ class MCPToolSet(ToolSet):
 
     # -- starting and stopping -------------------------------------------------------------------
 
-    def _on_loop(self, coroutine: Any) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
     def _start(self, sessions: int, start_timeout: float) -> None:
         # Each server's stderr goes to a file of its own (unlinked: it goes when the server does), so that a
         # server that fails to start can be quoted; the file stays the server's, ours is closed once it runs.
         errlogs = [self._errlog or tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") for _ in range(sessions)]
         ready = [concurrent.futures.Future() for _ in range(sessions)]
-        self._tasks.extend(self._on_loop(self._serve(r, e)) for r, e in zip(ready, errlogs))
+        self._tasks.extend(self._background.submit(self._serve(r, e)) for r, e in zip(ready, errlogs))
         try:
             for r, errlog in zip(ready, errlogs):
                 try:
@@ -137,7 +132,7 @@ class MCPToolSet(ToolSet):
             for errlog in errlogs:
                 if errlog is not self._errlog:
                     errlog.close()
-        self._free = self._on_loop(_make_queue(self._sessions)).result()
+        self._free = self._background.submit(_make_queue(self._sessions)).result()
 
     def _failed(self, reason: str, errlog: Any) -> str:
         tail = ""
@@ -191,7 +186,7 @@ class MCPToolSet(ToolSet):
             return ToolResult(f"error: {name} cannot be called: its MCP server was closed", False)
         if not isinstance(arguments, dict):
             return ToolResult(f"error: the arguments of {name} must be a JSON object", False)
-        future = self._on_loop(self._send(name, arguments))
+        future = self._background.submit(self._send(name, arguments))
         try:
             result = future.result(self.call_timeout)
         except concurrent.futures.TimeoutError:
@@ -226,20 +221,16 @@ async def _make_queue(items: list) -> asyncio.Queue:
     return queue
 
 
-def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, stop: asyncio.Event,
-              tasks: list[concurrent.futures.Future]) -> None:  # fmt: skip
+def _shutdown(background: BackgroundLoop, stop: asyncio.Event, tasks: list[concurrent.futures.Future]) -> None:
     """Stop every session (each stops its server process), then the loop and its thread. Bounded:
     the transport gives a server 2 s to exit after its stdin closes, then terminates and kills it."""
-    if not loop.is_closed() and thread.is_alive():
-        loop.call_soon_threadsafe(stop.set)
+    if background.usable:
+        background.loop.call_soon_threadsafe(stop.set)
         _, running = concurrent.futures.wait(tasks, timeout=5.0)
         for task in running:  # stuck before the handshake, or in a call: cancelled, which still stops its server
             task.cancel()
         concurrent.futures.wait(running, timeout=10.0)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-    if not thread.is_alive() and not loop.is_closed():
-        loop.close()
+    background.close()
 
 
 def _field(obj: Any, *names: str) -> Any:
