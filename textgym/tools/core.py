@@ -44,7 +44,7 @@ __all__ = ["Tool", "ToolSet", "ToolResult", "STATE_PARAMETER"]
 STATE_PARAMETER = "state"  # a tool parameter of this name receives the episode's state, unseen by the model
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array",
                type(None): "null"}  # fmt: skip
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # what MCP allows, and what a tag can be
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Tool:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(f"tool name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or '_'")
+            raise ValueError(f"tool name {self.name!r} must be 1-128 letters, digits, '_', '.' or '-' (not starting with '.' or '-')")
         if not isinstance(self.parameters, Mapping) or self.parameters.get("type", "object") != "object":
             raise ValueError(f"tool {self.name!r}: parameters must be a JSON schema of an object, got {self.parameters!r:.80}")
         if not callable(self.fn):
