@@ -461,3 +461,34 @@ def test_every_episode_ends_once_however_it_ends():
     assert task.ended == task.started[:-1]
     env.close()  # and the one still running when the env closes
     assert task.ended == task.started and len(task.started) == probes + 5
+
+
+# -- whatever the policy writes: no exception, every reply a tool turn ------------------------------------
+
+NATIVE_PIECES = ["<tool_call>", "</tool_call>", '{"name": "get"', '{"name": "list_keys"', '{"name": "nope"', ', "arguments": ',
+                 '{"key": "', '{"prefix": "', "red/fox", '"}}', '"}', "}", "[", "{", '"', "9" * 30, "null", " ", "\n"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def native_env():
+    return TextGenEnv(task="kvstore", tokenizer=SMOL, jinja_template="hermes", max_new_tokens=200, check_chat_template="always")
+
+
+@settings(max_examples=30, deadline=None)
+@given(turns=st.lists(st.lists(st.sampled_from(NATIVE_PIECES), max_size=10).map("".join), min_size=1, max_size=4))
+def test_any_tool_call_text_through_the_native_env(native_env, turns):
+    native_env.reset(seed=0)
+    out = play(native_env, [*turns, "42", "42", "42", "42"])  # up to 4 turns: the episode ends by then
+    _, reward, terminated, truncated, info = out
+    assert terminated or truncated
+    assert isinstance(reward, float) and "reply_error" not in info and "reward_error" not in info, info
+
+
+def test_tool_state_comes_back_from_a_worker_process():
+    env = TextGenEnv(task="kvstore", tokenizer="char", max_new_tokens=80, reward_isolation="process")
+    env.reset(seed=2)
+    key, value = env.unwrapped.example.metadata["key"], env.unwrapped.example.answer
+    play(env, [f"<list_keys>{key[:2]}</list_keys>", f"<get>{key}</get>"], eos=False)
+    assert env.unwrapped.core.messages[0][-1]["content"] == value and env.unwrapped.core.states[0]["calls"] == 2
+    _, reward, terminated, _, info = play(env, [value])
+    assert terminated and reward == 1.0 and info["reward_components"]["calls"] == 2.0
