@@ -36,8 +36,8 @@ def listening(port: int) -> bool:
 @pytest.fixture(scope="module")
 def kvstore_server():
     """`textgym serve --task kvstore --port 0` in a process of its own; its URL; stopped (SIGTERM) at the end."""
-    process = subprocess.Popen([sys.executable, "-m", "textgym.cli", "serve", "--task", "kvstore", "--port", "0", "--max-sessions", "8"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "textgym.cli", "serve", "--task", "kvstore", "--port", "0", "--max-sessions", "8"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()  # printed once it listens
     found = re.search(r"at (http://127\.0\.0\.1:(\d+))", line)
     if found is None:

@@ -298,7 +298,8 @@ def test_the_built_in_hermes_template_gives_smollm2_native_tools(smol):
     env.reset(seed=0)
     a, b = env.unwrapped.example.metadata["a"], env.unwrapped.example.metadata["b"]
     prompt = env.unwrapped.core.text(0)
-    assert "<tools>\n" in prompt and '"name": "calc"' in prompt and prompt.endswith("You can use the calc tool. Then answer with the number.<|im_end|>\n<|im_start|>assistant\n")
+    assert "<tools>\n" in prompt and '"name": "calc"' in prompt
+    assert prompt.endswith("You can use the calc tool. Then answer with the number.<|im_end|>\n<|im_start|>assistant\n")
     play(env, [call("calc", expression=f"{a}*{b}")], eos=False)
     assert env.unwrapped.core.messages[0][-1] == {"role": "tool", "content": str(a * b)}
     _, reward, terminated, _, _ = play(env, [str(a * b)])
@@ -344,7 +345,8 @@ def test_smollm2_plain_template_describes_tools_and_reads_tool_call_tags(smol):
     assert 'Assistant: <tool_call>{"name": "get", "arguments": {"key": "red/fox"}}</tool_call>\nTool: 17' in prompt
     key, value = env.unwrapped.example.metadata["key"], env.unwrapped.example.answer
     play(env, [call("get", key=key)], eos=False)
-    assert env.unwrapped.core.text(0).endswith(f"</tool_call><|im_end|>\n<|im_start|>tool\n{value}<|im_end|>\n<|im_start|>assistant\n")
+    tool_turn = f"</tool_call><|im_end|>\n<|im_start|>tool\n{value}<|im_end|>\n<|im_start|>assistant\n"  # SmolLM2's tool role
+    assert env.unwrapped.core.text(0).endswith(tool_turn)
     _, reward, terminated, _, _ = play(env, [value])
     assert terminated and reward == 1.0
     env.unwrapped.core.check_conversation(0)
@@ -365,7 +367,8 @@ def test_smollm2_default_stays_tags_and_the_calculator_prompt_is_unchanged(smol)
     kv.reset(seed=0)
     key, value = kv.unwrapped.example.metadata["key"], kv.unwrapped.example.answer
     play(kv, [f"<get>{key}</get>"], eos=False)
-    assert kv.unwrapped.core.text(0).endswith(f"<get>{key}</get><|im_end|>\n<|im_start|>tool\n{value}<|im_end|>\n<|im_start|>assistant\n")
+    assert kv.unwrapped.core.text(0).endswith(f"<get>{key}</get><|im_end|>\n<|im_start|>tool\n{value}<|im_end|>\n"
+                                              "<|im_start|>assistant\n")  # fmt: skip
 
 
 # -- kvstore: a tool with per-episode state ---------------------------------------------------------------
@@ -390,7 +393,8 @@ def test_kvstore_problems_rewards_and_splits():
     assert not (seen["train"] & seen["validation"]) and not (seen["train"] & seen["test"])
     ex = task.example("validation", 4)
     colour = ex.metadata["key"].split("/")[0]
-    assert ex.prompt.endswith(f"the key that starts with {colour}/?") and sum(k.startswith(colour + "/") for k in ex.metadata["store"]) == 1
+    assert ex.prompt.endswith(f"the key that starts with {colour}/?")
+    assert sum(k.startswith(colour + "/") for k in ex.metadata["store"]) == 1
     state = task.start(ex)
     assert task.reply(f"<list_keys>{colour}/</list_keys>", ex, state).text == ex.metadata["key"]
     assert task.reply(f"<get>{ex.metadata['key']}</get>", ex, state).reward == 0.1  # the right lookup, once

@@ -125,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ps = sub.add_parser("serve", help="serve a task as an OpenEnv environment server (needs textgym[openenv])")
     ps.add_argument("--task", default="calculator", help="a task name from `textgym tasks` (default: calculator)")
-    ps.add_argument("--task-kwargs", type=_json_object, default={}, metavar="JSON", help='the task\'s arguments, e.g. \'{"digits": 2}\'')
+    ps.add_argument("--task-kwargs", type=_json_object, default={}, metavar="JSON",
+                    help='the task\'s arguments, e.g. \'{"digits": 2}\'')
     ps.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
     ps.add_argument("--port", type=int, default=8000, help="the port (default: 8000; 0: any free one)")
-    ps.add_argument("--split", default="train", choices=["train", "validation", "test"], help="episodes' split unless a reset names one")
+    ps.add_argument("--split", default="train", choices=["train", "validation", "test"],
+                    help="the episodes' split unless a reset names one (default: train)")
     ps.add_argument("--max-sessions", type=int, default=64, help="WebSocket sessions (episodes) at once (default: 64)")
     ps.add_argument("--reward-timeout", type=float, default=10.0, help="seconds the verifier or a reply may take (default: 10)")
 

@@ -116,7 +116,10 @@ def main() -> None:
     server_file.write_text(MCP_SERVER)
     openenv_process, url = start_openenv_server()
     tools = mcp_tools([sys.executable, str(server_file)], timeout=30.0, start_timeout=120)
-    prompt_key = lambda task, example, state: re.search(r"value of (\S+)\?", task.messages(example, state)[-1]["content"]).group(1)  # noqa: E731
+
+    def prompt_key(task, example, state):  # the key the served task's question names
+        return re.search(r"value of (\S+)\?", task.messages(example, state)[-1]["content"]).group(1)
+
     backends = [
         Backend("in-process", textgym.make_task("kvstore", max_turns=100000), lambda task, ex, state: ex.metadata["key"]),
         Backend("MCP (stdio)", ToolTask(tools, task="addition", max_turns=100000), lambda *_: "red/fox"),
@@ -142,7 +145,8 @@ def main() -> None:
     for name, r in results.items():
         reply, turn = statistics.median(r["reply"]), statistics.median(r["turn"])
         p90 = statistics.quantiles(r["reply"], n=10)[-1] if len(r["reply"]) >= 10 else max(r["reply"])
-        summary[name] = {"reply_median_s": reply, "reply_p90_s": p90, "turn_median_s": turn, "replies": len(r["reply"]), "turns": len(r["turn"])}
+        summary[name] = {"reply_median_s": reply, "reply_p90_s": p90, "turn_median_s": turn,
+                         "replies": len(r["reply"]), "turns": len(r["turn"])}  # fmt: skip
         print(f"{name:<22}{reply * 1e3:>11.3f} ms{p90 * 1e3:>7.3f} ms{reply / base['reply']:>10.1f}x"
               f"{turn * 1e3:>11.2f} ms{turn / base['turn']:>10.2f}x{1 / turn:>10.1f}")  # fmt: skip
     if args.out:

@@ -253,7 +253,8 @@ class OpenEnvTask(MultiTurnTask):
         try:
             result = self.background.run(state["client"].request(step), self.step_timeout + 5)
         except (TimeoutError, asyncio.TimeoutError):
-            raise OpenEnvError(f"the OpenEnv server at {self.base_url} did not answer a step within {self.step_timeout:g} s") from None
+            raise OpenEnvError(f"the OpenEnv server at {self.base_url} did not answer a step within "
+                               f"{self.step_timeout:g} s") from None  # fmt: skip
         except Exception as e:
             raise OpenEnvError(f"the OpenEnv server at {self.base_url} failed a step: {_reason(e)}") from None
         state["broken"] = False

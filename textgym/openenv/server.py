@@ -34,7 +34,8 @@ try:
     from pydantic import Field
 except ImportError as _missing:  # the optional extra: say which, and how to get it
     raise ImportError(f"serving a task over OpenEnv needs the 'openenv-core' package, which is not installed "
-                      f"({_missing}); install it with pip install 'textgym[openenv]' (or pip install openenv-core)") from None  # fmt: skip
+                      f"({_missing}); install it with pip install 'textgym[openenv]' "
+                      "(or pip install openenv-core)") from None  # fmt: skip
 
 from textgym.example import Example
 from textgym.rewards.core import RewardResult, score

@@ -145,15 +145,19 @@ class TagFormat(CallFormat):
         try:
             return ToolCall(tool.name, {names[0]: readers[kind](inner.strip())})
         except (ValueError, KeyError, RecursionError):
-            return ToolCall(None, None, f"error: {tool.name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {inner.strip()[:40]!r}")
+            article = "an" if kind[0] in "aeiou" else "a"
+            return ToolCall(None, None, f"error: {tool.name} takes {article} {kind}, got {inner.strip()[:40]!r}")
 
     def call_text(self, tool: Tool, arguments: dict[str, Any]) -> str:
         inner = str(next(iter(arguments.values()))) if len(arguments) == 1 else json.dumps(arguments) if arguments else ""
         return f"<{tool.name}>{inner}</{tool.name}>"
 
     def describe(self, tools: ToolSet) -> str:
-        lines = [f"- <{t.name}>{'|'.join(t.argument_names) if len(t.argument_names) == 1 else 'JSON arguments' if t.argument_names else ''}"
-                 f"</{t.name}>: {t.description}" for t in tools]  # fmt: skip
+        def argument(tool: Tool) -> str:
+            names = tool.argument_names
+            return names[0] if len(names) == 1 else "JSON arguments" if names else ""
+
+        lines = [f"- <{t.name}>{argument(t)}</{t.name}>: {t.description}" for t in tools]
         return ("You can use tools. To call one, reply with only the call; its result comes back to you. The tools:\n"
                 + "\n".join(lines))  # fmt: skip
 
