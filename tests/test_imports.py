@@ -119,3 +119,24 @@ def test_textgym_never_imports_torch_or_agents(name):
             assert name == "textgym.cli" and not top, (
                 f"{name}:{line} imports {target}; textgym must not import torch or agents "
                 "(only textgym.cli may, inside a function)")
+
+
+# The optional extras' packages, and the only textgym modules that may import them: everything else
+# in textgym works without the extra installed.
+EXTRAS = {"mcp": ("textgym.tools.mcp",), "openenv": ("textgym.openenv.server",), "websockets": ("textgym.openenv.client",),
+          "uvicorn": ("textgym.openenv.server",), "fastapi": (), "pydantic": ("textgym.openenv.server",)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(n for n in all_modules() if n.startswith("textgym")))
+def test_optional_extras_are_imported_only_where_needed(name):
+    modules = all_modules()
+    for target, line, _ in imports_of(modules[name], modules):
+        allowed = EXTRAS.get(target.split(".")[0])
+        assert allowed is None or name in allowed, (
+            f"{name}:{line} imports {target}, an optional extra's package; only {allowed or 'no textgym module'} may")
+
+
+def test_tools_never_import_tasks():
+    edges = graph()
+    bad = [(m, t) for m, targets in edges.items() if m.startswith("textgym.tools") for t in targets if t.startswith("textgym.tasks")]
+    assert not bad, f"textgym.tools must not import tasks (the tool tasks import tools): {bad}"

@@ -1,7 +1,8 @@
-"""The `textgym` command: `textgym train`, `textgym eval`, `textgym bench`, `textgym tasks`, `textgym rewards`.
+"""The `textgym` command: `textgym train`, `textgym eval`, `textgym bench`, `textgym tasks`, `textgym rewards`,
+`textgym serve`.
 
-`tasks` and `rewards` need only textgym; `train`, `eval` and `bench` live in agents/ (torch) and
-are imported only when asked for, so `textgym tasks` stays fast.
+`tasks`, `rewards` and `serve` need only textgym (`serve`: and its `openenv` extra); `train`, `eval`
+and `bench` live in agents/ (torch) and are imported only when asked for, so `textgym tasks` stays fast.
 
 The import name `agents` is also the OpenAI Agents SDK's (`pip install openai-agents`): with both
 installed one shadows or overwrites the other. Before importing agents the command checks, without
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import signal
 import sys
 from pathlib import Path
 
@@ -112,6 +115,37 @@ def _require_agents() -> None:
     problem = agents_problem()
     if problem is not None:
         raise SystemExit(f"error: {problem}")
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"digits\": 2}}', got {text!r}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve a task as an OpenEnv environment until Ctrl-C (or SIGTERM)."""
+    try:
+        from textgym.openenv.server import serve_task
+
+        server = serve_task(args.task, host=args.host, port=args.port, split=args.split, max_sessions=args.max_sessions,
+                            reward_timeout=args.reward_timeout, task_kwargs=args.task_kwargs)  # fmt: skip
+    except (ImportError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())  # `kill` stops it as cleanly as Ctrl-C
+    print(f"serving task {args.task!r} ({args.split}) as an OpenEnv environment at {server.url} "
+          f"(sessions: ws://{server.host}:{server.port}/ws); Ctrl-C stops it", flush=True)  # fmt: skip
+    try:
+        while server.thread.is_alive():
+            server.thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,9 +175,22 @@ def main(argv: list[str] | None = None) -> int:
 
         add_bench_arguments(pb)
 
+    ps = sub.add_parser("serve", help="serve a task as an OpenEnv environment server (needs textgym[openenv])")
+    ps.add_argument("--task", default="calculator", help="a task name from `textgym tasks` (default: calculator)")
+    ps.add_argument("--task-kwargs", type=_json_object, default={}, metavar="JSON",
+                    help='the task\'s arguments, e.g. \'{"digits": 2}\'')
+    ps.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
+    ps.add_argument("--port", type=int, default=8000, help="the port (default: 8000; 0: any free one)")
+    ps.add_argument("--split", default="train", choices=["train", "validation", "test"],
+                    help="the episodes' split unless a reset names one (default: train)")
+    ps.add_argument("--max-sessions", type=int, default=64, help="WebSocket sessions (episodes) at once (default: 64)")
+    ps.add_argument("--reward-timeout", type=float, default=10.0, help="seconds the verifier or a reply may take (default: 10)")
+
     args = parser.parse_args(argv)
     if args.command == "tasks":
         return _tasks(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "rewards":
         return _rewards(args)
     if args.command == "train":

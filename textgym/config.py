@@ -236,6 +236,11 @@ class EnvConfig:
         None, "wrap the prompt in the tokenizer's chat template (None or 'auto': if it has one; True/'on', False/'off')"
     )
     system_prompt: str | None = setting(None, "the system message when a chat template is used (None: the task's)")
+    jinja_template: str | None = setting(
+        None,
+        "a chat template that replaces the tokenizer's (an HF tokenizer's): 'hermes' (built in: ChatML turns with a "
+        "Hermes-style tool section, so tool tasks offer their tools natively) or the path of a Jinja file",
+    )
     max_prompt_tokens: int | None = setting(
         None,
         "the prompt part of the observation, in tokens (None: measured from the task, up to 4096: a longer prompt is "

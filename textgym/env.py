@@ -186,6 +186,12 @@ class TextGenEnv(gym.Env):
         self.core.set_task(make_task(task))
         self.task = self.core.task
 
+    def close(self):
+        """End a multi-turn episode still running (the task's `end`) and close the task if the env made
+        it from a name: a tool or OpenEnv task's servers and sessions."""
+        self.core.close()
+        super().close()
+
     def render(self):
         text = self.core.text(0) if self._started else ""
         if self.render_mode == "human":

@@ -94,11 +94,17 @@ class Transition:
     def __init__(self, config: EnvConfig, num_slots: int = 1):
         self.config = config
         self.task: Task = make_task(config.task, **dict(config.task_kwargs))
+        self.owns_task = not isinstance(config.task, Task)  # closed with the env; a Task passed in is the caller's
         self.tokenizer: Tokenizer = as_tokenizer(config.tokenizer)
+        if config.jinja_template is not None:
+            self.tokenizer = _with_template(self.tokenizer, config.jinja_template)
         tok = self.tokenizer
         if config.chat_template and not tok.has_chat_template:
             raise ValueError(f"chat_template=True but tokenizer {tok.name!r} has no chat template; pass chat_template=False")
         self.chat_template = tok.has_chat_template if config.chat_template is None else config.chat_template
+        # A task whose format depends on the model (its tool calls) adapts to this tokenizer once, here.
+        self.task = self.task.for_tokenizer(tok, self.chat_template)
+        self.tools = self.task.tool_schemas if self.chat_template else None  # the chat template's `tools=`
         self.system_prompt = self.task.system_prompt if config.system_prompt is None else config.system_prompt
         self.multi_turn = bool(self.task.multi_turn)
         if self.multi_turn and config.reward is not None:
@@ -170,7 +176,7 @@ class Transition:
         """The prompt as the model reads it: the task's formatting, in the chat template if used."""
         messages = self.prompt_messages(example, state)
         if self.chat_template:
-            return self.tokenizer.apply_chat_template(messages)
+            return self.tokenizer.apply_chat_template(messages, self.tools)
         return "\n".join(m["content"] for m in messages if m["role"] != "system")
 
     def prompt_ids(self, example: Example, index: int = -1, state: Any = None) -> list[int]:
@@ -263,7 +269,10 @@ class Transition:
     # -- the transition --------------------------------------------------------------------------
 
     def start(self, slot: int, example: Example, index: int = -1) -> None:
-        """Begin an episode in `slot`: its state becomes the prompt of `example`."""
+        """Begin an episode in `slot`: its state becomes the prompt of `example` (a multi-turn episode
+        still running there is ended first: the task's `end`)."""
+        if self.multi_turn and not self.done[slot]:
+            self._end_episode(slot)
         state = self.task.start(example) if self.multi_turn else None
         ids, cut = self._prompt(example, index, state)
         row = self.ids[slot]
@@ -397,11 +406,33 @@ class Transition:
                                           "start": end, "end": end + len(bridge)})  # fmt: skip
             if ended_by is not None:
                 self.done[i] = True
+                end_error = self._end_episode(i)
                 # A failed reply ends the episode terminated with reward 0, as a failed verifier scores 0: a
                 # learner that bootstraps a value on truncation would otherwise pay a policy for breaking a task.
                 (terminated if ended_by in ("done", "reply_error") or self.config.budget_is_terminal else truncated)[i] = True
                 finals[i] = self._final_info(i, ended_by, reply, error)
+                if end_error is not None:
+                    finals[i]["end_error"] = end_error
         return Outcome(rewards, terminated, truncated, finals)
+
+    def _end_episode(self, slot: int) -> str | None:
+        """Tell the task the slot's episode is over (`end`, once per episode); its failure, as text."""
+        state, self.states[slot] = self.states[slot], None
+        self.done[slot] = True
+        try:
+            self.task.end(self.examples[slot], state)
+        except Exception as e:  # end() must not raise; if it does, say so in the episode's info, not by crashing
+            return f"task {self.task.name!r}: end() raised {type(e).__name__}: {e}"
+        return None
+
+    def close(self) -> None:
+        """End the multi-turn episodes still running (the task's `end`), then close the task if this
+        transition made it from a name (a Task object passed in is the caller's to close)."""
+        if self.multi_turn:
+            for slot in np.flatnonzero(~self.done).tolist():
+                self._end_episode(slot)
+            if self.owns_task:
+                self.task.close()
 
     def _replies(self, items: list[tuple[str, Example, Any]]) -> list[ReplyResult]:
         """The task's replies to the turns in `items` (text, example, state), under the verifier's guard
@@ -421,7 +452,7 @@ class Transition:
         if not self.chat_template:
             return self.tokenizer.encode("\n" + "\n".join(m["content"] for m in said) + "\n")
         conversation = [*history, {"role": "assistant", "content": _TURN}, *said]
-        rendered = self.tokenizer.apply_chat_template(conversation)
+        rendered = self.tokenizer.apply_chat_template(conversation, self.tools)
         ids = self.tokenizer.encode(rendered[rendered.rindex(_TURN) + len(_TURN) :])
         # The policy may have written the turn's end itself (its end token, a stop string the
         # template also writes): those tokens are in the sequence already.
@@ -465,7 +496,7 @@ class Transition:
     def _check_rendering(self, messages: list[dict[str, str]], ids: list[int]) -> None:
         """Raise the ValueError of `check_conversation` unless `ids` are the template's rendering of
         `messages` up to the start of the next assistant turn."""
-        rendered = self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": _TURN}])
+        rendered = self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": _TURN}], self.tools)
         expected = rendered[: rendered.rindex(_TURN)]
         if self.tokenizer.decode(ids) == expected:
             return
@@ -484,18 +515,22 @@ class Transition:
 
     def _probe_chat_template(self) -> None:
         """Check the chat template once, on a made-up conversation of the task's first example: a
-        policy turn, then a reply in each role the task's replies take. It is built apart from the
-        slots' buffers, so it works whatever the token budget (a small one may leave no room for a
-        reply in an episode, and episodes then end "budget" after the first turn)."""
+        policy turn, then a reply in each role the task's replies take, two rounds of them (so a
+        template that renders earlier replies differently from the latest is found). It is built
+        apart from the slots' buffers, so it works whatever the token budget (a small one may leave
+        no room for a reply in an episode, and episodes then end "budget" after the first turn)."""
         split = next(s for s in Task.SPLITS if self.task.num_examples(s) != 0)
         example = self.task.example(split, 0)
         state = self.task.start(example)
-        messages = self.prompt_messages(example, state)
-        ids = self.tokenizer.encode_prompt(self.prompt_text(example, state))
+        try:
+            messages = self.prompt_messages(example, state)
+            ids = self.tokenizer.encode_prompt(self.prompt_text(example, state))
+        finally:
+            self.task.end(example, state)
         turn = self.tokenizer.encode("<think>a</think> probe")
         if self.tokenizer.eos_token_id is not None:
             turn.append(self.tokenizer.eos_token_id)
-        for role in self.task.reply_roles:
+        for role in self.task.reply_roles * 2:  # twice: a template may render a turn differently once another follows
             history = list(messages)
             messages.append({"role": "assistant", "content": self.completion_texts([turn])[0]})
             said = [{"role": role, "content": "probe reply"}]
@@ -542,8 +577,8 @@ class Transition:
         """The prompt part of the observation, in tokens: `max_prompt_tokens`, or measured from the task.
 
         A small task is measured exactly (every split, so train and eval envs agree); an unbounded or
-        large one from its first examples, with headroom, plus the prompts of its finite splits that
-        are longest in characters, so one long row anywhere in a data file is found now, not at the
+        large one from its first examples (`task.prompt_probe` per split), with headroom, plus the
+        prompts of its finite splits that are longest in characters, so one long row anywhere in a data file is found now, not at the
         reset that draws it. A prompt longer than `max_prompt_tokens` (or than PROMPT_TOKENS_LIMIT
         when that is None) is refused here, naming it, unless `prompt_overflow="truncate"`.
         """
@@ -552,14 +587,20 @@ class Transition:
         exact = all(v is not None for v in sizes.values()) and sum(sizes.values()) <= _PROMPT_PROBE
         candidates = set()
         if cfg.max_prompt_tokens is None:  # measure; an explicit size needs only the long ones checked
-            candidates |= {(s, i) for s, k in sizes.items() for i in range((k or 0) if exact else min(k or 64, 64))}
+            probe = int(self.task.prompt_probe)
+            candidates |= {(s, i) for s, k in sizes.items() for i in range((k or 0) if exact else min(k or probe, probe))}
         if not exact or cfg.max_prompt_tokens is not None:
             candidates |= {(s, i) for s, k in sizes.items() if k for i in self._longest_in_characters(s, k)}
 
         def length(split: str, index: int) -> int:
             example = self.task.example(split, index)
-            state = self.task.start(example) if self.multi_turn else None
-            return len(self.tokenizer.encode_prompt(self.prompt_text(example, state)))
+            if not self.multi_turn:
+                return len(self.tokenizer.encode_prompt(self.prompt_text(example)))
+            state = self.task.start(example)
+            try:
+                return len(self.tokenizer.encode_prompt(self.prompt_text(example, state)))
+            finally:
+                self.task.end(example, state)
 
         longest, split, index = max(((length(s, i), s, i) for s, i in sorted(candidates)), default=(1, "", -1))
         limit = cfg.max_prompt_tokens or PROMPT_TOKENS_LIMIT
@@ -621,6 +662,18 @@ def _too_long(which: str, tokens: int, limit: int | None, max_new_tokens: int, p
         f"pass max_prompt_tokens={tokens} to make room for it (every observation is then {tokens + max_new_tokens} "
         "tokens long), prompt_overflow='truncate' to cut longer prompts to fit, or drop that example"
     )
+
+
+def _with_template(tokenizer: Tokenizer, spec: str) -> Tokenizer:
+    """`tokenizer` with the chat template `jinja_template` names (a built-in name or a file)."""
+    from textgym.tools.formats import load_chat_template
+
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"jinja_template must be 'hermes' or the path of a Jinja chat template file, got {spec!r}")
+    try:
+        return tokenizer.with_chat_template(load_chat_template(spec))
+    except ValueError as e:
+        raise ValueError(f"jinja_template={spec!r}: {e}") from None
 
 
 def _reply_failed(error: str) -> ReplyResult:

@@ -187,6 +187,10 @@ class TextGenVectorEnv(VectorEnv):
         self._queues = [{} for _ in self._queues]
         self._started = False
 
+    def close_extras(self, **kwargs: Any) -> None:
+        """End the multi-turn episodes still running and close the task if the env made it (`TextGenEnv.close`)."""
+        self.core.close()
+
     def render(self):
         return [self.core.text(i) for i in range(self.num_envs)] if self.render_mode == "ansi" else None
 

@@ -8,7 +8,7 @@
 
 New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
 Multi-turn tasks (the environment replies to each turn) subclass `MultiTurnTask` (multiturn.py);
-built-in ones are in interactive.py.
+built-in ones are in interactive.py and kvstore.py; tasks with tools subclass `ToolTask` (tooluse.py).
 Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py),
 "file:<path>" and "hf:<dataset>" (datasets.py: JSONL/CSV/Parquet files, Hugging Face datasets).
 """
@@ -32,7 +32,9 @@ from textgym.tasks.bandit import BanditTask
 from textgym.tasks.countdown import CountdownTask, evaluate_expression
 from textgym.tasks.strings import CopyTask, CountingTask, ReverseTask, SortTask
 from textgym.tasks.multiturn import MessageEnvTask, MultiTurnTask, Reply
+from textgym.tasks.tooluse import ToolTask
 from textgym.tasks.interactive import CalculatorTask, GuessTask, RetryTask, calculate
+from textgym.tasks.kvstore import KVStoreTask
 
 # Task families ("<family>:<member>" names), registered on import.
 from textgym.tasks.datasets import DatasetTask, from_file, from_hub, from_rows
@@ -44,7 +46,8 @@ __all__ = [
     "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
-    "MultiTurnTask", "MessageEnvTask", "Reply", "CalculatorTask", "GuessTask", "RetryTask", "calculate",
+    "MultiTurnTask", "MessageEnvTask", "Reply", "ToolTask", "CalculatorTask", "KVStoreTask", "GuessTask", "RetryTask",
+    "calculate",
     "register_task_family", "list_task_families", "ReasoningGymTask", "ReasoningGymCurriculum", "reasoning_gym_task",
     "reasoning_gym_datasets", "reasoning_gym_config_fields", "DatasetTask", "from_file", "from_hub", "from_rows",
 ]

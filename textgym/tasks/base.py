@@ -68,6 +68,10 @@ class Task:
     max_answer_chars: int = 32  # longest reference answer; size max_new_tokens from it
     system_prompt: str | None = None
     multi_turn = False  # True for tasks whose environment replies (textgym.tasks.multiturn)
+    tool_schemas: list[dict] | None = None  # tools the chat template shows (`tools=`; textgym.tasks.ToolTask)
+    # Examples per split the env renders to size its prompts when it cannot render them all (a task whose
+    # prompt costs a server round trip, textgym.openenv.OpenEnvTask, asks for fewer).
+    prompt_probe: int = 64
     SPLITS = ("train", "validation", "test")
     PROMPT_STYLES = ("plain", "r1_zero")
 
@@ -81,6 +85,13 @@ class Task:
         self._orders: dict[tuple[int, str], np.ndarray] = {}
 
     # -- what the env reads ---------------------------------------------------------------------
+
+    def for_tokenizer(self, tokenizer: Any, chat_template: bool) -> "Task":
+        """The task as it runs with `tokenizer` (`chat_template`: whether prompts go through its chat
+        template). Most tasks are the same for every model and return themselves; one whose format
+        depends on the model's (tool calls: `ToolTask`) returns a copy adapted to it. The env calls
+        this once, when it is made, and uses what it returns."""
+        return self
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

@@ -142,6 +142,15 @@ class MultiTurnTask(Task):
         """The environment's answer to the policy's turn `text` (decoded, end token removed)."""
         raise NotImplementedError(f"{type(self).__name__} must define reply(text, example, state)")
 
+    def end(self, example: Example, state: Any) -> None:
+        """Called once when an episode ends, however it ends (a `done` reply, the turn or token budget,
+        a failed reply, a reset or `close()` mid-episode): release what `start` took (a server session).
+        Nothing by default. It runs outside the reply's guard: keep it short, and it must not raise."""
+
+    def close(self) -> None:
+        """Release what the task holds (server processes, connections). An env closes the task it
+        made from a name; a task object you pass in is yours to close. Nothing by default."""
+
     def reward(self, completion: str, example: Example) -> float:
         raise TypeError(
             f"task {self.name!r} is multi-turn: its rewards come from reply(), per turn; "
