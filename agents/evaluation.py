@@ -9,7 +9,9 @@ model the way the field reports it: n samples per problem, pass@k, maj@k and mea
 samples, and greedy decoding, on the problems of one split (`test` by default: held out from
 training). It takes a base model, a `textgym train` run directory (its `latest` checkpoint) or a
 checkpoint, or any model `LMPolicy.from_pretrained` takes, on built-in, `reasoning_gym:<name>`,
-`file:<path>` and `hf:<name>` tasks, single- and multi-turn.
+`file:<path>` and `hf:<name>` tasks, single- and multi-turn. Its settings resolve as train's and
+bench's do (`agents.runs`: a model's preset or a run's recorded settings, the task's recommended
+budget, the flags); the statistics themselves are `agents.statistics`.
 
 Metrics, per problem with n samples of which c are correct (the verifier's `answer` component, or
 the reward, is 1), then averaged over the P problems:
@@ -65,11 +67,14 @@ import numpy as np
 
 from agents.answers import Prior, constant_answer_prior
 from agents.checkpoints import resolve_checkpoint
-from agents.statistics import (
-    BOOTSTRAP_RESAMPLES, answer_entropy, bootstrap_intervals, distinct_answers, majority_vote, pass_at_k,
-    wilson_interval,
+from agents.runs import (
+    ENV_EXCLUDED, SAMPLING, Command, RunConfig, SamplingConfig, Section, jsonable, load_policy, make_tasks,
 )
-from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
+from agents.statistics import (  # noqa: F401 (pass_at_k ... wilson_interval: re-exported, where they were)
+    BOOTSTRAP_RESAMPLES, answer_entropy, bootstrap_intervals, distinct_answers, majority_vote, means_with_intervals,
+    pass_at_k, problem_statistics, wilson_interval,
+)
+from textgym.config import EnvConfig, check_choices, setting
 from textgym.rewards.answers import extract_answer, vote_key
 from textgym.tasks import Task, make_task
 
@@ -143,77 +148,7 @@ def _parse_ks(value: Any) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-# -- loading the model -----------------------------------------------------------------------------
-
-
-def _run_settings(checkpoint: Path) -> dict[str, Any]:
-    """The recorded settings of the run a checkpoint belongs to (config.json, then its resumes)."""
-    run_dir = checkpoint.parent
-    path = run_dir / "config.json"
-    settings = json.loads(path.read_text()) if path.exists() else {}
-    resumes = run_dir / "resumes.jsonl"
-    for line in resumes.read_text().splitlines() if resumes.exists() else []:
-        settings.update(json.loads(line)["overrides"])
-    return settings
-
-
-def load_policy(model: str, device: str = "auto", dtype: str = "auto", **sampling: Any) -> tuple[Any, dict[str, Any]]:
-    """(an LMPolicy, what it is) for a model name, a `textgym train` run directory or checkpoint.
-
-    A run's policy keeps the token restriction it was trained with; `sampling` (temperature,
-    top_k, top_p) replaces the checkpoint's. The description names the checkpoint and its
-    iteration, so an evaluation of a run that trained further is not mistaken for this one.
-    """
-    checkpoint = resolve_checkpoint(model)
-    if checkpoint is None:
-        from agents.policy import LMPolicy
-
-        return LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling), {"model": str(model)}
-    from agents.reinforce import REINFORCE
-
-    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, **sampling)
-    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration}
-
-
 # -- running the samples ---------------------------------------------------------------------------
-
-
-class _AssignedProblems:
-    """A TextGenVectorEnv whose every reset starts group q on problem `indices[q]` (not a draw).
-
-    `collect_episodes` resets the env itself; this hands it the problems of the batch. A full
-    reset starts every slot on the first problem, then each other group is reset on its own.
-    """
-
-    def __init__(self, envs: Any, indices: Sequence[int]):
-        self.envs, self.indices = envs, list(indices)
-        self.num_envs, self.group_size = envs.num_envs, envs.group_size
-        if len(self.indices) * self.group_size != self.num_envs:
-            raise ValueError(f"{len(self.indices)} problems do not fill {self.num_envs} slots in groups of {self.group_size}")
-
-    @property
-    def unwrapped(self) -> "_AssignedProblems":
-        return self
-
-    @property
-    def autoreset_mode(self) -> Any:
-        return self.envs.autoreset_mode
-
-    @autoreset_mode.setter
-    def autoreset_mode(self, mode: Any) -> None:
-        self.envs.autoreset_mode = mode
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        g = self.group_size
-        obs, info = self.envs.reset(seed=seed, options={"index": self.indices[0]})
-        for q, index in enumerate(self.indices[1:], 1):
-            mask = np.zeros(self.num_envs, dtype=bool)
-            mask[q * g : (q + 1) * g] = True
-            obs, _ = self.envs.reset(options={"reset_mask": mask, "index": index})
-        return obs, info
-
-    def step(self, actions: Any):
-        return self.envs.step(actions)
 
 
 def _group_size(per_problem: int, batch_size: int) -> int:
@@ -319,8 +254,8 @@ def _run_batches(policy: Any, run: _TaskRun, env: EnvConfig, config: EvalConfig,
             if hasattr(policy, "reset_cache"):
                 policy.reset_cache()
             t0 = time.perf_counter()
-            episodes, _ = collect_episodes(policy, _AssignedProblems(envs[(n, g)], [p for p, _ in groups]), seed=seed,
-                                           greedy=mode == "greedy")  # fmt: skip
+            index = np.repeat([p for p, _ in groups], g)  # each group its problem (a group takes its first slot's)
+            episodes, _ = collect_episodes(policy, envs[(n, g)], seed=seed, greedy=mode == "greedy", options={"index": index})
             elapsed = time.perf_counter() - t0
             records = []
             for key, episode, new in zip(keys, episodes, missing):
@@ -372,21 +307,13 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
             first = (samples or greedy)[0]
             row: dict[str, Any] = {"task": task, "problem": p, "reference": first.get("reference"), "prompt": first.get("prompt")}
             if config.samples:
-                n, c = len(samples), sum(bool(r["correct"]) for r in samples)
-                if n != config.samples:
-                    raise ValueError(f"{task} problem {p} has {n} samples, expected {config.samples}: the file is incomplete")
-                lo, hi = wilson_interval(c, n)
-                row.update(samples=n, correct=c, success_rate=c / n, success_lo=lo, success_hi=hi)
-                for k in config.ks:
-                    row[f"pass@{k}"] = pass_at_k(n, c, k)
-                    if k > 1:
-                        winner, answer = majority_vote([r["extracted"] for r in samples[:k]])
-                        row[f"maj@{k}"] = float(winner is not None and bool(samples[winner]["correct"]))
-                        row[f"maj@{k}_answer"] = answer
-                row[f"mean@{config.samples}"] = float(np.mean([r["reward"] for r in samples]))
+                if len(samples) != config.samples:
+                    raise ValueError(f"{task} problem {p} has {len(samples)} samples, expected {config.samples}: "
+                                     "the file is incomplete")  # fmt: skip
                 answers = [r["extracted"] for r in samples]
                 every_answer += answers
-                row["distinct_answers"], row["answer_entropy"] = distinct_answers(answers), answer_entropy(answers)
+                row.update(problem_statistics([bool(r["correct"]) for r in samples], [r["reward"] for r in samples],
+                                              answers, config.ks))  # fmt: skip
             if prior is not None:
                 row["prior"], row["prior_reward"] = prior.success[p], prior.reward[p]
                 if config.samples:
@@ -405,11 +332,8 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
         if not rows:
             continue
         names = _metric_names(config) + _prior_names(config, prior)
-        intervals = bootstrap_intervals({m: [r[m] for r in rows] for m in names}, seed=config.seed)
         summary: dict[str, Any] = {"task": task, "problems": len(rows), "samples": config.samples}
-        for m in names:
-            summary[m] = float(np.mean([r[m] for r in rows]))
-            summary[f"{m}_lo"], summary[f"{m}_hi"] = intervals[m]
+        summary.update(means_with_intervals({m: [r[m] for r in rows] for m in names}, seed=config.seed))
         summary["prior_answer"] = None if prior is None else prior.answer
         summary["prior_reward"] = None if prior is None else float(np.mean([r["prior_reward"] for r in rows]))
         summary.setdefault("prior", None)
@@ -526,7 +450,7 @@ def _setting_defaults() -> dict[str, Any]:
                 out[f.name] = f.default
             elif f.default_factory is not dataclasses.MISSING:
                 out[f.name] = f.default_factory()
-    return _jsonable(out)
+    return jsonable(out)
 
 
 class _SampleWriter:
@@ -564,16 +488,6 @@ class EvalResult:
         return format_table(self.tasks, self.config)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return getattr(value, "name", None) or getattr(value, "__name__", None) or repr(value)
-
-
 def fingerprint(config: EvalConfig, env: EnvConfig, tasks: Sequence[str], task_kwargs: Mapping[str, Mapping],
                 model: Mapping[str, Any], sampling: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Every setting that decides which samples an evaluation draws (the resume check compares it)."""
@@ -581,7 +495,7 @@ def fingerprint(config: EvalConfig, env: EnvConfig, tasks: Sequence[str], task_k
                     if f.name not in ("task", "task_kwargs", "tokenizer", *ENV_EXCLUDED)}  # fmt: skip
     evaluation = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "resume", "progress_bar")}
     evaluation["k"] = list(config.ks)
-    return _jsonable({**model, "tasks": list(tasks), "task_kwargs": {t: dict(task_kwargs.get(t, {})) for t in tasks},
+    return jsonable({**model, "tasks": list(tasks), "task_kwargs": {t: dict(task_kwargs.get(t, {})) for t in tasks},
                       **evaluation, **dict(sampling), **env_settings})  # fmt: skip
 
 
@@ -678,7 +592,7 @@ def evaluate_policy(
     if out is not None:
         summary = {"config": header, "tasks": task_rows, "notes": notes,
                    "timing": {"seconds_this_run": elapsed, "samples": len(records)}}  # fmt: skip
-        paths["summary"].write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        paths["summary"].write_text(json.dumps(jsonable(summary), indent=2) + "\n")
         _write_csv(paths["tasks"], task_rows)
         _write_csv(paths["problems"], problem_rows)
     return result
@@ -718,93 +632,42 @@ def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dic
 
 # -- the command -----------------------------------------------------------------------------------
 
-# RunConfig's settings that pick and load the model (the rest are training's).
-MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")
-ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # EvalConfig says the split
+MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")  # RunConfig's that pick and load the model
 MODEL_NOTE = "; or a `textgym train` run directory (its latest checkpoint) or checkpoint-NNNNNN directory"
 
 
-def _configs() -> list[tuple[type, tuple[str, ...], str]]:
-    from agents.train import RunConfig, SamplingConfig
-
-    run_excluded = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in MODEL_SETTINGS)
-    return [
-        (EvalConfig, (), "the evaluation (agents.evaluation.EvalConfig)"),
-        (RunConfig, run_excluded, "the model (agents.train.RunConfig)"),
-        (EnvConfig, ENV_EXCLUDED, "the environment (textgym.config.EnvConfig)"),
-        (SamplingConfig, (), "sampling (agents.train.SamplingConfig)"),
-    ]
+def command() -> Command:
+    """eval's settings: the evaluation, the model's part of RunConfig, the env (EvalConfig says the split), sampling."""
+    return Command([
+        Section(EvalConfig, "the evaluation (agents.evaluation.EvalConfig)"),
+        Section(RunConfig, "the model (agents.runs.RunConfig)",
+                tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in MODEL_SETTINGS)),
+        Section(EnvConfig, "the environment (textgym.config.EnvConfig)", ENV_EXCLUDED),
+        Section(SamplingConfig, "sampling (agents.runs.SamplingConfig)"),
+    ], models_from_runs=True)  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every setting of EvalConfig, the model's part of RunConfig, EnvConfig and SamplingConfig as a flag."""
-    from agents.train import PRESETS
-
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    notes: dict[str, str] = {"model": MODEL_NOTE.lstrip("; "), "task": "; several: a,b,c",
-                             "task_kwargs": '; per task: {"a": {...}, "b": {...}}'}  # fmt: skip
-    for preset, values in PRESETS.items():
-        for name, value in values.items():
-            notes[name] = (notes.get(name, "") + f" [{preset}: {json.dumps(value)}]").strip()
-    for cls, excluded, title in _configs():
-        add_config_arguments(p.add_argument_group(title), cls, exclude=excluded, notes=notes)
-
-
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for cls, excluded, _ in _configs():
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("cli", True) and f.name not in excluded:
-                out.setdefault(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
-    return out
+    command().add_arguments(p, notes={"model": MODEL_NOTE.lstrip("; "), "task": "several: a,b,c",
+                                      "task_kwargs": '; per task: {"a": {...}, "b": {...}}'})  # fmt: skip
 
 
 def resolve_settings(flags: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """(every setting, where its non-default values came from): defaults, then the model's preset or,
-    for a `textgym train` run, the run's own recorded settings, then the flags."""
-    from agents.train import PRESETS, TASK_BOUND
-
-    settings = _defaults()
-    model = flags.get("model", settings["model"])
-    checkpoint = resolve_checkpoint(model)
-    if checkpoint is not None:
-        from agents.train import SamplingConfig
-
-        recorded = _run_settings(checkpoint)  # only how the run's episodes looked: its env and sampling
-        names = {f.name for cls in (EnvConfig, SamplingConfig) for f in dataclasses.fields(cls)} - set(ENV_EXCLUDED)
-        base = {k: v for k, v in recorded.items() if k in names and k in settings}
-        source = f"the run's settings ({checkpoint.parent / 'config.json'})"
-    else:
-        preset = flags.get("preset") or (model if model in PRESETS else None)
-        base = {k: v for k, v in PRESETS.get(preset, {}).items() if k in settings}
-        source = f"preset {preset}" if preset else "defaults"
-    if "task" in flags:
-        base = {k: v for k, v in base.items() if k not in ("task", *TASK_BOUND)}
-    return {**settings, **base, **flags}, source
-
-
-def _split_tasks(task: Any, task_kwargs: Mapping[str, Any]) -> tuple[list[str], dict[str, dict]]:
-    names = [t.strip() for t in str(task).split(",") if t.strip()]
-    if not names:
-        raise ValueError("--task is empty; name a task (see `textgym tasks`)")
-    kwargs = dict(task_kwargs or {})
-    if len(names) > 1 and kwargs and all(k in names and isinstance(v, Mapping) for k, v in kwargs.items()):
-        return names, {t: dict(kwargs.get(t, {})) for t in names}
-    return names, {t: dict(kwargs) for t in names}
+    for a `textgym train` run, the run's own recorded settings, then the flags (`agents.runs.Command`)."""
+    return command().resolve(flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: v for cls, _, _ in _configs() for k, v in given(args, cls).items()}
+    evaluation = command()
     try:
-        settings, source = resolve_settings(flags)
-        pick = lambda cls, excluded=(): {f.name: settings[f.name] for f in dataclasses.fields(cls)  # noqa: E731
-                                         if f.name in settings and f.name not in excluded}  # fmt: skip
-        config = EvalConfig(**pick(EvalConfig))
-        env = EnvConfig(**pick(EnvConfig, ENV_EXCLUDED))
-        names, task_kwargs = _split_tasks(env.task, env.task_kwargs)
-        tasks = [make_task(name, **task_kwargs[name]) for name in names]  # bad names and files fail before the model loads
-    except (TypeError, ValueError, FileNotFoundError, ImportError) as e:
+        settings, source = evaluation.resolve(evaluation.flags(args))
+        config, run_cfg, env, _ = evaluation.split(settings)
+        names, task_kwargs, tasks = make_tasks(env.task, env.task_kwargs, env.reward)  # mistakes fail before the model loads
+    except (TypeError, ValueError, LookupError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     out = Path(config.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / SAMPLES_FILE).exists() and not config.resume:
@@ -813,21 +676,22 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    sampling = {k: settings[k] for k in ("temperature", "top_k", "top_p")}
-    print(f"loading {settings['model']} ...", flush=True)
+    if run_cfg.threads:
+        torch.set_num_threads(run_cfg.threads)
+    sampling = {k: settings[k] for k in SAMPLING}
+    print(f"loading {run_cfg.model} ...", flush=True)
     try:
-        policy, model = load_policy(settings["model"], device=settings["device"], dtype=settings["dtype"], **sampling)
+        policy, model = load_policy(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, **sampling)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-    if settings.get("mask_actions"):
+    if run_cfg.mask_actions:
         from textgym.vector import TextGenVectorEnv
 
-        probe = TextGenVectorEnv(num_envs=1, config=env.replace(task=tasks[0], task_kwargs={}, tokenizer=policy.tokenizer))
+        probe = TextGenVectorEnv(num_envs=1, config=env.replace(task=tasks[0], task_kwargs={}, split=config.split,
+                                                                tokenizer=policy.tokenizer))  # fmt: skip
         policy.restrict_actions(probe.action_masks()[0])
-    model["mask_actions"] = bool(settings.get("mask_actions"))
-    model["dtype"], model["device"] = settings["dtype"], settings["device"]
+    model["mask_actions"] = run_cfg.mask_actions
+    model["dtype"], model["device"] = run_cfg.dtype, run_cfg.device
     print(f"settings: {source}, then flags; {config.samples} samples per problem, k = {list(config.ks)}"
           f"{', greedy' if config.greedy else ''}; {config.split} split -> {out}")  # fmt: skip
     notes: list[str] = []

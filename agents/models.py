@@ -191,9 +191,11 @@ def _unknown_model(name: str, reason: str) -> str:
 
 
 def save_model(model: PreTrainedModel, tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
-    """Save model and tokenizer to `path` so that `load_model(path)` gives them back."""
+    """Save model and tokenizer to `path` so that `load_model(path)` gives them back (without
+    transformers' progress bar: a bar per checkpoint would bury the training bar)."""
     path = Path(path)
-    model.save_pretrained(path)
+    with _no_loading_bar():
+        model.save_pretrained(path)
     if isinstance(tokenizer, CharTokenizer):
         (path / TOKENIZER_MARKER).write_text(json.dumps({"type": "char", "alphabet": tokenizer.alphabet}))
     elif isinstance(tokenizer, HFTokenizer):
@@ -229,7 +231,7 @@ def check_compatible(model: PreTrainedModel, tokenizer: Tokenizer) -> None:
 
 @contextlib.contextmanager
 def _no_loading_bar():
-    """transformers draws a "Loading weights" bar even for a sub-second load; callers print their own line."""
+    """transformers draws a bar even for a sub-second load or save; callers print their own line."""
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

@@ -16,7 +16,7 @@ from textgym.rewards.answers import vote_key
 
 __all__ = [
     "pass_at_k", "majority_vote", "vote_key", "distinct_answers", "answer_entropy", "wilson_interval",
-    "bootstrap_intervals", "BOOTSTRAP_RESAMPLES", "Z95",
+    "bootstrap_intervals", "problem_statistics", "means_with_intervals", "BOOTSTRAP_RESAMPLES", "Z95",
 ]
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -107,4 +107,35 @@ def bootstrap_intervals(
         means = np.asarray(values, dtype=np.float64)[rows].mean(axis=1)
         lo, hi = np.percentile(means, [2.5, 97.5])
         out[name] = (float(lo), float(hi))
+    return out
+
+
+def problem_statistics(correct: Sequence[bool], rewards: Sequence[float], answers: Sequence[str | None],
+                       ks: Iterable[int]) -> dict[str, float | int | str | None]:  # fmt: skip
+    """The statistics of one problem's n samples, in sample order: how many are correct with the
+    Wilson interval of the success rate; pass@k and, for k > 1, maj@k (whether the answer most of the
+    first k give is correct) with that answer; mean@n (the mean reward); and the answers' diversity."""
+    n, c = len(correct), sum(bool(x) for x in correct)
+    lo, hi = wilson_interval(c, n)
+    row: dict[str, float | int | str | None] = {"samples": n, "correct": c, "success_rate": c / n, "success_lo": lo,
+                                                "success_hi": hi}  # fmt: skip
+    for k in ks:
+        row[f"pass@{k}"] = pass_at_k(n, c, k)
+        if k > 1:
+            winner, answer = majority_vote(answers[:k])
+            row[f"maj@{k}"] = float(winner is not None and bool(correct[winner]))
+            row[f"maj@{k}_answer"] = answer
+    row[f"mean@{n}"] = float(np.mean(rewards))
+    row["distinct_answers"], row["answer_entropy"] = distinct_answers(answers), answer_entropy(answers)
+    return row
+
+
+def means_with_intervals(columns: Mapping[str, Sequence[float]], seed: int) -> dict[str, float]:
+    """Each column's mean over problems, `name`, with its 95% bootstrap interval, `name_lo` and
+    `name_hi` (`bootstrap_intervals`: the same resamples for every column)."""
+    intervals = bootstrap_intervals(columns, seed=seed)
+    out = {}
+    for name, values in columns.items():
+        out[name] = float(np.mean(values))
+        out[f"{name}_lo"], out[f"{name}_hi"] = intervals[name]
     return out

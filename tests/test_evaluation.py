@@ -28,10 +28,9 @@ import pytest
 import torch
 
 from agents import evaluation
-from agents.evaluation import (
-    EvalConfig, bootstrap_intervals, evaluate_policy, extract_answer, majority_vote, pass_at_k, read_samples,
-    resolve_checkpoint, wilson_interval,
-)
+from agents.checkpoints import resolve_checkpoint
+from agents.evaluation import EvalConfig, evaluate_policy, extract_answer, read_samples
+from agents.statistics import bootstrap_intervals, majority_vote, pass_at_k, wilson_interval
 from textgym.config import EnvConfig
 from textgym.tasks import make_task
 
@@ -153,20 +152,27 @@ def tiny():
 
 def test_problems_run_as_groups_of_samples_in_few_batched_rollouts(tiny, monkeypatch):
     from agents import rollouts
+    from textgym.vector import TextGenVectorEnv
 
-    calls = []
-    original = rollouts.collect_episodes
+    calls, resets = [], []
+    original, reset = rollouts.collect_episodes, TextGenVectorEnv.reset
 
-    def counting(policy, envs, seed=None, greedy=False):
+    def counting(policy, envs, seed=None, greedy=False, options=None):
         calls.append((envs.num_envs, envs.group_size, greedy))
-        return original(policy, envs, seed=seed, greedy=greedy)
+        return original(policy, envs, seed=seed, greedy=greedy, options=options)
+
+    def counting_reset(self, *, seed=None, options=None):
+        resets.append(self.num_envs)
+        return reset(self, seed=seed, options=options)
 
     monkeypatch.setattr(rollouts, "collect_episodes", counting)
+    monkeypatch.setattr(TextGenVectorEnv, "reset", counting_reset)
     env = EnvConfig(max_new_tokens=6, reward="partial_credit")
     config = EvalConfig(problems=10, samples=4, batch_size=16, progress_bar=False)
     result = evaluate_policy(tiny, "sort", config, env, task_kwargs={"sort": {"length": 5, "alphabet": "abc"}})
     # 10 problems x 4 samples = 40 episodes in 16-slot batches of 4-sample groups: 3 rollouts; greedy: 1.
     assert calls == [(16, 4, False), (16, 4, False), (8, 4, False), (10, 1, True)]
+    assert resets == [16, 16, 8, 10]  # one reset per rollout pins every group's problem (a per-slot `index`)
     task = make_task("sort", length=5, alphabet="abc")
     samples = [r for r in result.samples if r["mode"] == "sample"]
     assert sorted((r["problem"], r["sample"]) for r in samples) == [(p, s) for p in range(10) for s in range(4)]

@@ -17,28 +17,38 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 AGENTS_MARKER = "__textgym__ = True"  # a line of textgym's agents/__init__.py; other `agents` packages lack it
 
 
 def _tasks(args: argparse.Namespace) -> int:
     import textgym
+    from textgym.tasks.base import TASKS
 
     if args.reasoning_gym:
         return _reasoning_gym_tasks()
+    installed = {name: _origin(ep) for name, ep in TASKS.entry_points().items()}  # before listing loads them
     for name in textgym.list_tasks():
-        task = textgym.make_task(name)
-        split = next(s for s in task.SPLITS if task.num_examples(s) != 0)
-        ex = task.example(split, 0)
+        origin = f" [{installed[name]}]" if name in installed else ""
+        try:
+            task = textgym.make_task(name)
+            split = next(s for s in task.SPLITS if task.num_examples(s) != 0)
+            ex = task.example(split, 0)
+        except Exception as e:  # an installed package's task that does not load or build: said, the others listed
+            print(f"{name}{origin}: error: {e}")
+            continue
         size = task.num_examples("train")
-        print(f"{name}: {task.description}")
+        print(f"{name}:" + "".join(f" {part}" for part in (task.description, origin.strip()) if part))
         print(f"    train examples: {'unbounded' if size is None else size}; max answer chars: {task.max_answer_chars}")
         print(f"    prompt: {task.format_prompt(ex)!r}")
         print(f"    answer: {ex.answer!r}")
     from textgym.tasks import list_task_families
 
     print("task families: " + ", ".join(f"{f}:<name>" for f in list_task_families())
-          + " (`textgym tasks --reasoning-gym` lists reasoning-gym's datasets)")
+          + " (`textgym tasks --reasoning-gym` lists reasoning-gym's datasets); any 'package.module:name' (a Task "
+          "subclass, a function returning a Task, or a Task); installed packages add tasks under the entry-point "
+          "group textgym.tasks")  # fmt: skip
     return 0
 
 
@@ -65,12 +75,28 @@ def _reasoning_gym_tasks() -> int:
 
 def _rewards(args: argparse.Namespace) -> int:
     import textgym
+    from textgym.rewards.core import REWARDS
 
+    installed = {name: _origin(ep) for name, ep in REWARDS.entry_points().items()}  # before listing loads them
     for name in textgym.list_rewards():
-        fn = textgym.get_reward(name)
+        origin = f" [{installed[name]}]" if name in installed else ""
+        try:
+            fn = textgym.get_reward(name)
+        except (ImportError, TypeError) as e:  # an installed package's reward that does not load: said, the others listed
+            print(f"{name}{origin}: error: {e}")
+            continue
         doc = (fn.__doc__ or "").strip().splitlines()
-        print(f"{name}: {doc[0] if doc else ''}")
+        print(f"{name}:" + "".join(f" {part}" for part in (doc[0] if doc else "", origin.strip()) if part))
+    print("any 'package.module:function' is a reward too; installed packages add rewards under the entry-point group "
+          "textgym.rewards")  # fmt: skip
     return 0
+
+
+def _origin(entry_point: Any) -> str:
+    from textgym.registry import package_of
+
+    package = package_of(entry_point)
+    return f"from {package}" if package else "installed"
 
 
 def agents_problem(init_file: str | None = None) -> str | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from textgym.example import Example
-from textgym.registry import Registry
+from textgym.registry import Registry, is_module_path, load_attribute
 
 __all__ = [
     "RewardFn",
@@ -44,7 +44,10 @@ __all__ = [
 RewardFn = Callable[[str, Example], Union[float, "tuple[float, dict[str, float]]"]]
 Extractor = Callable[[str], Union[str, None]]
 
-REWARDS: Registry[RewardFn] = Registry("reward")
+REWARDS: Registry[RewardFn] = Registry(
+    "reward", " (or an installed package's `textgym.rewards` entry point, or a module path 'package.module:function')",
+    group="textgym.rewards",
+)
 # How each registered reward reads the answer out of a completion, by the reward's name: what
 # maj@k votes on and what the answer statistics count (`get_extractor`).
 EXTRACTORS: dict[str, Extractor] = {}
@@ -76,7 +79,7 @@ def register_reward(name: str, fn: RewardFn | None = None, *, extract: Extractor
     extractor = _as_extractor(extract, name)
 
     def add(entry: RewardFn) -> RewardFn:
-        old = REWARDS.get(name) if name in REWARDS else None
+        old = REWARDS.get(name) if REWARDS.registered(name) else None
         REWARDS.register(name, entry, overwrite=overwrite)
         if extractor is not None:
             EXTRACTORS[name] = extractor
@@ -101,18 +104,32 @@ def get_extractor(reward: str | RewardFn) -> Extractor:
     """How `reward` (a name or a function) reads the answer in a completion: the extraction it was
     registered with, else `stripped` (the whole completion)."""
     if isinstance(reward, str):
-        get_reward(reward)  # an unknown name is an error, not "no extractor"
-        return EXTRACTORS.get(reward, stripped)
+        fn = get_reward(reward)  # an unknown name is an error, not "no extractor"
+        return EXTRACTORS[reward] if reward in EXTRACTORS else get_extractor(fn)
     return next((EXTRACTORS[n] for n in REWARDS.names_of(reward) if n in EXTRACTORS), stripped)
 
 
 def list_rewards() -> list[str]:
+    """The registered rewards' names, and those installed packages declare (`textgym.rewards` entry points)."""
     return REWARDS.names()
 
 
 def get_reward(name_or_fn: str | RewardFn) -> RewardFn:
-    """The registered reward called `name_or_fn`, or the callable itself."""
-    return name_or_fn if callable(name_or_fn) else REWARDS.get(name_or_fn)
+    """The reward `name_or_fn` names, or the callable itself.
+
+    A name is, in this order: a registered reward; an installed package's `textgym.rewards` entry
+    point (loaded now); a module path 'package.module:function' (the module imported, the function
+    taken, as `gym.make("module:Env-v0")` does). An unknown name is a ValueError listing the known
+    ones; a module that is missing or fails to import, or has no such function, an ImportError.
+    """
+    if callable(name_or_fn):
+        return name_or_fn
+    if isinstance(name_or_fn, str) and name_or_fn not in REWARDS and is_module_path(name_or_fn):
+        fn = load_attribute(name_or_fn, f"reward {name_or_fn!r}")
+        if not callable(fn):
+            raise TypeError(f"reward {name_or_fn!r} is {type(fn).__name__}, not a function (completion, example) -> float")
+        return fn
+    return REWARDS.get(name_or_fn)
 
 
 def reward_name(fn: Any) -> str:

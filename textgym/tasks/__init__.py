@@ -6,7 +6,9 @@
     text = task.format_prompt(ex)            # what the model sees
     task.reward(completion, ex)              # the verifier
 
-New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`.
+New tasks: subclass `Task` and `register_task("name", Class)`, or `Task.from_examples(...)`; from
+outside textgym, name one by module path ("my_pkg.tasks:MyTask") or declare it as an entry point of
+the group `textgym.tasks` in your package (see `make_task` for the order names are looked up in).
 Multi-turn tasks (the environment replies to each turn) subclass `MultiTurnTask` (multiturn.py);
 built-in ones are in interactive.py and kvstore.py; tasks with tools subclass `ToolTask` (tooluse.py).
 Families of tasks answer "<family>:<member>" names: "reasoning_gym:<dataset>" (reasoning_gym.py),
@@ -18,6 +20,7 @@ from textgym.tasks.base import (
     R1_ZERO_TEMPLATE,
     Example,
     Task,
+    budget_for,
     list_tasks,
     list_task_families,
     make_task,
@@ -43,7 +46,7 @@ from textgym.tasks.reasoning_gym import (
 )
 
 __all__ = [
-    "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "R1_ZERO_TEMPLATE",
+    "Example", "Task", "make_task", "register_task", "list_tasks", "split_of", "budget_for", "R1_ZERO_TEMPLATE",
     "ENUMERATE_LIMIT", "AdditionTask", "MultiplicationTask", "ComparisonTask", "CountdownTask",
     "CopyTask", "ReverseTask", "SortTask", "CountingTask", "BanditTask", "evaluate_expression",
     "MultiTurnTask", "MessageEnvTask", "Reply", "ToolTask", "CalculatorTask", "KVStoreTask", "GuessTask", "RetryTask",
