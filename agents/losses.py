@@ -1,9 +1,9 @@
 """Policy-gradient math as small pure functions over tensors (no model, no env), with its equations.
 
 Every function here takes tensors and returns tensors, so each line of math can be read next to the
-equation it implements. The equations are below, in this module's own words; a number without a
-letter is the one the course primer uses (``shared/seeds/004_*.txt``, "Primer on Policy Gradients"),
-a number with a letter is an addition made here. Code comments cite them as "eq. 22".
+equation it implements. The equations are below, in this module's own words, numbered in the order
+of the classic derivation (policy, return, score-function estimator, baseline, loss, importance
+ratio); a number with a letter is a variant or an addition. Code comments cite them as "eq. 22".
 
 The problem
 -----------

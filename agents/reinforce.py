@@ -12,7 +12,7 @@ One iteration of `learn` is collect → update → callbacks:
   3. callbacks (`agents.callbacks`): validation reward, metrics.jsonl, checkpoints, plot, progress
      bar, early stopping, experiment tracking — and SIGINT/SIGTERM stop at this boundary.
 
-The equations, numbered as in the course primer, are in the docstring of `agents.losses`.
+The equations, numbered, are in the docstring of `agents.losses`.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _is_int(value: Any, minimum: int) -> bool:
 
 
 class REINFORCE:
-    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with the primer's variance reducers.
+    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with its variance reducers (baselines, eq. 22a-e).
 
         agent = REINFORCE(policy, baseline="group", lr=2e-5)          # or REINFORCE(policy, config)
         agent.learn(envs, iterations=50, eval_env=val_env, log_dir="runs/x")
