@@ -309,3 +309,24 @@ def test_train_command_raises_the_level_and_a_resume_keeps_it(tmp_path):
     bad = subprocess.run([*base[:7], "copy", *base[8:], "--iterations", "1", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert bad.returncode != 0 and "reasoning-gym" in bad.stderr + bad.stdout
+
+
+def test_the_guards_benchmark_runs_each_variant_and_resumes(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guards_benchmark", "examples/benchmarks/guards.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "guards.jsonl"
+    args = ["--variants", "plain", "clip-higher", "--variant", "ds", '{"dynamic_sampling": true}', "--seeds", "0",
+            "--iterations", "2", "--eval-every", "1", "--eval-episodes", "8", "--out", str(out)]  # fmt: skip
+    assert bench.main(args) == 0
+    first = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["plain", "clip-higher", "ds"]
+    assert rows[1]["clip_fraction"] is not None and rows[0]["clip_fraction"] is None  # only the 2-epoch loss clips
+    assert rows[2]["samples"] >= rows[0]["samples"]  # dynamic sampling spends at least as many samples
+    assert bench.main(args) == 0  # every run is reused: same table, nothing appended
+    assert len(out.read_text().splitlines()) == 3
+    table = lambda text: text[text.index("| variant"):]  # noqa: E731
+    assert table(capsys.readouterr().out) == table(first)
