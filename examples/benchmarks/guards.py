@@ -72,6 +72,10 @@ def run(variant: str, settings: dict, seed: int, args: argparse.Namespace) -> di
     }  # fmt: skip
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"built-in variants: {', '.join(VARIANTS)}")
@@ -106,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
             results.append(row)
-            print(f"{name:>18} seed {seed}: final {row['final_val']:.3f}, first >= 0.9 at {row['first_0.9']}, "
-                  f"lowest after {row['lowest_after_0.9']}, entropy {row['entropy_last10']:.3f}, "
+            print(f"{name:>18} seed {seed}: final {_num(row['final_val'])}, first >= 0.9 at {row['first_0.9']}, "
+                  f"lowest after {_num(row['lowest_after_0.9'])}, entropy {_num(row['entropy_last10'])}, "
                   f"all-equal groups {row['all_equal_groups']:.2f}, samples {row['samples']:.0f}", flush=True)  # fmt: skip
     print("\n| variant | final validation (mean over seeds) | updates to 0.9 | lowest after 0.9 | entropy, last 10 | "
           "groups with no gradient | samples | clipped tokens |")  # fmt: skip
@@ -118,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         firsts = ", ".join("never" if r["first_0.9"] is None else str(r["first_0.9"]) for r in rows)
         lows = ", ".join("–" if r["lowest_after_0.9"] is None else f"{r['lowest_after_0.9']:.2f}" for r in rows)
         clip = avg("clip_fraction")
-        print(f"| {name} | {avg('final_val'):.3f} | {firsts} | {lows} | {avg('entropy_last10'):.3f} | "
-              f"{avg('all_equal_groups'):.2f} | {avg('samples'):.0f} | {'–' if math.isnan(clip) else f'{clip:.3f}'} |")  # fmt: skip
+        print(f"| {name} | {_num(avg('final_val'))} | {firsts} | {lows} | {_num(avg('entropy_last10'))} | "
+              f"{avg('all_equal_groups'):.2f} | {avg('samples'):.0f} | {_num(clip)} |")  # fmt: skip
     return 0
 
 
