@@ -15,14 +15,13 @@
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import textgym
+from textgym.cli import main as cli_main
 from agents import callbacks as C
 from agents import reinforce as R
 from agents.baselines import BASELINES
@@ -439,13 +438,11 @@ def test_evaluate_on_a_vector_env_and_a_single_env():
         agent.evaluate(single, episodes=0)
 
 
-def test_train_command_runs_end_to_end(tmp_path):
+def test_train_command_runs_end_to_end(tmp_path, capsys):
+    """In this process (the real process's exit codes and signals: test_crash_safety.py)."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "textgym.cli", "train", "--model", "tiny", "--iterations", "2",
-           "--out", str(out), "--no-progress-bar", "--threads", "1"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    text = done.stdout
+    assert cli_main(["train", "--model", "tiny", "--iterations", "2", "--out", str(out), "--no-progress-bar", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
     assert "train reward" in text and "validation reward" in text
     assert "one answer for all (" in text and "lift over it" in text  # the prior, beside the validation reward
     assert str(out / "rewards.png") in text and (out / "rewards.png").exists()
