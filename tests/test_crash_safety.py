@@ -68,9 +68,11 @@ def deterministic(rows: list[dict]) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 12-iteration run."""
+    """An uninterrupted 12-iteration run, in this process (it needs no process of its own to be killed)."""
+    from textgym.cli import main
+
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(out, "--iterations", "12")
+    assert main(["train", *ARGS, "--out", str(out), "--iterations", "12"]) == 0
     return out
 
 
