@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import textgym
 from agents.answers import constant_answer_prior, evaluation_answers, update_answers
@@ -32,8 +31,6 @@ from textgym.rewards import (
 )
 from textgym.rewards.core import stripped
 from textgym.tasks import Task, make_task
-
-torch.set_num_threads(1)
 
 
 # -- extraction travels with its reward and its task ----------------------------------------------

@@ -31,7 +31,6 @@ from agents.policy import LMPolicy
 from agents.reinforce import REINFORCE
 from agents.train import main as train
 
-torch.set_num_threads(1)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "ab"}, max_new_tokens=3)
 QUICK = ["--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "ab"}', "--max-new-tokens", "3",

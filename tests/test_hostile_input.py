@@ -173,9 +173,9 @@ def test_calc_calls_finds_what_the_lazy_pattern_finds(text):  # (a guard: the sa
 def test_a_200k_character_turn_is_answered_fast(text):
     task = textgym.make_task("calculator")
     ex = task.example("train", 0)
-    began = time.perf_counter()
+    began = time.process_time()  # CPU time: a busy machine must not fail it, only a slow algorithm
     reply = task.reply(text, ex, task.start(ex))
-    assert time.perf_counter() - began < 5.0  # the lazy pattern took 11.8 s on 48k characters, 40.6 s on 96k
+    assert time.process_time() - began < 5.0  # the lazy pattern took 11.8 s on 48k characters, 40.6 s on 96k
     assert reply.text is not None or reply.done
 
 

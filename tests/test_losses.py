@@ -25,7 +25,6 @@ from agents.losses import (
     token_log_probs,
 )
 
-torch.set_num_threads(1)
 
 FAST = settings(max_examples=40, deadline=None)
 LN2, LN3 = math.log(2.0), math.log(3.0)

@@ -34,7 +34,6 @@ from agents.losses import (
     token_log_probs,
 )
 
-torch.set_num_threads(1)
 
 DT = torch.float64
 K = 4

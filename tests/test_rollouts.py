@@ -21,7 +21,6 @@ from agents.losses import discounted_returns
 from agents.policy import LMPolicy
 from agents.rollouts import Episode, collect_episodes, evaluate, sample_episodes, summarize, to_batch
 
-torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, max_new_tokens=4)
 
