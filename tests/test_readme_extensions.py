@@ -24,27 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import code_blocks, readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 
-BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
-
-
-def section(heading):
-    """The README's text under `heading` (a line such as "### Add a task"), up to the next heading of its level or above."""
-    readme = (REPO / "README.md").read_text()
-    level = heading.split()[0]
-    start = readme.index(f"\n{heading}\n") + len(heading) + 2
-    ends = [readme.find(f"\n{'#' * n} ", start) for n in range(2, len(level) + 1)]
-    return readme[start : min([e for e in ends if e >= 0] or [len(readme)])]
-
-
-README_REWARD = section("### Add a reward function")
-README_TASK = section("### Add a task")
-
-
-def blocks(text, language):
-    return [body for lang, body in BLOCK.findall(text) if lang == language]
+README_REWARD = readme_section("### Add a reward function")
+README_TASK = readme_section("### Add a task")
 
 
 def textgym_command(line):
@@ -62,16 +47,16 @@ def package(tmp_path_factory):
     source.mkdir()
     files = {}
     for text in (README_REWARD, README_TASK):
-        for body in blocks(text, "python") + blocks(text, "toml"):
+        for body in code_blocks(text, "python") + code_blocks(text, "toml"):
             first = body.splitlines()[0]
             if first.startswith("# ") and first.endswith((".py", ".toml")):  # a whole file, named on its first line
                 files[first[2:]] = body
     assert sorted(files) == ["my_rewards.py", "my_tasks.py", "pyproject.toml"], sorted(files)
-    (reward_table,) = [body for body in blocks(README_REWARD, "toml")]
+    (reward_table,) = [body for body in code_blocks(README_REWARD, "toml")]
     assert reward_table in files["pyproject.toml"], "the reward section's table is the one in the package's pyproject.toml"
     for name, body in files.items():
         (source / name).write_text(body)
-    (install,) = [line for line in blocks(README_TASK, "bash")[0].splitlines() if line.startswith("pip ")]
+    (install,) = [line for line in code_blocks(README_TASK, "bash")[0].splitlines() if line.startswith("pip ")]
     assert install == "pip install ."
     site = root / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
@@ -93,7 +78,7 @@ def test_the_installed_package_is_listed_trained_on_and_evaluated_by_its_own_ans
         run([sys.executable, "-m", "textgym.cli", "rewards"], root, env)  # fmt: skip
     assert "echo: say a word back [from my-textgym-extras]" in run([sys.executable, "-m", "textgym.cli", "tasks"], root, env)
 
-    commands = [line for line in blocks(README_TASK, "bash")[0].splitlines() if line.startswith("textgym ")]
+    commands = [line for line in code_blocks(README_TASK, "bash")[0].splitlines() if line.startswith("textgym ")]
     assert [c.split()[1] for c in commands] == ["train", "eval"]
     trained = run(textgym_command(commands[0]) + ["--threads", "1", "--no-progress-bar"], root, env)
     assert "task echo: 8 prompts x 8 samples per update, updates 0 -> 2" in trained
