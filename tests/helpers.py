@@ -1,5 +1,8 @@
 """Helpers shared by test files (pytest puts this folder on sys.path)."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 
 
@@ -23,3 +26,31 @@ def assert_same(a, b, where=""):
         assert a.dtype == b.dtype, f"{where}: {a.dtype} != {b.dtype}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# -- the README's code, for the tests that run it word for word -----------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+
+
+def readme_section(heading):
+    """The README's text under the line `heading` ("### Add a task"), up to the next heading of any level
+    (a line starting with "#" and a space, outside code blocks); an AssertionError if there is no such line."""
+    lines = README.read_text().splitlines(keepends=True)
+    assert heading + "\n" in lines, f"README.md has no heading {heading!r}"
+    start = lines.index(heading + "\n") + 1
+    fenced = False
+    for end in range(start, len(lines)):
+        if lines[end].startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", lines[end]):
+            break
+    else:
+        end = len(lines)
+    return "".join(lines[start:end])
+
+
+def code_blocks(text, language):
+    """The bodies of the fenced blocks of `language` ("python", "toml", "bash") in `text`, in order."""
+    return [body for lang, body in FENCE.findall(text) if lang == language]

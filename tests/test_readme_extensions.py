@@ -1,9 +1,11 @@
 """The README's "Add a reward function" and "Add a task" the out-of-package way, followed word for word.
 
-The snippets below are the README's text (`README_REWARD`, `README_TASK`): the test writes their
-Python modules and pyproject.toml tables into a package in a temporary directory, installs it with
+The snippets are read out of README.md, under the headings "### Add a reward function" and "### Add
+a task": every fenced block whose first line names a file (`# my_rewards.py`, `# my_tasks.py`,
+`# pyproject.toml`) is written as that file of a package in a temporary directory (the reward
+section's entry-point table must be the one in that pyproject.toml), the package is installed with
 pip into a directory of its own (`--target`, so the machine's environment is untouched: the
-README's `pip install .`), and runs the README's commands as they are, in a subprocess whose
+README's `pip install .`), and the README's commands run as they are, in a subprocess whose
 PYTHONPATH holds that directory and this checkout. Then:
 - `textgym rewards` and `textgym tasks` list the package's reward and task;
 - `textgym train` trains the tiny model on the package's task with the package's reward;
@@ -22,105 +24,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import code_blocks, readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 
-README_REWARD = '''
-**From your own package.** Put the reward in a module of your package, registered with the answer
-it reads (`extract`: what `textgym eval`'s maj@k votes on and the answer statistics count):
-
-```python
-# my_rewards.py
-import re
-
-import textgym
-
-
-def last_word(completion):
-    """The reply's last word, lowercased (None: it has none)."""
-    words = re.findall(r"[a-z]+", completion.lower())
-    return words[-1] if words else None
-
-
-@textgym.register_reward("last_word_match", extract=last_word)
-def last_word_match(completion, example):
-    """1.0 when the reply's last word is the reference answer."""
-    return float(last_word(completion) == example.answer.lower())
-```
-
-Every command takes it by module path, as `gym.make("module:Env-v0")` does (the module on the
-`PYTHONPATH`): `textgym train --reward my_rewards:last_word_match`. Declared in your package's
-`pyproject.toml`, it is found by name once the package is installed: `textgym rewards` lists it,
-and `train`, `eval` and `bench` take `--reward last_word_match`:
-
-```toml
-[project.entry-points."textgym.rewards"]
-last_word_match = "my_rewards:last_word_match"
-```
-'''
-
-README_TASK = '''
-**From your own package.** A `Task` subclass, a function that returns a Task, or a Task, in a
-module of your package:
-
-```python
-# my_tasks.py
-import itertools
-
-from textgym import Example, Task
-
-
-class Echo(Task):
-    """Say the word back: "Say: cab" -> "cab"."""
-
-    name = "echo"
-    description = "say a word back"
-    answer_chars = "abc"
-
-    def __init__(self, length=3, **kwargs):
-        super().__init__(**kwargs)
-        self.length = self.max_answer_chars = length
-
-    def all_problems(self):
-        for letters in itertools.product(self.answer_chars, repeat=self.length):
-            word = "".join(letters)
-            yield Example(f"Say: {word}", word)
-```
-
-```toml
-[project.entry-points."textgym.tasks"]
-echo = "my_tasks:Echo"
-```
-
-`--task my_tasks:Echo` takes it by module path; installed, `--task echo` (with `--task-kwargs
-'{"length": 4}'` for its arguments), and `textgym tasks` lists it. A name with a colon is a
-registered task family first (`file:`, `hf:`, `reasoning_gym:`), else `module:attribute`. Both
-together, trained and evaluated (the tiny model writes any character; the reward reads its last word):
-
-```bash
-pip install .
-textgym train --model tiny --task echo --reward last_word_match --no-mask-actions --iterations 2 --out runs/echo
-textgym eval --model runs/echo --samples 4 --k 1 4 --problems 3 --out runs/echo-eval
-```
-'''
-
-PYPROJECT_HEAD = """[build-system]
-requires = ["setuptools"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "my-textgym-extras"
-version = "0.1"
-
-[tool.setuptools]
-py-modules = ["my_rewards", "my_tasks"]
-"""
-
-BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
-
-
-def blocks(text, language):
-    return [body for lang, body in BLOCK.findall(text) if lang == language]
+README_REWARD = readme_section("### Add a reward function")
+README_TASK = readme_section("### Add a task")
 
 
 def textgym_command(line):
@@ -136,14 +45,18 @@ def package(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme-extensions")
     source = root / "my-textgym-extras"
     source.mkdir()
+    files = {}
     for text in (README_REWARD, README_TASK):
-        for body in blocks(text, "python"):
+        for body in code_blocks(text, "python") + code_blocks(text, "toml"):
             first = body.splitlines()[0]
-            assert first.startswith("# ") and first.endswith(".py"), first
-            (source / first[2:]).write_text(body)
-    tables = [body for text in (README_REWARD, README_TASK) for body in blocks(text, "toml")]
-    (source / "pyproject.toml").write_text(PYPROJECT_HEAD + "\n" + "\n".join(tables))
-    (install,) = [line for line in blocks(README_TASK, "bash")[0].splitlines() if line.startswith("pip ")]
+            if first.startswith("# ") and first.endswith((".py", ".toml")):  # a whole file, named on its first line
+                files[first[2:]] = body
+    assert sorted(files) == ["my_rewards.py", "my_tasks.py", "pyproject.toml"], sorted(files)
+    (reward_table,) = [body for body in code_blocks(README_REWARD, "toml")]
+    assert reward_table in files["pyproject.toml"], "the reward section's table is the one in the package's pyproject.toml"
+    for name, body in files.items():
+        (source / name).write_text(body)
+    (install,) = [line for line in code_blocks(README_TASK, "bash")[0].splitlines() if line.startswith("pip ")]
     assert install == "pip install ."
     site = root / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
@@ -165,7 +78,7 @@ def test_the_installed_package_is_listed_trained_on_and_evaluated_by_its_own_ans
         run([sys.executable, "-m", "textgym.cli", "rewards"], root, env)  # fmt: skip
     assert "echo: say a word back [from my-textgym-extras]" in run([sys.executable, "-m", "textgym.cli", "tasks"], root, env)
 
-    commands = [line for line in blocks(README_TASK, "bash")[0].splitlines() if line.startswith("textgym ")]
+    commands = [line for line in code_blocks(README_TASK, "bash")[0].splitlines() if line.startswith("textgym ")]
     assert [c.split()[1] for c in commands] == ["train", "eval"]
     trained = run(textgym_command(commands[0]) + ["--threads", "1", "--no-progress-bar"], root, env)
     assert "task echo: 8 prompts x 8 samples per update, updates 0 -> 2" in trained
