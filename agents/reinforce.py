@@ -42,6 +42,8 @@ from agents.callbacks import (
     standard_callbacks,
     stop_on_signals,
 )
+from agents.acting import Policy
+from agents.backends import make_policy
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
 from textgym.config import check_choices, describe, replace, setting
@@ -129,19 +131,21 @@ def _is_int(value: Any, minimum: int) -> bool:
 
 
 class REINFORCE:
-    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with the primer's variance reducers.
+    """The REINFORCE agent (Williams, 1992) for a language-model `Policy`, with the primer's variance reducers.
 
         agent = REINFORCE(policy, baseline="group", lr=2e-5)          # or REINFORCE(policy, config)
         agent.learn(envs, iterations=50, eval_env=val_env, log_dir="runs/x")
         agent.evaluate(val_env, episodes=100)
         agent = REINFORCE.load("runs/x", lr=1e-5)                     # continue, with a new lr
 
-    The policy's device and dtype are used throughout. Settings (`REINFORCEConfig`; `agent.config`):
+    The policy's device and dtype are used throughout. It acts with `policy.act` and learns through
+    `policy.model` and `policy.log_probs` (an LMPolicy, or an engine-backed policy around one, whose
+    `on_update` loads the new weights into the engine). Settings (`REINFORCEConfig`; `agent.config`):
 
 {settings}
     """
 
-    def __init__(self, policy: LMPolicy, config: REINFORCEConfig | None = None, **settings: Any):
+    def __init__(self, policy: Policy, config: REINFORCEConfig | None = None, **settings: Any):
         self.config = (config or REINFORCEConfig()).replace(**settings)
         cfg = self.config
         self.policy = policy
@@ -211,7 +215,7 @@ class REINFORCE:
             self.optimizer.step()
             stats["grad_norm"].append(float(norm))
         self.optimizer.zero_grad(set_to_none=True)
-        self.policy.reset_cache()  # the weights changed: cached keys/values are stale
+        self.policy.on_update()  # the weights changed: caches are stale, an engine loads the new weights
         if not skipped:
             self.bad_updates = 0
             if self.value_head is not None:
@@ -509,11 +513,13 @@ class REINFORCE:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", **overrides: Any) -> "REINFORCE":
+    def load(cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", policy: str = "hf",
+             **overrides: Any) -> "REINFORCE":  # fmt: skip
         """Restore an agent saved by `save`/`checkpoint` (a checkpoint or a run directory) to continue.
 
-        `overrides` change settings of the saved config (`lr=1e-5`, ...) or the policy's sampling
-        (`temperature`, `top_k`, `top_p`).
+        `policy` picks the backend that acts ("hf" or "vllm", `agents.backends.make_policy`; the
+        checkpoint holds the learner's weights either way). `overrides` change settings of the saved
+        config (`lr=1e-5`, ...) or the policy's sampling (`temperature`, `top_k`, `top_p`).
         """
         path = Path(path)
         if not (path / "agent.pt").exists() and (path / "latest").exists():
@@ -528,9 +534,9 @@ class REINFORCE:
                 f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {path} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
             )
-        policy = LMPolicy.from_pretrained(path / "policy", device=device, dtype=dtype, **sampling)
-        policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
-        agent = cls(policy, config)
+        learner = LMPolicy.from_pretrained(path / "policy", device=device, dtype=dtype, **sampling)
+        learner.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
+        agent = cls(make_policy(learner, policy, source=path / "policy"), config)
         agent.optimizer.load_state_dict(state["optimizer"])
         for group in agent.optimizer.param_groups:  # the config's values, not the saved ones (overrides)
             group.update(lr=config.lr, weight_decay=config.weight_decay)
@@ -539,7 +545,7 @@ class REINFORCE:
         agent.iteration = state["iteration"]
         m = state["running_mean"]
         agent.running_mean = [float(m)] if isinstance(m, (int, float)) else list(m)  # one turn in older checkpoints
-        policy.generator.set_state(state["generator"])
+        agent.policy.generator.set_state(state["generator"])
         if agent.value_head is not None and "value_head" in state:
             agent.value_head.load_state_dict(state["value_head"])
             agent.value_optimizer.load_state_dict(state["value_optimizer"])
@@ -574,7 +580,7 @@ def _iteration_metrics(
     }
 
 
-def _autocast_dtype(amp: str, policy: LMPolicy) -> torch.dtype | None:
+def _autocast_dtype(amp: str, policy: Policy) -> torch.dtype | None:
     """bf16 for amp="bf16"; for "auto" only where the hardware has native bf16; None: no autocast."""
     if amp == "off" or policy.dtype != torch.float32:
         return None
