@@ -332,22 +332,27 @@ def _run_settings(checkpoint: Path) -> dict[str, Any]:
     return settings
 
 
-def load_policy(model: str, device: str = "auto", dtype: str = "auto", **sampling: Any) -> tuple[Any, dict[str, Any]]:
-    """(an LMPolicy, what it is) for a model name, a `textgym train` run directory or checkpoint.
+def load_policy(model: str, device: str = "auto", dtype: str = "auto", policy: str = "hf", **sampling: Any) -> tuple[Any, dict[str, Any]]:
+    """(a Policy, what it is) for a model name, a `textgym train` run directory or checkpoint.
 
     A run's policy keeps the token restriction it was trained with; `sampling` (temperature,
-    top_k, top_p) replaces the checkpoint's. The description names the checkpoint and its
-    iteration, so an evaluation of a run that trained further is not mistaken for this one.
+    top_k, top_p) replaces the checkpoint's. `policy` picks the backend that acts ("hf", "vllm";
+    `agents.backends.make_policy`). The description names the checkpoint and its iteration, so an
+    evaluation of a run that trained further is not mistaken for this one, and a backend other
+    than hf (its samples are not the hf policy's).
     """
     checkpoint = resolve_checkpoint(model)
+    backend = {} if policy == "hf" else {"policy": policy}
     if checkpoint is None:
+        from agents.backends import make_policy
         from agents.policy import LMPolicy
 
-        return LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling), {"model": str(model)}
+        learner = LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling)
+        return make_policy(learner, policy, source=model), {"model": str(model), **backend}
     from agents.reinforce import REINFORCE
 
-    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, **sampling)
-    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration}
+    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, policy=policy, **sampling)
+    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration, **backend}
 
 
 # -- running the samples ---------------------------------------------------------------------------
@@ -824,7 +829,7 @@ def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dic
 # -- the command -----------------------------------------------------------------------------------
 
 # RunConfig's settings that pick and load the model (the rest are training's).
-MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")
+MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads", "policy")
 ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # EvalConfig says the split
 MODEL_NOTE = "; or a `textgym train` run directory (its latest checkpoint) or checkpoint-NNNNNN directory"
 
@@ -923,8 +928,9 @@ def run(args: argparse.Namespace) -> int:
     sampling = {k: settings[k] for k in ("temperature", "top_k", "top_p")}
     print(f"loading {settings['model']} ...", flush=True)
     try:
-        policy, model = load_policy(settings["model"], device=settings["device"], dtype=settings["dtype"], **sampling)
-    except (FileNotFoundError, ValueError, OSError) as e:
+        policy, model = load_policy(settings["model"], device=settings["device"], dtype=settings["dtype"],
+                                    policy=settings["policy"], **sampling)  # fmt: skip
+    except (FileNotFoundError, ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     if settings.get("mask_actions"):
         from textgym.vector import TextGenVectorEnv

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from agents.backends import POLICIES
 from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
 from textgym.tokenizers import DEFAULT_MODEL
 
@@ -80,6 +81,12 @@ class RunConfig:
     mask_actions: bool = setting(False, "sample only the task's allowed tokens")
     device: str = setting("auto", "cuda, mps, cpu, or auto (CUDA, then MPS, then CPU)")
     dtype: str = setting("auto", "float32, bfloat16, float16, or auto (bf16 on CUDA, float32 elsewhere)")
+    policy: Literal[POLICIES] = setting(
+        "hf",
+        "what acts: hf (the HF model stepped with a KV cache per slot) or vllm (a vLLM engine generates each turn "
+        "and hands the tokens out one per env.step; it learns through the HF model, whose weights are loaded into "
+        "the engine after every update; needs vLLM: bash .ci/setup-vllm VENV)",
+    )
     threads: int | None = setting(None, "torch CPU threads (None: torch's default, all cores)")
     out: str | None = setting(None, "output directory (None: runs/<task>-<date>-<time>)")
     resume: str | None = setting(None, "continue the run in this directory; other flags given override its settings (recorded in resumes.jsonl)")
@@ -199,15 +206,19 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None:
         # The recorded settings, with this resume's changes, replace the checkpoint's.
         settings_now = {**dataclasses.asdict(agent_cfg), **dataclasses.asdict(sampling)}
-        agent = REINFORCE.load(resume, device=run_cfg.device, dtype=run_cfg.dtype, **settings_now)
+        try:
+            agent = REINFORCE.load(resume, device=run_cfg.device, dtype=run_cfg.dtype, policy=run_cfg.policy, **settings_now)
+        except ImportError as e:  # the vllm policy without vLLM installed
+            raise SystemExit(f"error: {e}") from None
         policy = agent.policy
         print(f"resuming {resume} at iteration {agent.iteration}" + (f" with {json.dumps(flags)}" if flags else ""))
     else:
         print(f"loading {run_cfg.model} ...", flush=True)
         t0 = time.perf_counter()
-        policy = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
-                                          **dataclasses.asdict(sampling))  # fmt: skip
-        print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
+        learner = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
+                                           **dataclasses.asdict(sampling))  # fmt: skip
+        print(f"loaded in {time.perf_counter() - t0:.1f} s: {learner.model.num_parameters() / 1e6:.1f}M parameters on {learner.device} ({learner.dtype})")
+        policy = _acting_policy(learner, run_cfg.policy, run_cfg.model, print)
         agent = REINFORCE(policy, agent_cfg)
     env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
@@ -256,6 +267,23 @@ def run(args: argparse.Namespace) -> int:
     latest = out / (out / "latest").read_text().strip()
     print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0
+
+
+def _acting_policy(learner: Any, policy: str, source: Any, print: Any = builtins.print) -> Any:  # noqa: A002
+    """`agents.backends.make_policy`, saying how long an engine took to start; a missing vLLM is a
+    one-line error."""
+    from agents.backends import make_policy
+
+    if policy == "hf":
+        return learner
+    print(f"starting the {policy} engine ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        acting = make_policy(learner, policy, source=source)
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{policy} engine started in {time.perf_counter() - t0:.1f} s")
+    return acting
 
 
 def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:

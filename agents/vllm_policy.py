@@ -86,17 +86,34 @@ class VLLMPolicy(Policy):
             `save_pretrained` layout). None: the learner is saved to a temporary directory
             (removed by `close`).
         max_model_len: the longest sequence (prompt + completion) the engine serves.
+        engine: a running `vllm.LLM` (started as this class starts one) to act with instead of
+            starting another, e.g. one engine for several learners in turn; the learner's weights
+            are loaded into it. Then neither `model_dir` nor engine settings may be given.
         **engine_settings: more keyword arguments of `vllm.LLM` (e.g. `gpu_memory_utilization`).
     """
 
     def __init__(self, learner: LMPolicy, model_dir: str | os.PathLike | None = None, max_model_len: int = 2048,
-                 **engine_settings: Any):  # fmt: skip
+                 engine: Any = None, **engine_settings: Any):  # fmt: skip
         if not isinstance(learner, LMPolicy):
             raise TypeError(f"VLLMPolicy learns through an LMPolicy, got {type(learner).__name__}")
         vllm = _import_vllm()
         self.learner = learner
-        self.max_model_len = int(max_model_len)
+        self._sampling_params = vllm.SamplingParams
+        self._limits: tuple[int, int | None, int] | None = None  # the env's (max_new_tokens, max_turn_tokens, end token)
+        self.engine_requests = 0  # slot turns asked of the engine so far
+        self.engine_tokens = 0  # tokens it generated for them (those not handed out were discarded)
+        self._sampling: tuple | None = None  # the distribution the buffered tokens were sampled from
+        self._allowed_ids: list[int] | None = None  # the engine's allowed_token_ids for it
         self._temporary = None
+        self.reset_cache()
+        if engine is not None:
+            if model_dir is not None or engine_settings:
+                raise ValueError("a VLLMPolicy given a running engine takes no model_dir or engine settings")
+            self.engine = engine
+            self.max_model_len = int(engine.model_config.max_model_len)
+            self.sync_weights()
+            return
+        self.max_model_len = int(max_model_len)
         if model_dir is None:
             self._temporary = tempfile.mkdtemp(prefix="textgym-vllm-")
             weakref.finalize(self, shutil.rmtree, self._temporary, ignore_errors=True)
@@ -121,13 +138,6 @@ class VLLMPolicy(Policy):
             # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process;
             # the learner's code and its callers keep the real one.
             torch.set_num_threads = set_num_threads
-        self._sampling_params = vllm.SamplingParams
-        self._limits: tuple[int, int | None, int] | None = None  # the env's (max_new_tokens, max_turn_tokens, end token)
-        self.engine_requests = 0  # slot turns asked of the engine so far
-        self.engine_tokens = 0  # tokens it generated for them (those not handed out were discarded)
-        self._sampling: tuple | None = None  # the distribution the buffered tokens were sampled from
-        self._allowed_ids: list[int] | None = None  # the engine's allowed_token_ids for it
-        self.reset_cache()
 
     # -- the learner's side ----------------------------------------------------------------------
 

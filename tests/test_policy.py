@@ -336,3 +336,15 @@ def test_a_bad_new_token_is_a_clear_error_on_the_cached_path(policy):
         bad[0, 4 : 4 + len(new)] = new
         with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
             policy.act({"input_ids": bad, "seq_len": np.array([[4 + len(new)], [4]])})
+
+
+def test_lm_policy_is_the_hf_backend_of_the_policy_protocol(policy):
+    from agents.acting import Policy
+    from agents.backends import make_policy
+
+    assert isinstance(policy, Policy)
+    assert make_policy(policy, "hf") is policy  # the HF model acts itself
+    with pytest.raises(ValueError, match="unknown policy 'nope'; choose one of hf, vllm"):
+        make_policy(policy, "nope")
+    with pytest.raises(ValueError, match="policy 'hf' takes no engine settings"):
+        make_policy(policy, "hf", max_model_len=512)

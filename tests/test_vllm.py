@@ -11,6 +11,7 @@ failure, not a skip). Elsewhere the module is skipped. One engine serves the mod
 - a multi-turn task: a request per turn, from the whole prefix with the env's reply; tokens past
   the point where the env ends a turn (a stop string, the turn limit) are dropped;
 - allowed-token masks hold; the same seed gives the same actions, another seed others;
+- `textgym train --policy vllm` and `textgym eval --policy vllm` write what they write with hf;
 - after a real REINFORCE update the engine holds the learner's new weights (`on_update`).
 """
 
@@ -160,6 +161,37 @@ def test_same_seed_same_actions(policy):
         runs.append([e.token_ids for e in episodes])
     assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1]))
     assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_textgym_train_and_eval_with_the_vllm_policy(policy, tmp_path, monkeypatch, capsys):
+    import json
+
+    from agents import backends, evaluation, reinforce, train
+
+    # The commands' own engine would start in ~1 min: this module's serves them (their learners'
+    # weights are loaded into it), and gets its learner's weights back afterwards.
+    def share_engine(learner, kind="hf", source=None, **settings):
+        return VLLMPolicy(learner, engine=policy.engine) if kind == "vllm" else learner
+
+    monkeypatch.setattr(backends, "make_policy", share_engine)
+    monkeypatch.setattr(reinforce, "make_policy", share_engine)
+    run = tmp_path / "run"
+    try:
+        assert train.main(["--policy", "vllm", "--iterations", "1", "--max-new-tokens", "4", "--prompts", "1", "--group-size", "2",
+                           "--eval-episodes", "2", "--no-progress-bar", "--threads", "2", "--out", str(run)]) == 0  # fmt: skip
+        assert "vllm engine started" in capsys.readouterr().out
+        assert json.loads((run / "config.json").read_text())["policy"] == "vllm"
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert any("train_reward" in r for r in rows) and any("val_reward" in r for r in rows)
+        checkpoint = run / (run / "latest").read_text().strip()
+        assert (checkpoint / "policy" / "model.safetensors").exists()  # the learner's weights, as with hf
+        out = tmp_path / "eval"
+        assert evaluation.main(["--model", str(run), "--policy", "vllm", "--samples", "2", "--problems", "2",
+                                "--no-progress-bar", "--out", str(out)]) == 0  # fmt: skip
+        header = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+        assert '"policy": "vllm"' in json.dumps(header)  # the samples say which backend drew them
+    finally:
+        policy.sync_weights()
 
 
 def engine_log_probs(policy, ids):
