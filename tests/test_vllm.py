@@ -194,6 +194,21 @@ def test_textgym_train_and_eval_with_the_vllm_policy(policy, tmp_path, monkeypat
         policy.sync_weights()
 
 
+def test_the_benchmarks_vllm_parts_run(policy):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "benchmarks"))
+    import rollout_throughput
+    import vllm_mismatch
+
+    m = vllm_mismatch.measure_mismatch(policy, envs_for(policy, num_envs=2, group_size=1), episodes=2)
+    assert m["episodes"] == 2 and m["tokens"] > 0 and m["mean_abs"] < 1e-4 and m["clipped"] == 0
+    r = rollout_throughput.measure(policy.learner, batch=2, new_tokens=3, repeats=1, engine=policy)
+    assert r["e"] > 0 and r["a/e"] > 0
+    assert policy.allowed_tokens is None  # the benchmark lifts its restriction
+
+
 def engine_log_probs(policy, ids):
     """The engine's log-probs of a fixed sequence (its prompt log-probs: temperature 1, nothing masked)."""
     from vllm import SamplingParams
@@ -218,7 +233,7 @@ def test_weights_are_synced_into_the_engine_after_an_update(policy):
     try:
         # The entropy bonus gives every parameter a gradient whatever the rewards are.
         agent = REINFORCE(policy, baseline="none", entropy_coef=0.1, lr=1e-4, amp="off")
-        envs = envs_for(policy)
+        envs = envs_for(policy, num_envs=2)
         episodes, _ = collect_episodes(policy, envs, seed=7)
         agent.update(to_batch(episodes, group_size=2))  # calls policy.on_update: the weights go into the engine
         after = engine_log_probs(policy, ids)
