@@ -89,7 +89,10 @@ class VLLMPolicy(Policy):
         engine: a running `vllm.LLM` (started as this class starts one) to act with instead of
             starting another, e.g. one engine for several learners in turn; the learner's weights
             are loaded into it. Then neither `model_dir` nor engine settings may be given.
-        **engine_settings: more keyword arguments of `vllm.LLM` (e.g. `gpu_memory_utilization`).
+        **engine_settings: more keyword arguments of `vllm.LLM`. On a GPU the engine shares the
+            device with the learner and its optimizer: vLLM takes `gpu_memory_utilization` (0.9 by
+            default) of the memory for itself, so give it a share that leaves the update room
+            (not tried here: textgym's vLLM runs are on CPU so far).
     """
 
     def __init__(self, learner: LMPolicy, model_dir: str | os.PathLike | None = None, max_model_len: int = 2048,
