@@ -7,16 +7,17 @@ the interface each implements.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agents.acting import Policy
+if TYPE_CHECKING:  # agents.runs reads POLICIES at a command's start, before torch is imported
+    from agents.acting import Policy
 
 __all__ = ["POLICIES", "make_policy"]
 
 POLICIES = ("hf", "vllm")  # the backends `make_policy` builds (the `--policy` setting's choices)
 
 
-def make_policy(learner: Any, policy: str = "hf", source: str | os.PathLike | None = None, **engine_settings: Any) -> Policy:
+def make_policy(learner: Any, policy: str = "hf", source: str | os.PathLike | None = None, **engine_settings: Any) -> "Policy":
     """The policy that acts for `learner` (an LMPolicy): the learner itself ("hf"), or a `VLLMPolicy`
     around it ("vllm") with `engine_settings`.
 
