@@ -247,6 +247,8 @@ def _acting_policy(learner: Any, policy: str, source: Any, print: Any = builtins
         acting = make_policy(learner, policy, source=source)
     except ImportError as e:
         raise SystemExit(f"error: {e}") from None
+    except ValueError as e:  # the engine's refusal to start (no memory free for its KV cache, ...)
+        raise SystemExit(f"error: the {policy} engine did not start: {str(e).strip().splitlines()[-1].strip()}") from None
     print(f"{policy} engine started in {time.perf_counter() - t0:.1f} s")
     return acting
 

@@ -32,8 +32,9 @@ update (`on_update`, which REINFORCE calls) the learner's weights are loaded int
 place (`sync_weights`): no checkpoint round trip.
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set here unless already set),
-in the learner's dtype (float32 on CPU), with a small KV cache on CPU (VLLM_CPU_KVCACHE_SPACE=1 GiB
-unless set) and vLLM's logging at ERROR (VLLM_LOGGING_LEVEL unless set). Install vLLM
+in the learner's dtype (float32 on CPU), with a KV cache on CPU sized to the model (`kv_cache_bytes`:
+room for KV_CACHE_TOKENS tokens, at most 1 GiB, unless VLLM_CPU_KVCACHE_SPACE or the engine setting
+`kv_cache_memory_bytes` says otherwise) and vLLM's logging at ERROR (VLLM_LOGGING_LEVEL unless set). Install vLLM
 separately (its pins differ from textgym's main environment: `bash .ci/setup-vllm VENV`).
 """
 
@@ -53,14 +54,32 @@ from agents.acting import Policy
 from agents.models import save_model
 from agents.policy import LMPolicy
 
-__all__ = ["VLLMPolicy", "ENGINE_ENVIRONMENT"]
+__all__ = ["VLLMPolicy", "ENGINE_ENVIRONMENT", "kv_cache_bytes"]
 
 # Set before vLLM is imported, each only where the user has not set it.
 ENGINE_ENVIRONMENT = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # in-process: weights are loaded in place, no spawn
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache on CPU (vLLM's default takes a share of RAM)
     "VLLM_LOGGING_LEVEL": "ERROR",  # its INFO/WARNING lines would bury the training progress bar
 }
+
+
+DEFAULT_MAX_MODEL_LEN = 2048  # tokens of prompt + completion the engine serves unless told (its KV cache must hold one)
+# The KV cache of an engine on CPU unless told: room for this many tokens (every slot's prefix at
+# once in a batch of 64 sequences of 512), at most 1 GiB. vLLM's own default on CPU takes a share of
+# the machine's memory, and refuses to start where that much is not free: a 300k-parameter model
+# needs 32 MiB, not gigabytes.
+KV_CACHE_TOKENS = 32768
+KV_CACHE_MAX_BYTES = 2**30
+
+
+def kv_cache_bytes(config: Any, dtype: torch.dtype, max_model_len: int, tokens: int = KV_CACHE_TOKENS) -> int:
+    """Bytes of KV cache for max(`tokens`, `max_model_len`) tokens of an HF model `config` (keys and
+    values of every layer), capped at KV_CACHE_MAX_BYTES, but never below one `max_model_len`
+    sequence (the engine refuses to start without room for one)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+    return max(min(per_token * max(tokens, max_model_len), KV_CACHE_MAX_BYTES), per_token * max_model_len)
 
 
 def _import_vllm() -> Any:
@@ -85,17 +104,21 @@ class VLLMPolicy(Policy):
         model_dir: a directory the engine loads, holding the learner's weights (an HF
             `save_pretrained` layout). None: the learner is saved to a temporary directory
             (removed by `close`).
-        max_model_len: the longest sequence (prompt + completion) the engine serves.
+        max_model_len: the longest sequence (prompt + completion) the engine serves. None: 2048,
+            or the model's `max_position_embeddings` where that is smaller (vLLM refuses a longer one).
         engine: a running `vllm.LLM` (started as this class starts one) to act with instead of
             starting another, e.g. one engine for several learners in turn; the learner's weights
-            are loaded into it. Then neither `model_dir` nor engine settings may be given.
+            are loaded into it. Then neither `model_dir` nor engine settings may be given. Keep
+            to one engine per process: vLLM's parallel state is per process, and the end of one
+            engine (garbage-collected) leaves another in the same process unable to run
+            ("pipeline model parallel group is not initialized").
         **engine_settings: more keyword arguments of `vllm.LLM`. On a GPU the engine shares the
             device with the learner and its optimizer: vLLM takes `gpu_memory_utilization` (0.9 by
             default) of the memory for itself, so give it a share that leaves the update room
             (not tried here: textgym's vLLM runs are on CPU so far).
     """
 
-    def __init__(self, learner: LMPolicy, model_dir: str | os.PathLike | None = None, max_model_len: int = 2048,
+    def __init__(self, learner: LMPolicy, model_dir: str | os.PathLike | None = None, max_model_len: int | None = None,
                  engine: Any = None, **engine_settings: Any):  # fmt: skip
         if not isinstance(learner, LMPolicy):
             raise TypeError(f"VLLMPolicy learns through an LMPolicy, got {type(learner).__name__}")
@@ -116,6 +139,9 @@ class VLLMPolicy(Policy):
             self.max_model_len = int(engine.model_config.max_model_len)
             self.sync_weights()
             return
+        if max_model_len is None:
+            positions = getattr(learner.model.config, "max_position_embeddings", None)
+            max_model_len = DEFAULT_MAX_MODEL_LEN if positions is None else min(DEFAULT_MAX_MODEL_LEN, int(positions))
         self.max_model_len = int(max_model_len)
         if model_dir is None:
             self._temporary = tempfile.mkdtemp(prefix="textgym-vllm-")
@@ -133,6 +159,8 @@ class VLLMPolicy(Policy):
             enforce_eager=True,  # no graph compilation: starts faster; decode is not the bottleneck here
             seed=0,
         )
+        if learner.device.type == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            settings["kv_cache_memory_bytes"] = kv_cache_bytes(learner.model.config, learner.dtype, self.max_model_len)
         settings.update(engine_settings)
         set_num_threads = torch.set_num_threads
         try:

@@ -347,3 +347,16 @@ def test_lm_policy_is_the_hf_backend_of_the_policy_protocol(policy):
         make_policy(policy, "nope")
     with pytest.raises(ValueError, match="policy 'hf' takes no engine settings"):
         make_policy(policy, "hf", max_model_len=512)
+
+
+def test_the_vllm_engines_kv_cache_is_sized_to_the_model():
+    from agents.models import TINY_CONFIG
+    from agents.vllm_policy import KV_CACHE_MAX_BYTES, KV_CACHE_TOKENS, kv_cache_bytes
+    from transformers import LlamaConfig
+
+    tiny = LlamaConfig(**TINY_CONFIG)  # 2 layers x 2 kv heads x 32 dims: 1 KiB per token in float32
+    assert kv_cache_bytes(tiny, torch.float32, 512) == 2 * 2 * 2 * 32 * 4 * KV_CACHE_TOKENS == 32 * 2**20
+    assert kv_cache_bytes(tiny, torch.bfloat16, 512) == 16 * 2**20
+    assert kv_cache_bytes(tiny, torch.float32, 65536) == 64 * 2**20  # room for one sequence of max_model_len
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    assert kv_cache_bytes(smollm2, torch.float32, 2048) == KV_CACHE_MAX_BYTES  # 45 KiB a token: the cap

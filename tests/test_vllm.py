@@ -1,22 +1,29 @@
 """VLLMPolicy (agents/vllm_policy.py): a vLLM engine behind the Policy protocol, on the default model.
 
-These tests run where vLLM is installed: CI's second environment (`bash .ci/setup-vllm VENV`;
-`.ci/run` sets TEXTGYM_VLLM_TESTS=1 there, so a vLLM that is missing or fails to import is a
-failure, not a skip). Elsewhere the module is skipped. One engine serves the module (it starts in
-~1 min on a busy 2-core machine).
+These tests run where vLLM is installed: `bash .ci/setup-vllm VENV`, then
+`VENV/bin/python -m pytest tests/test_vllm.py` (what `.ci/run` does after the main suite, with
+TEXTGYM_VLLM_TESTS=1, so that a vLLM that is missing or fails to import is a failure there, not a
+skip). Elsewhere the module is skipped, with that command as the reason. One engine on the default
+model serves most tests (it starts in ~1 min on a busy 2-core machine); the commands start their
+own on the tiny model.
 
-- through env.step on the default task: valid episodes, one engine request per slot's turn, and
-  behaviour log-probs equal to the learner's (`LMPolicy.log_probs`) on the same tokens, at the
-  default preset's temperature and with top-k/top-p; greedy decoding takes the learner's tokens;
+- through env.step on the default task: valid episodes, one engine request per slot's turn, made of
+  the slot's token ids (no text), and behaviour log-probs equal to the learner's
+  (`LMPolicy.log_probs`) on the same tokens, at the default preset's temperature, at another, and
+  with top-k/top-p; greedy decoding takes the learner's tokens;
 - a multi-turn task: a request per turn, from the whole prefix with the env's reply; tokens past
   the point where the env ends a turn (a stop string, the turn limit) are dropped;
 - allowed-token masks hold; the same seed gives the same actions, another seed others;
-- `textgym train --policy vllm` and `textgym eval --policy vllm` write what they write with hf;
-- after a real REINFORCE update the engine holds the learner's new weights (`on_update`).
+- after a real REINFORCE update the engine holds the learner's new weights (`on_update`), and the
+  engine's behaviour log-probs are what eq. 27a's importance ratio divides by;
+- `textgym train --policy vllm` and `textgym eval --policy vllm` on the tiny model write the files,
+  metrics and checkpoints they write with hf.
 """
 
+import copy
 import importlib.util
 import os
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -24,7 +31,8 @@ import torch
 
 if os.environ.get("TEXTGYM_VLLM_TESTS") != "1" and importlib.util.find_spec("vllm") is None:
     pytest.skip(
-        "vLLM is not installed in this environment; these tests run in CI's vLLM environment (bash .ci/setup-vllm VENV)",
+        "vLLM is not installed in this environment; run these tests in one that has it: "
+        "`bash .ci/setup-vllm VENV` then `VENV/bin/python -m pytest tests/test_vllm.py` (.ci/run does both)",
         allow_module_level=True,
     )
 
@@ -51,7 +59,9 @@ MULTI_TURN = dict(task="retry", task_kwargs={"task": "comparison", "attempts": 3
 @pytest.fixture(scope="module")
 def policy():
     learner = LMPolicy.from_pretrained(DEFAULT_MODEL, device="cpu", dtype="float32", temperature=0.7, seed=0)
-    policy = VLLMPolicy(learner, model_dir=weights_dir(DEFAULT_MODEL), max_model_len=512)
+    # A KV cache of 128 MiB (~2900 tokens of this model; a test batch holds ~1000) where the default
+    # would take 1 GiB: the tests' machine is shared and its free memory runs short.
+    policy = VLLMPolicy(learner, model_dir=weights_dir(DEFAULT_MODEL), max_model_len=512, kv_cache_memory_bytes=128 * 2**20)
     yield policy
     policy.close()
 
@@ -76,24 +86,43 @@ def assert_learner_agrees(policy, episodes):
     assert diff.mean() < 1e-4 and diff.max() < 1e-3, f"mean |Δ log p| {diff.mean():.2e}, max {diff.max():.2e}"
 
 
-def test_default_task_through_env_step_with_the_learners_log_probs(policy):
+def test_default_task_through_env_step_with_the_learners_log_probs(policy, monkeypatch):
     envs = envs_for(policy)
     requests = policy.engine_requests
+    asked = []
+    generate = policy.engine.generate
+
+    def recording(prompts, params, **kwargs):
+        asked.extend(zip(prompts, params))
+        outputs = generate(prompts, params, **kwargs)
+        assert all(not o.outputs[0].text for o in outputs), "the engine detokenized its output"
+        return outputs
+
+    monkeypatch.setattr(policy.engine, "generate", recording)
     episodes, _ = collect_episodes(policy, envs, seed=0)  # also checks each action is where the env wrote it
     assert policy.engine_requests - requests == 4, "one request per slot: the whole turn at once"
+    # Token ids in (each slot's prompt, as the env encoded it), never text; no detokenizing out.
+    assert policy.engine.llm_engine.tokenizer is None, "the engine was started with a tokenizer"
+    assert sorted(tuple(prompt["prompt_token_ids"]) for prompt, _ in asked) == sorted(
+        tuple(e.token_ids[: e.prompt_len]) for e in episodes
+    )
+    assert all(set(prompt) == {"prompt_token_ids"} and not params.detokenize for prompt, params in asked)
     assert all(1 <= len(e.action_positions) <= 8 for e in episodes)
     assert all(e.info["ended_by"] in ("eos", "budget") for e in episodes)
     assert_learner_agrees(policy, episodes)
 
 
-def test_top_k_and_top_p_mean_what_they_mean_for_the_learner(policy):
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.5, None, None), (0.7, 20, 0.8)])
+def test_temperature_top_k_and_top_p_mean_what_they_mean_for_the_learner(policy, temperature, top_k, top_p):
     learner = policy.learner
-    learner.top_k, learner.top_p = 20, 0.8
+    learner.temperature, learner.top_k, learner.top_p = temperature, top_k, top_p  # set on the learner: the engine follows
     try:
         episodes, _ = collect_episodes(policy, envs_for(policy), seed=1)
-        assert_learner_agrees(policy, episodes)  # a token outside the learner's top-k/top-p would be -inf there
+        # Log-probs of softmax(logits / T): another temperature would differ by far more than
+        # float rounding; a token outside the learner's top-k/top-p would be -inf there.
+        assert_learner_agrees(policy, episodes)
     finally:
-        learner.top_k = learner.top_p = None
+        learner.temperature, learner.top_k, learner.top_p = 0.7, None, None
 
 
 def test_greedy_takes_the_learners_argmax_tokens(policy):
@@ -163,35 +192,61 @@ def test_same_seed_same_actions(policy):
     assert not all(np.array_equal(a, b) for a, b in zip(runs[0], runs[2]))
 
 
-def test_textgym_train_and_eval_with_the_vllm_policy(policy, tmp_path, monkeypatch, capsys):
+TINY_RUN = ["--model", "tiny", "--iterations", "2", "--eval-every", "1", "--save-every", "1", "--eval-episodes", "4",
+            "--prompts", "1", "--group-size", "2", "--no-progress-bar", "--threads", "1"]  # fmt: skip
+
+
+def run_files(directory):
+    """The run directory's files by name (checkpoint numbers included), without their contents."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+def textgym_command(*args):
+    """`textgym <args>` in a process of its own: a vLLM engine's end in this process would tear down
+    the parallel state the module's engine still uses (vLLM keeps it per process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "textgym.cli", *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_textgym_train_and_eval_with_the_vllm_policy_write_what_hf_writes(tmp_path):
+    """The commands start their own engine (on the tiny model, from a temporary copy of the learner:
+    it has no directory of its own) and write the run directory, metrics, checkpoints and samples
+    that the hf policy writes; the samples say which backend drew them. A run trained with one
+    backend resumes with the other."""
     import json
 
-    from agents import backends, evaluation, reinforce, train
+    from agents import evaluation, train
 
-    # The commands' own engine would start in ~1 min: this module's serves them (their learners'
-    # weights are loaded into it), and gets its learner's weights back afterwards.
-    def share_engine(learner, kind="hf", source=None, **settings):
-        return VLLMPolicy(learner, engine=policy.engine) if kind == "vllm" else learner
+    runs = {backend: tmp_path / f"run-{backend}" for backend in ("hf", "vllm")}
+    assert train.main([*TINY_RUN, "--out", str(runs["hf"])]) == 0
+    assert "vllm engine started" in textgym_command("train", *TINY_RUN, "--policy", "vllm", "--out", str(runs["vllm"]))
+    assert run_files(runs["vllm"]) == run_files(runs["hf"])
+    assert json.loads((runs["vllm"] / "config.json").read_text())["policy"] == "vllm"
+    rows = {b: [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for b, r in runs.items()}
+    assert [sorted(r) for r in rows["vllm"]] == [sorted(r) for r in rows["hf"]]
+    assert [r["iteration"] for r in rows["vllm"]] == [r["iteration"] for r in rows["hf"]]
+    # The checkpoint is the learner's and loads as any other.
+    checkpoint = runs["vllm"] / (runs["vllm"] / "latest").read_text().strip()
+    assert REINFORCE.load(checkpoint).iteration == 2
+    # The hf run goes on with the vllm policy (recorded as this resume's change).
+    textgym_command("train", "--resume", str(runs["hf"]), "--iterations", "3", "--policy", "vllm", "--no-progress-bar")
+    assert json.loads((runs["hf"] / "resumes.jsonl").read_text().splitlines()[-1])["overrides"]["policy"] == "vllm"
+    assert json.loads((runs["hf"] / "metrics.jsonl").read_text().splitlines()[-1])["iteration"] == 3
 
-    monkeypatch.setattr(backends, "make_policy", share_engine)
-    monkeypatch.setattr(reinforce, "make_policy", share_engine)
-    run = tmp_path / "run"
-    try:
-        assert train.main(["--policy", "vllm", "--iterations", "1", "--max-new-tokens", "4", "--prompts", "1", "--group-size", "2",
-                           "--eval-episodes", "2", "--no-progress-bar", "--threads", "2", "--out", str(run)]) == 0  # fmt: skip
-        assert "vllm engine started" in capsys.readouterr().out
-        assert json.loads((run / "config.json").read_text())["policy"] == "vllm"
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert any("train_reward" in r for r in rows) and any("val_reward" in r for r in rows)
-        checkpoint = run / (run / "latest").read_text().strip()
-        assert (checkpoint / "policy" / "model.safetensors").exists()  # the learner's weights, as with hf
-        out = tmp_path / "eval"
-        assert evaluation.main(["--model", str(run), "--policy", "vllm", "--samples", "2", "--problems", "2",
-                                "--no-progress-bar", "--out", str(out)]) == 0  # fmt: skip
-        header = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
-        assert '"policy": "vllm"' in json.dumps(header)  # the samples say which backend drew them
-    finally:
-        policy.sync_weights()
+    outs = {backend: tmp_path / f"eval-{backend}" for backend in ("hf", "vllm")}
+    evaluate = ["--model", str(runs["vllm"]), "--task", "copy", "--samples", "2", "--problems", "2", "--no-progress-bar"]
+    assert evaluation.main([*evaluate, "--out", str(outs["hf"])]) == 0
+    textgym_command("eval", *evaluate, "--policy", "vllm", "--out", str(outs["vllm"]))
+    assert run_files(outs["vllm"]) == run_files(outs["hf"])
+    headers = {b: json.loads((o / "samples.jsonl").read_text().splitlines()[0]) for b, o in outs.items()}
+    assert '"policy": "vllm"' in json.dumps(headers["vllm"]) and '"policy"' not in json.dumps(headers["hf"])
+    samples = {b: [json.loads(line) for line in (o / "samples.jsonl").read_text().splitlines()[1:]] for b, o in outs.items()}
+    assert len(samples["vllm"]) == len(samples["hf"]) > 0
+    assert [(r["problem"], r["sample"], r["mode"]) for r in samples["vllm"]] == [(r["problem"], r["sample"], r["mode"]) for r in samples["hf"]]
 
 
 def test_the_benchmarks_vllm_parts_run(policy):
@@ -245,3 +300,34 @@ def test_weights_are_synced_into_the_engine_after_an_update(policy):
         learner.model.load_state_dict(saved)
         policy.sync_weights()
     np.testing.assert_allclose(engine_log_probs(policy, ids), before, atol=1e-5)
+
+
+def test_the_engines_behaviour_log_probs_are_what_the_importance_ratio_divides_by(policy):
+    """Eq. 27a's ratio is pi / b with b the engine's log-prob recorded at sampling: with the learner's
+    weights in the engine it is 1 up to rounding (nothing clipped); with other weights in the engine
+    (the learner unchanged) the same update clips tokens, so b is the engine's and not the learner's."""
+    learner = policy.learner
+    agent = REINFORCE(policy, baseline="none", amp="off", epochs=2, cliprange=0.2)
+    envs = envs_for(policy, num_envs=4)
+
+    def first_epoch_clip_fraction(seed):
+        episodes, _ = collect_episodes(policy, envs, seed=seed)
+        batch = to_batch(episodes, group_size=2)
+        recorded = np.concatenate([e.log_probs for e in episodes])
+        assert np.array_equal(np.sort(batch.old_log_probs[batch.action_mask].numpy()), np.sort(recorded))  # b, as recorded
+        stats = defaultdict(list)
+        advantages = torch.ones_like(batch.old_log_probs)
+        agent.compute_gradients(batch, advantages, clipped=True, stats=stats)
+        learner.model.zero_grad(set_to_none=True)
+        return float(np.mean(stats["clip_fraction"]))
+
+    assert first_epoch_clip_fraction(seed=9) == 0.0
+    other = copy.deepcopy(learner.model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+    try:
+        policy.sync_weights(other)  # the engine samples from other weights; the learner is unchanged
+        assert first_epoch_clip_fraction(seed=9) > 0  # pi / b leaves 1 ± 0.2 where b is the other weights' log-prob
+    finally:
+        policy.sync_weights()

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--kv-cache-mib", type=int, default=None, help="the engine's KV cache (None: VLLMPolicy's default)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "vllm_mismatch.json"),
                         help="where the figures go (JSON)")
     parser.add_argument("--note", default="", help="recorded with the figures (e.g. how busy the machine was)")
@@ -94,7 +95,8 @@ def main() -> None:
     learner = LMPolicy.from_pretrained(args.model, device="cpu", dtype="float32", temperature=args.temperature,
                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
     t0 = time.perf_counter()
-    policy = make_policy(learner, "vllm", source=args.model)
+    engine = {} if args.kv_cache_mib is None else {"kv_cache_memory_bytes": args.kv_cache_mib * 2**20}
+    policy = make_policy(learner, "vllm", source=args.model, **engine)
     started = time.perf_counter() - t0
     print(f"engine started in {started:.0f} s")
     envs = textgym.TextGenVectorEnv(num_envs=args.batch, task=args.task, tokenizer=learner.tokenizer,
