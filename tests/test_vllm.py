@@ -17,7 +17,7 @@ own on the tiny model.
 - after a real REINFORCE update the engine holds the learner's new weights (`on_update`), and the
   engine's behaviour log-probs are what eq. 27a's importance ratio divides by;
 - `textgym train --policy vllm` and `textgym eval --policy vllm` on the tiny model write the files,
-  metrics and checkpoints they write with hf.
+  metrics and checkpoints they write with hf; an engine that cannot start is a one-line error.
 """
 
 import copy
@@ -210,6 +210,18 @@ def textgym_command(*args):
     done = subprocess.run([sys.executable, "-m", "textgym.cli", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
+
+
+def test_an_engine_that_cannot_start_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(2**20)}  # GiB: more than any machine has free
+    done = subprocess.run([sys.executable, "-m", "textgym.cli", "train", *TINY_RUN, "--policy", "vllm", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the vllm engine did not start: Available memory on node"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
 
 
 def test_textgym_train_and_eval_with_the_vllm_policy_write_what_hf_writes(tmp_path):
