@@ -632,7 +632,7 @@ def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dic
 
 # -- the command -----------------------------------------------------------------------------------
 
-MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")  # RunConfig's that pick and load the model
+MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads", "policy")  # RunConfig's that pick and load the model
 MODEL_NOTE = "; or a `textgym train` run directory (its latest checkpoint) or checkpoint-NNNNNN directory"
 
 
@@ -681,8 +681,8 @@ def run(args: argparse.Namespace) -> int:
     sampling = {k: settings[k] for k in SAMPLING}
     print(f"loading {run_cfg.model} ...", flush=True)
     try:
-        policy, model = load_policy(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, **sampling)
-    except (FileNotFoundError, ValueError, OSError) as e:
+        policy, model = load_policy(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, policy=run_cfg.policy, **sampling)
+    except (FileNotFoundError, ValueError, OSError, ImportError) as e:  # ImportError: the vllm policy without vLLM
         raise SystemExit(f"error: {e}") from None
     if run_cfg.mask_actions:
         from textgym.vector import TextGenVectorEnv

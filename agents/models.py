@@ -53,6 +53,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "cache_argument",
+    "weights_dir",
     "TINY_CONFIG",
 ]
 
@@ -158,6 +159,19 @@ def load_model(
     model = model.to(device=device, dtype=dtype).eval()
     check_compatible(model, tokenizer)
     return model, tokenizer
+
+
+def weights_dir(name_or_path: str | os.PathLike) -> Path | None:
+    """The local directory `load_model(name_or_path)` reads its weights from, in HF's
+    `save_pretrained` layout (what an inference engine can load): the cached copy of the embedded
+    default, or a local model directory. None for "tiny", a `.gguf` file or an HF hub id."""
+    name = os.fspath(name_or_path)
+    if name.lower() == DEFAULT_MODEL:
+        return _default_model_dir()
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    return None
 
 
 def cache_argument(model: torch.nn.Module) -> str:

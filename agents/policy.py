@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from agents.acting import Policy, check_sampling
 from agents.losses import entropy as entropy_from_logits
 from agents.losses import token_log_probs
 from agents.models import cache_argument, check_compatible, load_model, save_model
@@ -62,8 +63,8 @@ def sample(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
-class LMPolicy:
-    """Any HF causal LM as a policy over the env's token ids.
+class LMPolicy(Policy):
+    """Any HF causal LM as a policy over the env's token ids (the "hf" backend of `agents.acting.Policy`).
 
     Args:
         model: an HF causal LM (`policy.model`); its device and dtype are the policy's.
@@ -82,12 +83,7 @@ class LMPolicy:
         top_p: float | None = None,
         seed: int | None = None,
     ):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (use act(..., greedy=True) for argmax), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        check_sampling(temperature, top_k, top_p)
         check_compatible(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
@@ -185,6 +181,10 @@ class LMPolicy:
         self._valid = torch.zeros(0, 0, dtype=torch.long)  # (N, T): 1 where a cache column holds a token
         self._cached_ids = np.zeros((0, 0), dtype=np.int64)  # (N, L): the observation each slot's cache holds
         self._cached_len = np.zeros(0, dtype=np.int64)  # (N,): its length; 0: the slot has no cache
+
+    def on_update(self) -> None:
+        """The weights changed (an optimizer step): cached keys and values are stale."""
+        self.reset_cache()
 
     @torch.no_grad()
     def act(

@@ -57,6 +57,8 @@ from agents.callbacks import (
     standard_callbacks,
     stop_on_signals,
 )
+from agents.acting import Policy
+from agents.backends import make_policy
 from agents.curriculum import FrontierSampler
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
@@ -179,19 +181,21 @@ def _is_int(value: Any, minimum: int) -> bool:
 
 
 class REINFORCE:
-    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with its variance reducers (baselines, eq. 22a-e).
+    """The REINFORCE agent (Williams, 1992) for a language-model `Policy`, with its variance reducers (baselines, eq. 22a-e).
 
         agent = REINFORCE(policy, baseline="group", lr=2e-5)          # or REINFORCE(policy, config)
         agent.learn(envs, iterations=50, eval_env=val_env, log_dir="runs/x")
         agent.evaluate(val_env, episodes=100)
         agent = REINFORCE.load("runs/x", lr=1e-5)                     # continue, with a new lr
 
-    The policy's device and dtype are used throughout. Settings (`REINFORCEConfig`; `agent.config`):
+    The policy's device and dtype are used throughout. It acts with `policy.act` and learns through
+    `policy.model` and `policy.log_probs` (an LMPolicy, or an engine-backed policy around one, whose
+    `on_update` loads the new weights into the engine). Settings (`REINFORCEConfig`; `agent.config`):
 
 {settings}
     """
 
-    def __init__(self, policy: LMPolicy, config: REINFORCEConfig | None = None, **settings: Any):
+    def __init__(self, policy: Policy, config: REINFORCEConfig | None = None, **settings: Any):
         self.config = (config or REINFORCEConfig()).replace(**settings)
         cfg = self.config
         self.policy = policy
@@ -272,7 +276,7 @@ class REINFORCE:
             self.optimizer.step()
             stats["grad_norm"].append(float(norm))
         self.optimizer.zero_grad(set_to_none=True)
-        self.policy.reset_cache()  # the weights changed: cached keys/values are stale
+        self.policy.on_update()  # the weights changed: caches are stale, an engine loads the new weights
         if not skipped:
             self.bad_updates = 0
             if self.value_head is not None:
@@ -691,14 +695,17 @@ class REINFORCE:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", **overrides: Any) -> "REINFORCE":
+    def load(cls, path: str | os.PathLike, device: str = "auto", dtype: str = "auto", policy: str = "hf",
+             **overrides: Any) -> "REINFORCE":  # fmt: skip
         """Restore an agent saved by `save`/`checkpoint` (a checkpoint or a run directory) to continue.
 
-        `overrides` change settings of the saved config (`lr=1e-5`, ...) or the policy's sampling
-        (`temperature`, `top_k`, `top_p`). Nothing in the checkpoint is run as code: agent.pt is
-        read with `torch.load(weights_only=True)` and the policy's weights are safetensors. A
-        damaged, foreign or unsafe checkpoint, or a `latest` that leaves the run directory, raises
-        `agents.checkpoints.CheckpointError` naming the path and what to do.
+        `policy` picks the backend that acts ("hf" or "vllm", `agents.backends.make_policy`; the
+        checkpoint holds the learner's weights either way). `overrides` change settings of the saved
+        config (`lr=1e-5`, ...) or the policy's sampling (`temperature`, `top_k`, `top_p`). Nothing
+        in the checkpoint is run as code: agent.pt is read with `torch.load(weights_only=True)` and
+        the policy's weights are safetensors. A damaged, foreign or unsafe checkpoint, or a `latest`
+        that leaves the run directory, raises `agents.checkpoints.CheckpointError` naming the path
+        and what to do.
         """
         checkpoint = resolve_checkpoint(path)
         if checkpoint is None:
@@ -715,15 +722,22 @@ class REINFORCE:
                 f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {checkpoint} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
             )
-        policy = _load_policy(checkpoint, device=device, dtype=dtype, **sampling)
+        learner = _load_policy(checkpoint, device=device, dtype=dtype, **sampling)
         try:
-            policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
-            agent = cls(policy, config)
+            learner.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
+            learner.generator.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{checkpoint}: agent.pt does not fit its policy/ ({reason}); the checkpoint is damaged "
+                                  f"or was assembled from two runs. {recovery(checkpoint, weights=False)}") from None  # fmt: skip
+        # The acting backend is built outside the checkpoint's guard: its errors (no vLLM, ...) are its own.
+        acting = make_policy(learner, policy, source=checkpoint / "policy")
+        try:
+            agent = cls(acting, config)
             agent.optimizer.load_state_dict(state["optimizer"])
             _check_optimizer_fits(agent.optimizer)
             if agent.reference is not None:
                 agent.reference.load_state_dict(state["reference"])
-            policy.generator.set_state(state["generator"])
             if agent.value_head is not None and "value_head" in state:
                 agent.value_head.load_state_dict(state["value_head"])
                 agent.value_optimizer.load_state_dict(state["value_optimizer"])
@@ -817,7 +831,7 @@ def _no_update(agent: REINFORCE) -> dict[str, float]:
     return {"skipped_update": 1.0, "entropy_coef": agent.entropy_coef}
 
 
-def _autocast_dtype(amp: str, policy: LMPolicy) -> torch.dtype | None:
+def _autocast_dtype(amp: str, policy: Policy) -> torch.dtype | None:
     """bf16 for amp="bf16"; for "auto" only where the hardware has native bf16; None: no autocast."""
     if amp == "off" or policy.dtype != torch.float32:
         return None

@@ -176,6 +176,9 @@ def collect_episodes(
 
 
 def _collect(policy: Any, envs: Any, seed: int | None, greedy: bool, options: dict | None) -> tuple[list[Episode], dict[str, float]]:
+    check_env = getattr(policy, "check_env", None)  # every Policy has it (an engine reads the env's budget there)
+    if check_env is not None:
+        check_env(envs)
     obs, _ = envs.reset(seed=seed, options=options)
     n = envs.num_envs
     prompt_len = obs["prompt_len"][:, 0].copy()

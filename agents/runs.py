@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from agents.backends import POLICIES
 from agents.checkpoints import CheckpointError, latest_checkpoint, resolve_checkpoint
 from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
 from textgym.tokenizers import DEFAULT_MODEL
@@ -87,7 +88,7 @@ RUN_FILES = ("latest", "metrics.jsonl", "resumes.jsonl", "rewards.png")  # a dir
 @dataclass(frozen=True)
 class RunConfig:
     """The settings of a `textgym train` run that belong to neither the env, the agent nor the sampling
-    (`textgym eval` takes its model settings: model, preset, mask_actions, device, dtype, threads)."""
+    (`textgym eval` takes its model settings: model, preset, mask_actions, device, dtype, threads, policy)."""
 
     model: str = setting(DEFAULT_MODEL, "'smollm2-135m-instruct' (the embedded default), 'tiny', an HF id, a local dir or a .gguf file")
     preset: Literal[tuple(PRESETS)] | None = setting(None, "a preset of other defaults (None: the model's own, if it has one)")
@@ -98,6 +99,12 @@ class RunConfig:
     device: str = setting("auto", "cuda, mps, cpu, or auto (CUDA, then MPS, then CPU)")
     dtype: str = setting("auto", "float32, bfloat16, float16, or auto (bf16 on CUDA, float32 elsewhere)")
     threads: int | None = setting(None, "torch CPU threads (None: torch's default, all cores)")
+    policy: Literal[POLICIES] = setting(
+        "hf",
+        "what acts: hf (the HF model stepped with a KV cache per slot) or vllm (a vLLM engine generates each turn "
+        "and hands the tokens out one per env.step; it learns through the HF model, whose weights are loaded into "
+        "the engine after every update; needs vLLM: bash .ci/setup-vllm VENV)",
+    )
     curriculum_threshold: float | None = setting(
         None,
         "reasoning-gym tasks: raise the dataset's curriculum level (task_kwargs 'level': the start) when the update's "
@@ -444,22 +451,28 @@ class RunDir:
         shutil.rmtree(aside)
 
 
-def load_policy(model: str, device: str = "auto", dtype: str = "auto", **sampling: Any) -> tuple[Any, dict[str, Any]]:
-    """(an LMPolicy, what it is) for a model name, a `textgym train` run directory or checkpoint.
+def load_policy(model: str, device: str = "auto", dtype: str = "auto", policy: str = "hf", **sampling: Any) -> tuple[Any, dict[str, Any]]:
+    """(a Policy, what it is) for a model name, a `textgym train` run directory or checkpoint.
 
     A run's policy keeps the token restriction it was trained with; `sampling` (temperature,
-    top_k, top_p) replaces the checkpoint's. The description names the checkpoint and its
-    iteration, so an evaluation of a run that trained further is not mistaken for this one.
+    top_k, top_p) replaces the checkpoint's. `policy` picks the backend that acts ("hf", "vllm";
+    `agents.backends.make_policy`; a missing vLLM is an ImportError saying how to install it). The
+    description names the checkpoint and its iteration, so an evaluation of a run that trained
+    further is not mistaken for this one, and a backend other than hf (its samples are not the hf
+    policy's).
     """
     checkpoint = resolve_checkpoint(model)
+    backend = {} if policy == "hf" else {"policy": policy}
     if checkpoint is None:
+        from agents.backends import make_policy
         from agents.policy import LMPolicy
 
-        return LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling), {"model": str(model)}
+        learner = LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling)
+        return make_policy(learner, policy, source=model), {"model": str(model), **backend}
     from agents.reinforce import REINFORCE
 
-    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, **sampling)
-    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration}
+    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, policy=policy, **sampling)
+    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration, **backend}
 
 
 def run_name(task: str, limit: int = 60) -> str:

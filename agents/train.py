@@ -141,17 +141,18 @@ def run(args: argparse.Namespace) -> int:
         # The recorded settings, with this resume's changes, replace the checkpoint's.
         settings_now = {**dataclasses.asdict(agent_cfg), **dataclasses.asdict(sampling)}
         try:
-            agent = REINFORCE.load(checkpoint, device=run_cfg.device, dtype=run_cfg.dtype, **settings_now)
-        except (CheckpointError, FileNotFoundError) as e:
+            agent = REINFORCE.load(checkpoint, device=run_cfg.device, dtype=run_cfg.dtype, policy=run_cfg.policy, **settings_now)
+        except (CheckpointError, FileNotFoundError, ImportError) as e:  # ImportError: the vllm policy without vLLM
             raise SystemExit(f"error: {e}") from None
         policy = agent.policy
         print(f"resuming {resume.path} at iteration {agent.iteration}" + (f" with {json.dumps(flags)}" if flags else ""))
     else:
         print(f"loading {run_cfg.model} ...", flush=True)
         t0 = time.perf_counter()
-        policy = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
-                                          **dataclasses.asdict(sampling))  # fmt: skip
-        print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
+        learner = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
+                                           **dataclasses.asdict(sampling))  # fmt: skip
+        print(f"loaded in {time.perf_counter() - t0:.1f} s: {learner.model.num_parameters() / 1e6:.1f}M parameters on {learner.device} ({learner.dtype})")
+        policy = _acting_policy(learner, run_cfg.policy, run_cfg.model, print)
         agent = REINFORCE(policy, agent_cfg)
     env_settings = {k: getattr(env_cfg, k) for k in ENV.names()}
     curriculum = None
@@ -231,6 +232,25 @@ def run(args: argparse.Namespace) -> int:
     latest = RunDir(out).latest()
     print(f"metrics: {out / 'metrics.jsonl'}\nplot:    {out / 'rewards.png'}\ncheckpoint: {latest}")
     return 0
+
+
+def _acting_policy(learner: Any, policy: str, source: Any, print: Any = builtins.print) -> Any:  # noqa: A002
+    """`agents.backends.make_policy`, saying how long an engine took to start; a missing vLLM is a
+    one-line error."""
+    from agents.backends import make_policy
+
+    if policy == "hf":
+        return learner
+    print(f"starting the {policy} engine ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        acting = make_policy(learner, policy, source=source)
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from None
+    except ValueError as e:  # the engine's refusal to start (no memory free for its KV cache, ...)
+        raise SystemExit(f"error: the {policy} engine did not start: {str(e).strip().splitlines()[-1].strip()}") from None
+    print(f"{policy} engine started in {time.perf_counter() - t0:.1f} s")
+    return acting
 
 
 def _curriculum(run_cfg: RunConfig, env_settings: dict[str, Any], tokenizer: Any, resumed: Path | None,

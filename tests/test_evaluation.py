@@ -366,6 +366,13 @@ def test_bad_input_is_a_clear_error(tmp_path, args, match):
     assert not (tmp_path / "eval" / "samples.jsonl").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed: tests/test_vllm.py evaluates with it")
+def test_the_vllm_policy_without_vllm_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: the vllm policy needs vLLM .*bash \.ci/setup-vllm VENV"):
+        evaluation.main(["--model", "tiny", "--task", "copy", "--policy", "vllm", "--no-progress-bar", "--out", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval" / "samples.jsonl").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs datasets (pip install 'textgym[data]')")
 def test_a_hub_dataset_from_a_local_directory(tmp_path, capsys):
     import datasets

@@ -335,3 +335,28 @@ def test_a_bad_new_token_is_a_clear_error_on_the_cached_path(policy):
         bad[0, 4 : 4 + len(new)] = new
         with pytest.raises(ValueError, match="tokenizer=policy.tokenizer"):
             policy.act({"input_ids": bad, "seq_len": np.array([[4 + len(new)], [4]])})
+
+
+def test_lm_policy_is_the_hf_backend_of_the_policy_protocol(policy):
+    from agents.acting import Policy
+    from agents.backends import make_policy
+
+    assert isinstance(policy, Policy)
+    assert make_policy(policy, "hf") is policy  # the HF model acts itself
+    with pytest.raises(ValueError, match="unknown policy 'nope'; choose one of hf, vllm"):
+        make_policy(policy, "nope")
+    with pytest.raises(ValueError, match="policy 'hf' takes no engine settings"):
+        make_policy(policy, "hf", max_model_len=512)
+
+
+def test_the_vllm_engines_kv_cache_is_sized_to_the_model():
+    from agents.models import TINY_CONFIG
+    from agents.vllm_policy import KV_CACHE_MAX_BYTES, KV_CACHE_TOKENS, kv_cache_bytes
+    from transformers import LlamaConfig
+
+    tiny = LlamaConfig(**TINY_CONFIG)  # 2 layers x 2 kv heads x 32 dims: 1 KiB per token in float32
+    assert kv_cache_bytes(tiny, torch.float32, 512) == 2 * 2 * 2 * 32 * 4 * KV_CACHE_TOKENS == 32 * 2**20
+    assert kv_cache_bytes(tiny, torch.bfloat16, 512) == 16 * 2**20
+    assert kv_cache_bytes(tiny, torch.float32, 65536) == 64 * 2**20  # room for one sequence of max_model_len
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    assert kv_cache_bytes(smollm2, torch.float32, 2048) == KV_CACHE_MAX_BYTES  # 45 KiB a token: the cap

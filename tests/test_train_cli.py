@@ -14,6 +14,7 @@
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -126,6 +127,12 @@ def test_resume_takes_overrides_and_records_them(tmp_path, capsys):
 def test_bad_flags_fail_with_a_clear_message(args, match):
     with pytest.raises(SystemExit, match=match):
         main(["--model", "tiny", *args])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed: tests/test_vllm.py trains with it")
+def test_the_vllm_policy_without_vllm_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: the vllm policy needs vLLM .*bash \.ci/setup-vllm VENV"):
+        main(["--model", "tiny", "--policy", "vllm", "--out", str(tmp_path / "run"), *QUICK])
 
 
 COPY_AB = ["--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "ab"}', "--max-new-tokens", "3", *QUICK]

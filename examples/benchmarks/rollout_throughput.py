@@ -1,5 +1,5 @@
 """Rollout throughput: the env.step loop (LMPolicy.act over TextGenVectorEnv) vs model.generate,
-vs re-encoding the prefix every step, vs the bare KV-cache forward loop.
+vs re-encoding the prefix every step, vs the bare KV-cache forward loop, vs the vLLM policy.
 
 Every variant turns the same left-padded batch of `addition` prompts (chat format) into exactly
 B x N new tokens: the end token is masked out everywhere and the env has no stop strings, so
@@ -10,6 +10,9 @@ ratios measured side by side mean anything) and the table reports medians.
     (b) generate        model.generate(do_sample=True, same temperature, min/max_new_tokens=N)
     (c) no cache        one forward of the whole prefix per step, then sample
     (d) limit           one-token forward passes through a DynamicCache; no sampling, no env
+    (e) vLLM policy     VLLMPolicy.act(obs) -> envs.step(actions): the engine generates each slot's
+                        turn from its token ids, handed out one token per step (only where vLLM
+                        imports: the vLLM environment, `bash .ci/setup-vllm VENV`)
 
     python examples/benchmarks/rollout_throughput.py [--batch 8 32] [--new-tokens 32 64] [--repeats 3]
     python examples/benchmarks/rollout_throughput.py --model tiny --smoke
@@ -113,19 +116,28 @@ def kv_limit(policy, ids, mask, new_tokens, banned=None):
     return new_tokens * ids.shape[0]
 
 
-def measure(policy, batch, new_tokens, repeats):
+def measure(policy, batch, new_tokens, repeats, engine=None):
+    """Median tokens/s of each variant and the ratios of (a) to the others; `engine`, a VLLMPolicy
+    around `policy`, adds (e)."""
     envs, ids, mask = make_setup(policy, batch, new_tokens)
     banned = torch.zeros(max(policy.model.config.vocab_size, policy.vocab_size), dtype=torch.bool)
     banned[policy.vocab_size:] = True
     banned[policy.tokenizer.eos_token_id] = True
-    policy.restrict_actions(~banned[: policy.vocab_size].numpy())
+    policy.restrict_actions(~banned[: policy.vocab_size].numpy())  # the engine samples what its learner allows
+    short_envs, _, _ = make_setup(policy, batch, min(4, new_tokens))
     variants = {
         "a": lambda n: env_loop(policy, envs if n == new_tokens else short_envs, n),
         "b": lambda n: generate(policy, ids, mask, n, banned),
         "c": lambda n: no_cache(policy, ids, mask, n, banned),
         "d": lambda n: kv_limit(policy, ids, mask, n),
     }
-    short_envs, _, _ = make_setup(policy, batch, min(4, new_tokens))
+    if engine is not None:
+        def engine_loop(n):
+            loop_envs = envs if n == new_tokens else short_envs
+            engine.check_env(loop_envs)  # each request asks for the env's budget, as in a rollout
+            return env_loop(engine, loop_envs, n)
+
+        variants["e"] = engine_loop
     rates = {k: [] for k in variants}
     with torch.no_grad():
         for fn in variants.values():  # warm-up (a few tokens: allocator, kernels, caches)
@@ -140,9 +152,20 @@ def measure(policy, batch, new_tokens, repeats):
     # Ratios are taken within each repeat (variants measured minutes apart on a shared machine are
     # not comparable), then the median over repeats.
     out = {k: statistics.median(v) for k, v in rates.items()}
-    for other in "bcd":
+    for other in [k for k in variants if k != "a"]:
         out["a/" + other] = statistics.median(a / o for a, o in zip(rates["a"], rates[other]))
     return out
+
+
+def vllm_policy(policy, model):
+    """A VLLMPolicy around `policy` where vLLM imports, else None (the column is left out)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    from agents.backends import make_policy
+
+    return make_policy(policy, "vllm", source=model)
 
 
 def main() -> None:
@@ -154,22 +177,26 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one repeat (proves it runs)")
+    parser.add_argument("--no-vllm", action="store_true", help="leave out the vLLM policy even where vLLM imports")
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.new_tokens, args.repeats = [2], [4], 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    policy = LMPolicy.from_pretrained(args.model, device="cpu", temperature=args.temperature, seed=0)
+    policy = LMPolicy.from_pretrained(args.model, device="cpu", dtype="float32", temperature=args.temperature, seed=0)
+    engine = None if args.no_vllm else vllm_policy(policy, args.model)
 
     print(f"\n{args.model}, {torch.get_num_threads()} CPU threads, T={args.temperature}, "
           f"median of {args.repeats} alternating repeats, useful tokens/s\n")
-    print("| B | N | (a) env.step loop | (b) generate | (c) no cache | (d) KV limit | a/b | a/d | a/c |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    extra = (" (e) vLLM policy |", " a/e |", "---:|---:|") if engine is not None else ("", "", "")
+    print(f"| B | N | (a) env.step loop | (b) generate | (c) no cache | (d) KV limit |{extra[0]} a/b | a/d | a/c |{extra[1]}")
+    print(f"|---:|---:|---:|---:|---:|---:|---:|---:|---:|{extra[2]}")
     for batch in args.batch:
         for new_tokens in args.new_tokens:
-            m = measure(policy, batch, new_tokens, args.repeats)
-            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | {m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} "
-                  f"| {m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |", flush=True)
+            m = measure(policy, batch, new_tokens, args.repeats, engine=engine)
+            e = (f" {m['e']:.0f} |", f" {m['a/e']:.2f} |") if engine is not None else ("", "")
+            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | {m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} |{e[0]} "
+                  f"{m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |{e[1]}", flush=True)
 
 
 if __name__ == "__main__":
