@@ -8,9 +8,10 @@ lazily).
 """
 
 from agents import losses
+from agents.lora import LoRAConfig
 from agents.models import load_model, resolve_device, resolve_dtype, save_model
 from agents.policy import LMPolicy
 from agents.reinforce import REINFORCE, REINFORCEConfig
 from agents.rollouts import evaluate
 
-__all__ = ["LMPolicy", "REINFORCE", "REINFORCEConfig", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LMPolicy", "LoRAConfig", "REINFORCE", "REINFORCEConfig", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]

@@ -17,7 +17,6 @@ The equations, numbered as in the course primer, are in the docstring of `agents
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import shutil
@@ -42,6 +41,8 @@ from agents.callbacks import (
     standard_callbacks,
     stop_on_signals,
 )
+from agents.lora import frozen_reference, is_adapter_dir
+from agents.models import set_gradient_checkpointing
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
 from textgym.config import check_choices, describe, replace, setting
@@ -78,7 +79,9 @@ class REINFORCEConfig:
     )
     epochs: int = setting(1, "update epochs per batch; > 1 uses the clipped importance-ratio loss (eq. 27a) against the behaviour log-probs")
     cliprange: float = setting(0.2, "ε of the clipped loss (epochs > 1)")
-    kl_coef: float = setting(0.0, "weight of the k3 KL penalty to a frozen copy of the initial policy (0: off, no copy kept)")
+    kl_coef: float = setting(
+        0.0, "weight of the k3 KL penalty to the initial policy: a frozen copy, or for a LoRA policy the base with adapters disabled (0: off, no copy kept)"
+    )
     entropy_coef: float = setting(0.0, "weight of the entropy bonus")
     max_grad_norm: float | None = setting(1.0, "clip the gradient's global norm to this (None: no clipping)")
     micro_batch_size: int | None = setting(
@@ -93,6 +96,9 @@ class REINFORCEConfig:
         "mixed precision of the update: bf16 autocast (weights, gradients and optimizer stay float32), off, or "
         "auto = bf16 where the hardware has native bf16 (recent CUDA GPUs; CPUs with AVX512-BF16/AMX: 1.8x "
         "faster for SmolLM2-135M on 2 cores) and the policy is float32. Acting is never autocast",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute each layer's activations in the backward pass instead of keeping them: less memory per update, one more forward (with or without LoRA)"
     )
 
     def __post_init__(self) -> None:
@@ -150,8 +156,11 @@ class REINFORCE:
         self.running_mean: list[float] = []  # the "mean" baseline's m (eq. 22b), per turn
         self.bad_updates = 0
         self.autocast_dtype = _autocast_dtype(cfg.amp, policy)
-        self.optimizer = _adamw(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        # Only what trains: every weight, or a LoRA policy's adapters (its base is frozen).
+        trainable = [p for p in policy.model.parameters() if p.requires_grad]
+        self.optimizer = _adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.reference = frozen_reference(policy.model) if cfg.kl_coef > 0 else None
+        set_gradient_checkpointing(policy.model, cfg.gradient_checkpointing)
         # Under torchrun, DDP all-reduces the gradients; its constructor also broadcasts rank 0's
         # weights, so every rank starts from the same policy.
         self.dist = distributed.context()
@@ -523,7 +532,8 @@ class REINFORCE:
         state = torch.load(path / "agent.pt", map_location="cpu", weights_only=False)
         sampling = {**state["policy_sampling"], **{k: overrides.pop(k) for k in SAMPLING if k in overrides}}
         config = REINFORCEConfig(**(state.get("config") or state["hparams"])).replace(**overrides)
-        if config.kl_coef > 0 and "reference" not in state:
+        lora = is_adapter_dir(path / "policy")  # a LoRA policy's KL reference is its base, always at hand
+        if config.kl_coef > 0 and "reference" not in state and not lora:
             raise ValueError(
                 f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {path} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
@@ -534,7 +544,7 @@ class REINFORCE:
         agent.optimizer.load_state_dict(state["optimizer"])
         for group in agent.optimizer.param_groups:  # the config's values, not the saved ones (overrides)
             group.update(lr=config.lr, weight_decay=config.weight_decay)
-        if agent.reference is not None:
+        if agent.reference is not None and "reference" in state:
             agent.reference.load_state_dict(state["reference"])
         agent.iteration = state["iteration"]
         m = state["running_mean"]

@@ -6,9 +6,9 @@ says is larger is the larger one), with a group baseline over 8 samples of each 
 update, and validation on 256 distinct held-out problems every 5 updates.
 
 Every flag comes from a config dataclass, with its default and help: `RunConfig` and
-`SamplingConfig` (below), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig` and
-`agents.reinforce.REINFORCEConfig`. A preset (`PRESETS`) changes a few defaults for a model that
-needs other values; flags override it.
+`SamplingConfig` (below), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig`,
+`agents.reinforce.REINFORCEConfig` and `agents.lora.LoRAConfig` (LoRA adapters: `--lora-rank 16`).
+A preset (`PRESETS`) changes a few defaults for a model that needs other values; flags override it.
 
 A run directory holds config.json (the run's settings as it started), metrics.jsonl, rewards.png,
 checkpoint-NNNNNN/ with a `latest` pointer, and resumes.jsonl (the flags each `--resume` changed).
@@ -64,7 +64,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                        eval_every=25, eval_episodes=128),
 }  # fmt: skip
 TASK_BOUND = ("task_kwargs", "reward")  # preset settings that belong to its task: dropped when --task is given
-FIXED_ON_RESUME = ("model", "preset", "mask_actions")  # a checkpoint already holds what these decide
+# A checkpoint already holds what these decide (the model, its token restriction, its LoRA adapters).
+FIXED_ON_RESUME = ("model", "preset", "mask_actions", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
 ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # train on train, validate on validation
 
 
@@ -104,9 +105,10 @@ class SamplingConfig:
 
 def _configs() -> list[type]:
     from agents.callbacks import RunManagementConfig
+    from agents.lora import LoRAConfig
     from agents.reinforce import REINFORCEConfig
 
-    return [RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig]
+    return [RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig, LoRAConfig]
 
 
 def _names(cls: type) -> list[str]:
@@ -114,7 +116,7 @@ def _names(cls: type) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Every setting of the five configs as a flag; presets noted in the help and listed below it."""
+    """Every setting of the six configs as a flag; presets noted in the help and listed below it."""
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     notes: dict[str, str] = {}
@@ -123,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             notes[name] = (notes.get(name, "") + f" [{preset}: {json.dumps(value)}]").strip()
     titles = ["the run", "evaluation, checkpoints, logs (agents.callbacks.RunManagementConfig)",
               "the environment (textgym.config.EnvConfig)", "the REINFORCE agent (agents.reinforce.REINFORCEConfig)",
-              "the policy's sampling"]  # fmt: skip
+              "the policy's sampling", "LoRA adapters (agents.lora.LoRAConfig)"]  # fmt: skip
     for cls, title in zip(_configs(), titles):
         add_config_arguments(p.add_argument_group(title), cls, exclude=ENV_EXCLUDED, notes=notes)
     p.epilog = "presets (flags override them):\n" + "\n".join(
@@ -153,8 +155,9 @@ def resolve_settings(flags: dict[str, Any], base: dict[str, Any] | None = None) 
 
 
 def split_settings(settings: dict[str, Any]) -> list[Any]:
-    """The five configs (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig)
-    made from a flat dict of settings such as `resolve_settings` returns (each takes its own names)."""
+    """The six configs (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig,
+    LoRAConfig) made from a flat dict of settings such as `resolve_settings` returns (each takes its
+    own names)."""
     return [cls(**{k: v for k, v in settings.items() if k in _names(cls)}) for cls in _configs()]
 
 
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         settings = resolve_settings(flags)
     try:
-        run_cfg, management, env_cfg, agent_cfg, sampling = split_settings(settings)
+        run_cfg, management, env_cfg, agent_cfg, sampling, lora = split_settings(settings)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if run_cfg.threads:
@@ -205,9 +208,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"loading {run_cfg.model} ...", flush=True)
         t0 = time.perf_counter()
-        policy = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
-                                          **dataclasses.asdict(sampling))  # fmt: skip
+        try:
+            policy = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
+                                              lora=lora, **dataclasses.asdict(sampling))  # fmt: skip
+        except (ImportError, ValueError) as e:  # an unknown model or target module, peft missing
+            raise SystemExit(f"error: {e}") from None
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {policy.model.num_parameters() / 1e6:.1f}M parameters on {policy.device} ({policy.dtype})")
+        if lora.enabled:
+            trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+            print(f"LoRA rank {lora.lora_rank}: {trainable / 1e6:.2f}M trainable parameters, the base frozen")
         agent = REINFORCE(policy, agent_cfg)
     env_settings = {k: getattr(env_cfg, k) for k in _names(EnvConfig)}
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
