@@ -155,7 +155,10 @@ def apply_lora(model: torch.nn.Module, config: LoRAConfig, seed: int = 0) -> tor
 
 def _target_modules(model: torch.nn.Module, names: tuple[str, ...] | None) -> list[str] | str:
     """peft's target_modules for `names`, after checking that each names a linear layer of the model."""
-    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"})
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    adaptable = (torch.nn.Linear, Conv1D, torch.nn.Embedding)
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))} - {"lm_head"})
     if names is None:
         present = [t for t in LLAMA_TARGETS if t in linear]
         return present if len(present) == len(LLAMA_TARGETS) else "all-linear"
@@ -169,7 +172,7 @@ def _target_modules(model: torch.nn.Module, names: tuple[str, ...] | None) -> li
                 f"lora_target_modules: the model has no module named {target!r}; its linear layers are "
                 f"{', '.join(linear)} (or use all-linear)"
             )
-        if not all(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in matches):
+        if not all(isinstance(m, adaptable) for m in matches):
             raise ValueError(
                 f"lora_target_modules: {target!r} is a {type(matches[0]).__name__}, not a linear layer; "
                 f"the model's linear layers are {', '.join(linear)} (or use all-linear)"
@@ -298,7 +301,8 @@ def load_adapters(base_model: torch.nn.Module, path: str | os.PathLike) -> torch
                 f"{fingerprint['sha256'][:12]}): load the base they were trained on"
             )
     try:
-        model = peft.PeftModel.from_pretrained(base_model, str(path), is_trainable=True)
+        with torch.random.fork_rng(devices=[]):  # peft initialises the adapters before loading them
+            model = peft.PeftModel.from_pretrained(base_model, str(path), is_trainable=True)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"cannot put the LoRA adapters in {path} on base model {adapter_base(path)!r}: {e}") from None
     model.textgym_base_fingerprint = fingerprint

@@ -290,7 +290,9 @@ def test_adapters_refuse_a_base_they_were_not_trained_on(tmp_path):
     with pytest.raises(ValueError, match="already has LoRA adapters"):
         apply_lora(policy.model, LoRAConfig(lora_rank=4))
     policy.save(tmp_path / "adapters")
+    state = torch.random.get_rng_state()
     assert is_lora(LMPolicy.from_pretrained(tmp_path / "adapters").model)  # the directory loads as base + adapters
+    assert torch.equal(torch.random.get_rng_state(), state)
     other, tokenizer = load_model("tiny", seed=3)  # same shapes, other weights
     save_model(other, tokenizer, tmp_path / "other-base")
     config_file = tmp_path / "adapters" / "adapter_config.json"
