@@ -195,8 +195,15 @@ class _AdaptersDisabled(torch.nn.Module):
         object.__setattr__(self, "lora_model", lora_model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self.lora_model.disable_adapter():
-            return self.lora_model(*args, **kwargs)
+        # The update runs the model in train mode; the reference is the initial policy, without the
+        # base model's own dropout (as a full model's frozen copy, which stays in eval mode).
+        training = self.lora_model.training
+        self.lora_model.eval()
+        try:
+            with self.lora_model.disable_adapter():
+                return self.lora_model(*args, **kwargs)
+        finally:
+            self.lora_model.train(training)
 
 
 def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
@@ -210,8 +217,9 @@ def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights a plain copy of the model would have, under the base model's own names.
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The weights a plain copy of the model (or of a policy's model) would have, under the base
+    model's own names.
 
     For a LoRA model: each adapted layer's W + (alpha / r) B A (active adapters), every other
     tensor as it is; new tensors where merged, shared ones elsewhere. The training model is not
@@ -219,6 +227,8 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     This is what an engine that serves plain weights loads after each update (e.g. the vLLM
     policy's weight sync).
     """
+    if not isinstance(model, torch.nn.Module):  # an LMPolicy (a model has its own `.model`: test the type)
+        model = model.model
     if not is_lora(model):
         return {k: v.detach() for k, v in model.state_dict().items()}
     from peft.tuners.lora import LoraLayer

@@ -122,7 +122,7 @@ class LMPolicy:
         (`agents.lora`); a LoRA checkpoint's directory loads as its base with its adapters."""
         model, tokenizer = load_model(str(name_or_path), device=device, dtype=dtype, **model_kwargs)
         if lora is not None and lora.enabled:
-            model = apply_lora(model, lora)
+            model = apply_lora(model, lora, seed=seed or 0)  # the adapters' init follows the run's seed
         return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def save(self, path: str | os.PathLike) -> None:

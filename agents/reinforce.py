@@ -269,17 +269,21 @@ class REINFORCE:
             batch = batch.with_action_mask(batch.action_mask & ~batch.truncated[:, None])
             if self.dist.sum(int(batch.action_mask.sum())) == 0:  # nothing left to train on: no step at all
                 return {**{k: float(np.mean(v)) for k, v in stats.items()}, **_no_update(self)}
-        for _ in range(cfg.epochs):
-            # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
-            # behaviour log-probs: after the first step the batch comes from an older policy.
-            finite = self.compute_gradients(batch, advantages, clipped=cfg.epochs > 1, stats=stats)
-            norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm or float("inf"))
-            if not finite or not torch.isfinite(norm):
-                self._skip_update("loss" if not finite else "gradient")
-                skipped = True
-                break
-            self.optimizer.step()
-            stats["grad_norm"].append(float(norm))
+        # Dropout in the update (lora_dropout, a model's own) draws from torch's global generator:
+        # seeded per iteration, so the same seed gives the same run and a resumed run replays it.
+        with torch.random.fork_rng(devices=[self.policy.device] if self.policy.device.type == "cuda" else []):
+            torch.manual_seed(self._iteration_seed(3))
+            for _ in range(cfg.epochs):
+                # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
+                # behaviour log-probs: after the first step the batch comes from an older policy.
+                finite = self.compute_gradients(batch, advantages, clipped=cfg.epochs > 1, stats=stats)
+                norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm or float("inf"))
+                if not finite or not torch.isfinite(norm):
+                    self._skip_update("loss" if not finite else "gradient")
+                    skipped = True
+                    break
+                self.optimizer.step()
+                stats["grad_norm"].append(float(norm))
         self.optimizer.zero_grad(set_to_none=True)
         self.policy.reset_cache()  # the weights changed: cached keys/values are stale
         if not skipped:

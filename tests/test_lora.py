@@ -5,7 +5,10 @@
 - the KL reference is the same model with its adapters disabled: it has no weights of its own
   and its log-probs are the base model's;
 - save -> load -> continue equals an uninterrupted run; checkpoints hold the adapters, not the
-  base; `textgym train --lora-rank` and `textgym eval --model <run>` work, `--resume` keeps LoRA;
+  base, and load weights-only; `textgym train --lora-rank` and `textgym eval --model <run>` work,
+  `--resume` keeps LoRA and continues bit-identically, adapter dropout included (its masks come
+  from the run's seed); every LoRA setting is a `textgym train` flag that reaches the adapters;
+  a run directory loads through the run layer as base + adapters;
 - `merged_state_dict` gives the base's names with the adapters folded in, leaving the model as it was;
 - gradient checkpointing gives the same gradient as without, for full fine-tuning and for LoRA;
 - bad settings (rank < 0, an unknown or non-linear target module, LoRA settings without a rank,
@@ -14,6 +17,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +30,7 @@ from agents.models import load_model, save_model  # noqa: E402
 from agents.policy import LMPolicy  # noqa: E402
 from agents.reinforce import REINFORCE  # noqa: E402
 from agents.rollouts import collect_episodes, to_batch  # noqa: E402
+from agents.train import main as train  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -34,8 +39,8 @@ QUICK = ["--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "a
          "--prompts", "1", "--group-size", "2", "--eval-episodes", "2", "--no-progress-bar", "--threads", "1"]  # fmt: skip
 
 
-def lora_policy(rank=4, **settings):
-    return LMPolicy.from_pretrained("tiny", seed=0, lora=LoRAConfig(lora_rank=rank, **settings))
+def lora_policy(rank=4, seed=0, **settings):
+    return LMPolicy.from_pretrained("tiny", seed=seed, lora=LoRAConfig(lora_rank=rank, **settings))
 
 
 def vec_env(policy, prompts=2, group_size=4, split="train"):
@@ -79,6 +84,8 @@ def test_fresh_adapters_compute_the_base_model_and_their_init_is_seeded():
     _, adapters_a = split_weights(a.model)
     _, adapters_b = split_weights(b.model)
     assert adapters_a and all(torch.equal(adapters_a[k], adapters_b[k]) for k in adapters_a)
+    _, adapters_c = split_weights(lora_policy(seed=1).model)  # the run's seed draws A (the tiny base is seed 0's either way)
+    assert all(not torch.equal(adapters_a[k], adapters_c[k]) for k in adapters_a if "lora_A" in k)
     base = LMPolicy.from_pretrained("tiny", seed=0)
     base.restrict_actions(vec_env(a).action_masks()[0])
     batch = a_batch(a)
@@ -123,6 +130,22 @@ def test_kl_reference_is_the_base_with_adapters_disabled_not_a_copy():
     assert not torch.allclose(sequence_log_probs(policy, batch), reference, atol=1e-3)
 
 
+def test_the_kl_reference_runs_without_dropout_while_the_policy_trains():
+    policy = lora_policy(lora_dropout=0.5)
+    attention = [m for m in policy.model.modules() if hasattr(m, "attention_dropout")]
+    for m in attention:
+        m.attention_dropout = 0.5  # the base model's own dropout, as a model trained with it has
+    perturb_adapters(policy.model)
+    batch = a_batch(policy)
+    base = LMPolicy.from_pretrained("tiny", seed=0)
+    base.restrict_actions(policy.allowed_tokens.cpu().numpy())
+    reference = frozen_reference(policy.model)
+    policy.model.train()  # as during an update
+    torch.testing.assert_close(sequence_log_probs(policy, batch, model=reference), sequence_log_probs(base, batch), rtol=0, atol=1e-6)
+    assert policy.model.training and all(m.training for m in attention)  # the update's mode is back
+    assert not torch.allclose(sequence_log_probs(policy, batch), sequence_log_probs(policy, batch))  # dropout is on
+
+
 # -- checkpoints ------------------------------------------------------------------------------------
 
 
@@ -159,7 +182,6 @@ def test_a_run_without_kl_resumes_with_kl_against_its_base(tmp_path):
 
 def test_train_command_with_lora_then_eval_and_resume(tmp_path, capsys, monkeypatch):
     from agents import evaluation
-    from agents.train import main as train
 
     run = tmp_path / "run"
     assert train([*QUICK, "--iterations", "2", "--lora-rank", "4", "--lr", "1e-2", "--gradient-checkpointing", "--out", str(run)]) == 0
@@ -177,13 +199,88 @@ def test_train_command_with_lora_then_eval_and_resume(tmp_path, capsys, monkeypa
         train(["--resume", str(run), "--lora-rank", "8"])
 
 
+LORA_FLAGS = ["--reward", "partial_credit", "--lora-rank", "4", "--lora-alpha", "6", "--lora-dropout", "0.3", "--lora-target-modules", "q_proj", "v_proj",
+              "--lr", "1e-2", "--kl-coef", "0.05", "--eval-every", "100"]  # fmt: skip
+
+
+def latest(run: Path) -> Path:
+    return run / (run / "latest").read_text().strip()
+
+
+def metrics(run: Path) -> list[dict]:
+    """The training rows (validation also runs where a run stopped; wall-clock figures always differ)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith(("val_", "time")) and not k.endswith("_s")} for row in rows]
+
+
+def test_every_lora_flag_reaches_the_adapters_and_the_checkpoint_holds_only_them(tmp_path):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    assert train([*QUICK, "--iterations", "1", *LORA_FLAGS, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lora_rank"], config["lora_alpha"], config["lora_dropout"], config["lora_target_modules"]) == (4, 6, 0.3, ["q_proj", "v_proj"])
+    adapter = json.loads((latest(run) / "policy" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 6, 0.3)
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    # policy/ holds the adapters (A and B of q_proj and v_proj in each layer), not one base weight
+    saved = load_file(latest(run) / "policy" / "adapter_model.safetensors")
+    layers = len(load_model("tiny")[0].model.layers)
+    assert len(saved) == 2 * 2 * layers and all(".lora_A." in k or ".lora_B." in k for k in saved)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in saved} == {"q_proj", "v_proj"}
+    # agent.pt loads weights-only; AdamW's moments are the adapters' (2 per trained number), the KL reference has no state
+    state = torch.load(latest(run) / "agent.pt", map_location="cpu", weights_only=True)
+    moments = sum(v.numel() for s in state["optimizer"]["state"].values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq"))
+    assert moments == 2 * sum(v.numel() for v in saved.values())
+    assert state["reference"] == {}
+
+
+def test_resume_continues_a_lora_run_with_dropout_bit_identically(tmp_path):
+    from safetensors.torch import load_file
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train([*QUICK, "--iterations", "4", *LORA_FLAGS, "--out", str(straight)]) == 0
+    assert train([*QUICK, "--iterations", "2", *LORA_FLAGS, "--out", str(resumed)]) == 0
+    torch.manual_seed(1234)  # the process's global RNG is elsewhere now: the run must not depend on it
+    assert train(["--resume", str(resumed), "--iterations", "4", "--no-progress-bar"]) == 0
+    a = load_file(latest(straight) / "policy" / "adapter_model.safetensors")
+    b = load_file(latest(resumed) / "policy" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(straight) == metrics(resumed)
+    assert any(row.get("kl", 0) > 0 for row in metrics(straight))  # the adapters moved: there was something to replay
+
+
+def test_a_run_directory_loads_as_base_plus_adapters_through_the_run_layer(tmp_path):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from agents.runs import load_policy
+
+    run = tmp_path / "run"
+    assert train([*QUICK, "--iterations", "2", "--lora-rank", "4", "--lr", "1e-2", "--out", str(run)]) == 0
+    policy, described = load_policy(str(run), temperature=0.5)
+    assert is_lora(policy.model) and described["iteration"] == 2 and described["checkpoint"] == str(latest(run).resolve())
+    assert policy.temperature == 0.5 and policy.allowed_tokens is not None  # the run's restriction, the new sampling
+    saved = load_file(latest(run) / "policy" / "adapter_model.safetensors")
+    loaded = get_peft_model_state_dict(policy.model, save_embedding_layers=False)
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # trained, not fresh adapters
+    base, _ = load_model("tiny")
+    state = merged_state_dict(policy.model)  # base weights where nothing was adapted: the base's own
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items() if not k.endswith(LLAMA_WEIGHTS))
+
+
+LLAMA_WEIGHTS = tuple(f"{name}.weight" for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+
 def test_merged_state_dict_folds_the_adapters_in_without_touching_the_model():
     policy = lora_policy()
     perturb_adapters(policy.model)
     batch = a_batch(policy)
     before = {k: v.clone() for k, v in policy.model.state_dict().items()}
     expected = sequence_log_probs(policy, batch)
-    merged = merged_state_dict(policy.model)
+    merged = merged_state_dict(policy)  # a policy or its model
+    assert merged.keys() == merged_state_dict(policy.model).keys()
     plain, _ = load_model("tiny")
     assert merged.keys() == plain.state_dict().keys()
     plain.load_state_dict(merged)
@@ -279,7 +376,6 @@ def test_unknown_or_non_linear_target_modules_are_named():
     ],
 )
 def test_bad_lora_flags_fail_with_a_clear_message(args, match):
-    from agents.train import main as train
 
     with pytest.raises(SystemExit, match=match):
         train([*QUICK, "--iterations", "1", *args])
