@@ -11,6 +11,7 @@ the 8 bytes per trained parameter that every later update carries.
     python examples/benchmarks/train_memory.py --model tiny --batches 4 8 --seq-len 32
     python examples/benchmarks/train_memory.py --setups full lora lora+ckpt --batches 16 32 --no-micro
     python examples/benchmarks/train_memory.py --model random-1b --setups lora lora+ckpt --batches 16 --no-micro
+    ... --json examples/results/train_memory.json     # also keep the rows (merged with the file's others)
 
 Setups: `full` (every weight trains: weights, gradients and AdamW's two moments, 16 bytes per
 parameter in float32), `lora` (rank --lora-rank adapters on the attention and MLP projections: the
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 SETUPS = ("full", "full+ckpt", "lora", "lora+ckpt")
 RANDOM_1B = dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192, num_attention_heads=32,
@@ -60,13 +63,13 @@ def load_policy(model: str, lora_rank: int | None):
 
 
 def one_update(model: str, batch: int, micro: int | None, seq_len: int, prompt_len: int, setup: str,
-               lora_rank: int, kl_coef: float, updates: int) -> dict:  # fmt: skip
+               lora_rank: int, kl_coef: float, updates: int, threads: int) -> dict:  # fmt: skip
     import torch
 
     from agents import REINFORCE
     from agents.rollouts import Batch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     lora = setup.startswith("lora")
     policy = load_policy(model, lora_rank if lora else None)
     agent = REINFORCE(policy, baseline="group", micro_batch_size=micro, seed=0, kl_coef=kl_coef,
@@ -88,7 +91,7 @@ def one_update(model: str, batch: int, micro: int | None, seq_len: int, prompt_l
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"setup": setup, "batch": batch, "micro_batch": micro or batch, "peak_mb": round(peak_mb), "device": str(policy.device),
+    return {"model": model, "seq_len": seq_len, "lora_rank": lora_rank if lora else None, "setup": setup, "batch": batch, "micro_batch": micro or batch, "peak_mb": round(peak_mb), "device": str(policy.device),
             "parameters": policy.model.num_parameters(), "trainable": sum(p.numel() for p in policy.model.parameters() if p.requires_grad),
             "kl_coef": kl_coef}  # fmt: skip
 
@@ -105,12 +108,14 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=2, help="updates run; the peak is the last one's (from the second on, AdamW's state exists)")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads of each measurement")
+    p.add_argument("--json", default=None, help="also write the rows to this file, replacing earlier rows of the same configuration")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         setup, batch, micro = json.loads(args.child)
         print(json.dumps(one_update(args.model, batch, micro, args.seq_len, args.prompt_len, setup, args.lora_rank, args.kl_coef,
-                                    args.updates)))  # fmt: skip
+                                    args.updates, args.threads)))  # fmt: skip
         return
     rows = []
     for setup in args.setups:
@@ -120,7 +125,7 @@ def main() -> None:
                     continue
                 cmd = [sys.executable, __file__, "--model", args.model, "--seq-len", str(args.seq_len), "--prompt-len",
                        str(args.prompt_len), "--lora-rank", str(args.lora_rank), "--kl-coef", str(args.kl_coef), "--updates", str(args.updates),
-                       "--child", json.dumps([setup, batch, micro])]  # fmt: skip
+                       "--threads", str(args.threads), "--child", json.dumps([setup, batch, micro])]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
@@ -131,6 +136,21 @@ def main() -> None:
           f"| setup | batch | micro-batch | peak memory (MB, {rows[0]['device']}) |\n|---|---|---|---|")  # fmt: skip
     for r in rows:
         print(f"| {r['setup']} | {r['batch']} | {r['micro_batch']} | {r['peak_mb']} |")
+    if args.json:
+        save_rows(Path(args.json), rows)
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    """Merge `rows` into the JSON file at `path`: a row replaces an earlier one of the same configuration."""
+    key = lambda r: [r.get(k) for k in ("model", "setup", "batch", "micro_batch", "seq_len", "lora_rank", "kl_coef")]  # noqa: E731
+    old = json.loads(path.read_text()) if path.exists() else {}
+    new_keys = [key(r) for r in rows]
+    merged = [r for r in old.get("rows", []) if key(r) not in new_keys] + rows
+    command = "python examples/benchmarks/train_memory.py " + " ".join(sys.argv[1:])
+    meta = {"peak": "peak RSS of the process over the updates (CPU), or max_memory_allocated of the last update (CUDA)",
+            "machine": f"{platform.machine()} {platform.processor()}".strip(),
+            "commands": [c for c in old.get("commands", []) if c != command] + [command]}  # fmt: skip
+    path.write_text(json.dumps({**meta, "rows": merged}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
