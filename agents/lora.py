@@ -62,7 +62,8 @@ class LoRAConfig:
         None,
         "rank r of LoRA adapters on the model's linear layers: only the adapters train, the base weights stay "
         "frozen and are the KL reference; checkpoints hold the adapters only (None or 0: full fine-tuning). "
-        "LoRA wants a larger lr than full fine-tuning, typically 3-10x (the tiny model learned at 3e-3, not at 1e-2; full: 1e-3)",
+        "LoRA on a pretrained model usually wants a larger lr than full fine-tuning; on the random tiny model r16 went "
+        "furthest at lr 1e-3 (validation 0.67-0.73 after 250 updates; 3e-3: 0.33-0.54), where full fine-tuning reaches 0.9 in 55",
     )
     lora_alpha: float | None = setting(None, "LoRA scale alpha: an adapter adds (alpha / r) B A x (None: 2 r)")
     lora_dropout: float = setting(

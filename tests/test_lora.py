@@ -402,3 +402,42 @@ def test_adapters_refuse_a_base_they_were_not_trained_on(tmp_path):
     unnamed, _ = load_model("tiny", seed=3)  # another init seed: no name loads it again
     with pytest.raises(ValueError, match="cannot tell which base model this is"):
         apply_lora(unnamed, LoRAConfig(lora_rank=4))
+
+
+# -- the item-6 benchmarks (smoke: they run, and say what they measured) ----------------------------
+
+
+def benchmark(*args):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_train_memory_benchmark_writes_its_rows(tmp_path):
+    out = tmp_path / "memory.json"
+    stale = {"model": "tiny", "setup": "full", "batch": 2, "micro_batch": 2, "seq_len": 12, "lora_rank": None, "kl_coef": 0.0, "peak_mb": -1}
+    other = {**stale, "model": "another", "peak_mb": 7}
+    out.write_text(json.dumps({"rows": [stale, other]}))  # a row of the same configuration is replaced, others kept
+    benchmark("examples/benchmarks/train_memory.py", "--model", "tiny", "--seq-len", "12", "--prompt-len", "6", "--no-micro",
+              "--threads", "1", "--json", str(out), "--setups", "full", "lora+ckpt", "--batches", "2")  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert other in rows and len(rows) == 3
+    mine = {r["setup"]: r for r in rows if r["model"] == "tiny"}
+    assert set(mine) == {"full", "lora+ckpt"} and all(r["peak_mb"] > 0 for r in mine.values())
+    assert mine["full"]["trainable"] == mine["full"]["parameters"] and mine["lora+ckpt"]["trainable"] < mine["full"]["trainable"] / 2
+    assert mine["lora+ckpt"]["lora_rank"] == 16 and mine["full"]["lora_rank"] is None
+
+
+def test_lora_learning_benchmark_reports_and_resumes_its_runs(tmp_path):
+    out = tmp_path / "learning.json"
+    flags = ["--setups", "lora", "--seeds", "0", "--target", "2", "--eval-every", "1", "--out-dir", str(tmp_path / "runs"),
+             "--json", str(out), "--eval-episodes", "4", "--prompts", "2"]  # fmt: skip
+    benchmark("examples/benchmarks/lora_learning.py", *flags, "--iterations", "1")
+    table = benchmark("examples/benchmarks/lora_learning.py", *flags, "--iterations", "2")
+    assert "resuming" in (tmp_path / "runs" / "lora-seed0.log").read_text()
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["setup"], run["lr"], run["lora_rank"], run["updates_run"], run["samples_to_target"]) == ("lora", 3e-3, 16, 2, None)
+    assert "| lora r16 | 0.003 | - (best" in table and "| 0/1 |" in table
