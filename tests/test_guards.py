@@ -330,3 +330,28 @@ def test_the_guards_benchmark_runs_each_variant_and_resumes(tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 3
     table = lambda text: text[text.index("| variant"):]  # noqa: E731
     assert table(capsys.readouterr().out) == table(first)
+
+
+def test_learning_curves_plots_runs_side_by_side(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("learning_curves", "examples/benchmarks/learning_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    for name, rewards in {"a": [0.1, 0.5, 0.9], "b": [0.2, 0.2, 0.3]}.items():
+        (tmp_path / name).mkdir()
+        rows = [{"iteration": 0, "val_reward": 0.0}]
+        rows += [{"iteration": i + 1, "train_reward": r, "entropy": 1.0 - r, "train_answer_entropy": 2 * (1 - r)}
+                 for i, r in enumerate(rewards)]  # fmt: skip
+        rows[-1]["val_reward"] = rewards[-1]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curves.png"
+    assert curves.main([f"old={tmp_path / 'a'}", f"new={tmp_path / 'b'}", "--smooth", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert lines[0] == "run,iteration,train_reward,entropy,train_answer_entropy,val_reward"
+    assert lines[1:] == ["old,1,0.1,0.9,1.8,", "old,2,0.5,0.5,1,", "old,3,0.9,0.1,0.2,0.9",
+                         "new,1,0.2,0.8,1.6,", "new,2,0.2,0.8,1.6,", "new,3,0.3,0.7,1.4,0.3"]  # fmt: skip
+    np.testing.assert_allclose(curves.moving_average(np.array([1.0, np.nan, 3.0]), 2), [1.0, 1.0, 3.0])
+    with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
+        curves.main([str(tmp_path / "a")])

@@ -19,6 +19,18 @@ if os.environ.get("CI"):  # CI installs the `math` extra: a missing package must
 else:
     pytest.importorskip("math_verify")
 
+
+
+@pytest.fixture(autouse=True)
+def patient_math_verify(monkeypatch):
+    """The table checks how answers are read, not how fast: math-verify's per-parse limit is wall-clock
+    time (2 s), which a sympy simplification took on a machine loaded ~8x (an equal pair then reads as
+    unequal). The bound itself is tested in test_math_hostile.py."""
+    from textgym.rewards import math_verify_worker
+
+    monkeypatch.setattr(math_verify_worker, "TIMEOUT_SECONDS", 60)
+
+
 EQUAL = [
     # fractions and decimals
     ("0.5", "1/2"), (r"\frac{1}{2}", "0.5"), (r"\dfrac{3}{4}", "0.75"), (r"\tfrac{1}{4}", "0.25"), ("2/4", "1/2"),

@@ -164,12 +164,16 @@ def _plain_values(parsed: list, other: list) -> list:
     return out
 
 
-def verify_here(pred: str, ref: str, timeout: int | None = TIMEOUT_SECONDS) -> bool | None:
+def verify_here(pred: str, ref: str, timeout: int | None = None) -> bool | None:
     """math-verify's verdict, computed in this thread (a timeout needs the main thread).
 
-    None (no verdict) when a parsed expression is too costly to compare (`too_costly`).
+    `timeout` (whole seconds of wall-clock time per parse or comparison) is `TIMEOUT_SECONDS` when
+    not given, read at the call. None (no verdict) when a parsed expression is too costly to
+    compare (`too_costly`).
     """
     from math_verify import parse, verify
+
+    timeout = TIMEOUT_SECONDS if timeout is None else timeout
 
     gold = parse(as_latex(ref), parsing_timeout=timeout)
     answer = parse(as_latex(pred), parsing_timeout=timeout)
