@@ -16,9 +16,10 @@ if _problem is not None:  # another `agents` (the OpenAI Agents SDK) installed o
     raise ImportError(_problem)
 
 from agents import losses  # noqa: E402
+from agents.lora import LoRAConfig  # noqa: E402
 from agents.models import load_model, resolve_device, resolve_dtype, save_model  # noqa: E402
 from agents.policy import LMPolicy  # noqa: E402
 from agents.reinforce import REINFORCE, REINFORCEConfig  # noqa: E402
 from agents.rollouts import evaluate  # noqa: E402
 
-__all__ = ["LMPolicy", "REINFORCE", "REINFORCEConfig", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LMPolicy", "LoRAConfig", "REINFORCE", "REINFORCEConfig", "evaluate", "losses", "load_model", "save_model", "resolve_device", "resolve_dtype"]

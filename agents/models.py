@@ -36,6 +36,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from agents import lora
 from textgym.tokenizers import (
     DEFAULT_MODEL,
     CharTokenizer,
@@ -54,6 +55,7 @@ __all__ = [
     "resolve_dtype",
     "cache_argument",
     "weights_dir",
+    "set_gradient_checkpointing",
     "TINY_CONFIG",
 ]
 
@@ -125,7 +127,8 @@ def load_model(
 
     Args:
         name_or_path: "smollm2-135m-instruct" (the embedded default), "tiny", a local directory,
-            an HF hub id, or a `.gguf` file.
+            an HF hub id, or a `.gguf` file. A directory of LoRA adapters (`agents.lora`; a LoRA
+            run's checkpoint policy) loads the base model it names and puts the adapters on it.
         device: "auto" (CUDA, then MPS, then CPU), or anything `torch.device` accepts.
         dtype: "auto" (bf16 on CUDA, fp32 elsewhere), "float32", "bfloat16", "float16" or a torch.dtype.
         seed: initialisation seed of the "tiny" model (None means 0; ignored for other models); the
@@ -136,17 +139,24 @@ def load_model(
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
 
+    source = name  # what loads this base again: LoRA checkpoints record it (agents.lora)
     if name.lower() == DEFAULT_MODEL:
         model = _from_pretrained(_default_model_dir(), dtype)
         tokenizer = as_tokenizer(DEFAULT_MODEL)
+        source = DEFAULT_MODEL
     elif name.lower() == "tiny":
         model, tokenizer = _tiny_model(seed), CharTokenizer()
+        source = "tiny" if seed in (None, 0) else ""  # another init seed cannot be loaded by name
     elif path.is_file() and path.suffix == ".gguf":
         model, hf_tokenizer = _dequantize_gguf(path)
         tokenizer = HFTokenizer(hf_tokenizer, name=name)
+        source = str(path.resolve())
+    elif path.is_dir() and lora.is_adapter_dir(path):
+        return _load_adapters(path, device, dtype)
     elif path.is_dir():
         model = _from_pretrained(path, dtype)
         tokenizer = _load_tokenizer_beside(path)
+        source = str(path.resolve())
     elif name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or path.suffix == ".gguf":
         raise ValueError(_unknown_model(name, f"no such file or directory: {path}"))
     else:
@@ -157,6 +167,7 @@ def load_model(
             raise ValueError(_unknown_model(name, f"loading it from the HF hub failed: {error}")) from error
 
     model = model.to(device=device, dtype=dtype).eval()
+    model.config._name_or_path = source  # transformers' own field; not written to config.json
     check_compatible(model, tokenizer)
     return model, tokenizer
 
@@ -174,6 +185,43 @@ def weights_dir(name_or_path: str | os.PathLike) -> Path | None:
     return None
 
 
+def _load_adapters(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, Tokenizer]:
+    """The base model a LoRA adapter directory names, with the adapters on it (trainable)."""
+    base = lora.adapter_base(path)
+    if lora.is_adapter_dir(base):
+        raise ValueError(f"{path}: its base model {base!r} is itself an adapter directory; adapters on adapters are not supported")
+    try:
+        model, tokenizer = load_model(base, device=device, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} holds LoRA adapters for base model {base!r}, which does not load: {error}") from None
+    model = lora.load_adapters(model, path).eval()
+    check_compatible(model, tokenizer)
+    return model, tokenizer
+
+
+def set_gradient_checkpointing(model: torch.nn.Module, enabled: bool) -> None:
+    """Recompute each layer's activations during the backward pass instead of storing them (or stop).
+
+    Non-reentrant checkpointing: it needs no input that requires grad, so it works on a LoRA model,
+    whose embeddings are frozen, as on a fully trained one. It only acts in train mode.
+    """
+    on = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    if bool(enabled) == on:
+        return
+    # transformers 5.25 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names warn)
+    renamed = hasattr(model, "activation_checkpointing_enable")
+    if not enabled:
+        (model.activation_checkpointing_disable if renamed else model.gradient_checkpointing_disable)()
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; turn it off")
+    kwargs = {"use_reentrant": False}
+    if renamed:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def cache_argument(model: torch.nn.Module) -> str:
     """The keyword under which `model`'s forward takes a KV cache: "cache" or "past_key_values".
 
@@ -181,10 +229,12 @@ def cache_argument(model: torch.nn.Module) -> str:
     FutureWarning on every forward, until 5.40); 4.56 to 5.23 know only `past_key_values`, and an
     unknown keyword would vanish into their `**kwargs` and silently disable the cache. So the
     keyword is read from the model's own signature, not from the version number. Wrappers
-    (torch.compile's `_orig_mod`) are looked through; a forward that names neither (custom code
+    (torch.compile's `_orig_mod`, peft's LoRA model) are looked through; a forward that names neither (custom code
     taking only **kwargs) gets the long-standing `past_key_values`.
     """
     model = getattr(model, "_orig_mod", model)
+    if lora.is_lora(model):  # peft's forward passes the keyword on to the base model's
+        model = model.get_base_model()
     return _cache_argument_of(type(model))
 
 
@@ -208,8 +258,11 @@ def save_model(model: PreTrainedModel, tokenizer: Tokenizer, path: str | os.Path
     """Save model and tokenizer to `path` so that `load_model(path)` gives them back (without
     transformers' progress bar: a bar per checkpoint would bury the training bar)."""
     path = Path(path)
-    with _no_loading_bar():
-        model.save_pretrained(path)
+    if lora.is_lora(model):
+        lora.save_adapters(model, path)  # the adapters and the base's name, not the base weights
+    else:
+        with _no_loading_bar():
+            model.save_pretrained(path)
     if isinstance(tokenizer, CharTokenizer):
         (path / TOKENIZER_MARKER).write_text(json.dumps({"type": "char", "alphabet": tokenizer.alphabet}))
     elif isinstance(tokenizer, HFTokenizer):

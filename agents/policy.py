@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from agents.acting import Policy, check_sampling
 from agents.losses import entropy as entropy_from_logits
 from agents.losses import token_log_probs
+from agents.lora import LoRAConfig, apply_lora
 from agents.models import cache_argument, check_compatible, load_model, save_model
 from textgym.tokenizers import DEFAULT_MODEL, Tokenizer
 
@@ -108,12 +109,16 @@ class LMPolicy(Policy):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        lora: LoRAConfig | None = None,
         **model_kwargs: Any,
     ) -> "LMPolicy":
         """Load a policy: the embedded default "smollm2-135m-instruct", "tiny", an HF hub id, a
         local directory or a `.gguf` file. Device "auto": CUDA, MPS, then CPU; dtype "auto": bf16 on
-        CUDA, fp32 elsewhere."""
+        CUDA, fp32 elsewhere. `lora` (with a rank) wraps the model in fresh LoRA adapters
+        (`agents.lora`); a LoRA checkpoint's directory loads as its base with its adapters."""
         model, tokenizer = load_model(str(name_or_path), device=device, dtype=dtype, **model_kwargs)
+        if lora is not None and lora.enabled:
+            model = apply_lora(model, lora, seed=seed or 0)  # the adapters' init follows the run's seed
         return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -449,7 +454,7 @@ class LMPolicy(Policy):
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         safe_ids = torch.where(attention_mask.bool(), input_ids, torch.zeros_like(input_ids))
         result = (model or self.model)(
-            input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions,
+            input_ids=safe_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
             output_hidden_states=with_hidden, logits_to_keep=width - start,
         )  # fmt: skip
         dist_logits = self._sampling_logits(result.logits[:, :-1])

@@ -17,7 +17,6 @@ The equations, numbered, are in the docstring of `agents.losses`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import errno
 import os
@@ -60,6 +59,8 @@ from agents.callbacks import (
 from agents.acting import Policy
 from agents.backends import make_policy
 from agents.curriculum import FrontierSampler
+from agents.lora import frozen_reference, is_adapter_dir
+from agents.models import set_gradient_checkpointing
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
 from textgym.config import check_choices, describe, replace, setting
@@ -99,7 +100,9 @@ class REINFORCEConfig:
     cliprange_high: float | None = setting(
         None, "ε_high of the clipped loss (eq. 27b, 'clip-higher'): the ratio's ceiling 1 + ε_high (None: cliprange)"
     )
-    kl_coef: float = setting(0.0, "weight of the k3 KL penalty to a frozen copy of the initial policy (0: off, no copy kept)")
+    kl_coef: float = setting(
+        0.0, "weight of the k3 KL penalty to the initial policy: a frozen copy, or for a LoRA policy the base with adapters disabled (0: off, no copy kept)"
+    )
     entropy_coef: float = setting(0.0, "weight of the entropy bonus (with entropy_target: its starting value)")
     entropy_target: float | None = setting(
         None,
@@ -134,6 +137,9 @@ class REINFORCEConfig:
         "mixed precision of the update: bf16 autocast (weights, gradients and optimizer stay float32), off, or "
         "auto = bf16 where the hardware has native bf16 (recent CUDA GPUs; CPUs with AVX512-BF16/AMX: 1.8x "
         "faster for SmolLM2-135M on 2 cores) and the policy is float32. Acting is never autocast",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute each layer's activations in the backward pass instead of keeping them: less memory per update, one more forward (with or without LoRA)"
     )
 
     def __post_init__(self) -> None:
@@ -208,8 +214,11 @@ class REINFORCE:
         self._frontier_state: dict | None = None  # a checkpoint's, until then
         self.bad_updates = 0
         self.autocast_dtype = _autocast_dtype(cfg.amp, policy)
-        self.optimizer = _adamw(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        # Only what trains: every weight, or a LoRA policy's adapters (its base is frozen).
+        trainable = [p for p in policy.model.parameters() if p.requires_grad]
+        self.optimizer = _adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.reference = frozen_reference(policy.model) if cfg.kl_coef > 0 else None
+        set_gradient_checkpointing(policy.model, cfg.gradient_checkpointing)
         # Under torchrun, DDP all-reduces the gradients; its constructor also broadcasts rank 0's
         # weights, so every rank starts from the same policy.
         self.dist = distributed.context()
@@ -264,17 +273,21 @@ class REINFORCE:
             batch = batch.with_action_mask(batch.action_mask & ~batch.truncated[:, None])
             if self.dist.sum(int(batch.action_mask.sum())) == 0:  # nothing left to train on: no step at all
                 return {**{k: float(np.mean(v)) for k, v in stats.items()}, **_no_update(self)}
-        for _ in range(cfg.epochs):
-            # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
-            # behaviour log-probs: after the first step the batch comes from an older policy.
-            finite = self.compute_gradients(batch, advantages, clipped=cfg.epochs > 1, stats=stats)
-            norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm or float("inf"))
-            if not finite or not torch.isfinite(norm):
-                self._skip_update("loss" if not finite else "gradient")
-                skipped = True
-                break
-            self.optimizer.step()
-            stats["grad_norm"].append(float(norm))
+        # Dropout in the update (lora_dropout, a model's own) draws from torch's global generator:
+        # seeded per iteration, so the same seed gives the same run and a resumed run replays it.
+        with torch.random.fork_rng(devices=[self.policy.device] if self.policy.device.type == "cuda" else []):
+            torch.manual_seed(self._iteration_seed(3))
+            for _ in range(cfg.epochs):
+                # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
+                # behaviour log-probs: after the first step the batch comes from an older policy.
+                finite = self.compute_gradients(batch, advantages, clipped=cfg.epochs > 1, stats=stats)
+                norm = torch.nn.utils.clip_grad_norm_(self.policy.model.parameters(), cfg.max_grad_norm or float("inf"))
+                if not finite or not torch.isfinite(norm):
+                    self._skip_update("loss" if not finite else "gradient")
+                    skipped = True
+                    break
+                self.optimizer.step()
+                stats["grad_norm"].append(float(norm))
         self.optimizer.zero_grad(set_to_none=True)
         self.policy.on_update()  # the weights changed: caches are stale, an engine loads the new weights
         if not skipped:
@@ -717,7 +730,8 @@ class REINFORCE:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{checkpoint / 'agent.pt'} is not a textgym agent state ({e}); start a new run") from None
         config = REINFORCEConfig(**saved).replace(**overrides)
-        if config.kl_coef > 0 and "reference" not in state:
+        lora = is_adapter_dir(checkpoint / "policy")  # a LoRA policy's KL reference is its base, always at hand
+        if config.kl_coef > 0 and "reference" not in state and not lora:
             raise ValueError(
                 f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {checkpoint} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
@@ -736,7 +750,7 @@ class REINFORCE:
             agent = cls(acting, config)
             agent.optimizer.load_state_dict(state["optimizer"])
             _check_optimizer_fits(agent.optimizer)
-            if agent.reference is not None:
+            if agent.reference is not None and "reference" in state:  # a LoRA policy's reference has no state
                 agent.reference.load_state_dict(state["reference"])
             if agent.value_head is not None and "value_head" in state:
                 agent.value_head.load_state_dict(state["value_head"])
@@ -764,8 +778,8 @@ class REINFORCE:
 def _load_policy(checkpoint: Path, **kwargs: Any) -> LMPolicy:
     """The checkpoint's policy/ (safetensors, never pickles, never remote code), or a CheckpointError."""
     weights = checkpoint / "policy"
-    if not (weights / "config.json").is_file():
-        raise CheckpointError(f"{weights} is missing or incomplete (no config.json): {checkpoint} is damaged. "
+    if not (weights / "config.json").is_file() and not is_adapter_dir(weights):
+        raise CheckpointError(f"{weights} is missing or incomplete (no config.json, nor a LoRA adapter_config.json): {checkpoint} is damaged. "
                               f"{recovery(checkpoint)}")  # fmt: skip
     try:
         return LMPolicy.from_pretrained(weights, **kwargs)

@@ -6,8 +6,8 @@ says is larger is the larger one), with a group baseline over 8 samples of each 
 update, and validation on 256 distinct held-out problems every 5 updates.
 
 Every flag comes from a config dataclass, with its default and help: `RunConfig` and
-`SamplingConfig` (`agents.runs`), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig`
-and `agents.reinforce.REINFORCEConfig`. A preset (`agents.runs.PRESETS`) changes a few defaults for
+`SamplingConfig` (`agents.runs`), `agents.callbacks.RunManagementConfig`, `textgym.config.EnvConfig`,
+`agents.reinforce.REINFORCEConfig` and `agents.lora.LoRAConfig` (LoRA adapters: `--lora-rank 16`). A preset (`agents.runs.PRESETS`) changes a few defaults for
 a model that needs other values, a task may recommend its budget (a data file of worked solutions),
 and flags override both: one resolver for train, eval and bench (`agents.runs.Command`).
 
@@ -41,14 +41,17 @@ from textgym.rewards import get_reward
 
 __all__ = ["RunConfig", "SamplingConfig", "PRESETS", "add_arguments", "run", "main", "resolve_settings", "split_settings", "run_name"]
 
-FIXED_ON_RESUME = ("model", "preset", "mask_actions")  # a checkpoint already holds what these decide
+# A checkpoint already holds what these decide (the model, its token restriction, its LoRA adapters).
+FIXED_ON_RESUME = ("model", "preset", "mask_actions", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
 NOT_RECORDED = ("resume", "overwrite")  # how this command was started, not what the run is
 ENV = Section(EnvConfig, "the environment (textgym.config.EnvConfig)", ENV_EXCLUDED)  # train on train, validate on validation
 
 
 def command() -> Command:
-    """train's settings: the run, its management, the env (train on train, validate on validation), the agent, sampling."""
+    """train's settings: the run, its management, the env (train on train, validate on validation), the agent,
+    sampling, LoRA."""
     from agents.callbacks import RunManagementConfig
+    from agents.lora import LoRAConfig
     from agents.reinforce import REINFORCEConfig
 
     return Command([
@@ -57,11 +60,12 @@ def command() -> Command:
         ENV,
         Section(REINFORCEConfig, "the REINFORCE agent (agents.reinforce.REINFORCEConfig)"),
         Section(SamplingConfig, "the policy's sampling"),
+        Section(LoRAConfig, "LoRA adapters (agents.lora.LoRAConfig)"),
     ])  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Every setting of the five configs as a flag; presets noted in the help and listed below it."""
+    """Every setting of the six configs as a flag; presets noted in the help and listed below it."""
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     command().add_arguments(p)
@@ -81,8 +85,9 @@ def resolve_settings(flags: dict[str, Any], base: dict[str, Any] | None = None) 
 
 
 def split_settings(settings: dict[str, Any]) -> list[Any]:
-    """The five configs (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig)
-    made from a flat dict of settings such as `resolve_settings` returns (each takes its own names)."""
+    """The six configs (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig,
+    LoRAConfig) made from a flat dict of settings such as `resolve_settings` returns (each takes its
+    own names)."""
     return command().split(settings)
 
 
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             settings, _ = train.resolve(flags, recorded=base)
         else:
             settings, _ = train.resolve(flags)
-        run_cfg, management, env_cfg, agent_cfg, sampling = train.split(settings)
+        run_cfg, management, env_cfg, agent_cfg, sampling, lora = train.split(settings)
         if env_cfg.reward is not None:
             get_reward(env_cfg.reward)  # a missing module or function fails before the model loads
         if resume is not None:
@@ -149,9 +154,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"loading {run_cfg.model} ...", flush=True)
         t0 = time.perf_counter()
-        learner = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
-                                           **dataclasses.asdict(sampling))  # fmt: skip
+        try:
+            learner = LMPolicy.from_pretrained(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, seed=agent_cfg.seed,
+                                               lora=lora, **dataclasses.asdict(sampling))  # fmt: skip
+        except (ImportError, ValueError) as e:  # an unknown model or target module, peft missing
+            raise SystemExit(f"error: {e}") from None
         print(f"loaded in {time.perf_counter() - t0:.1f} s: {learner.model.num_parameters() / 1e6:.1f}M parameters on {learner.device} ({learner.dtype})")
+        if lora.enabled:
+            trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
+            print(f"LoRA rank {lora.lora_rank}: {trainable / 1e6:.2f}M trainable parameters, the base frozen")
         policy = _acting_policy(learner, run_cfg.policy, run_cfg.model, print)
         agent = REINFORCE(policy, agent_cfg)
     env_settings = {k: getattr(env_cfg, k) for k in ENV.names()}

@@ -146,7 +146,7 @@ class VLLMPolicy(Policy):
         if model_dir is None:
             self._temporary = tempfile.mkdtemp(prefix="textgym-vllm-")
             weakref.finalize(self, shutil.rmtree, self._temporary, ignore_errors=True)
-            save_model(learner.model, learner.tokenizer, self._temporary)
+            save_model(_plain_model(learner.model), learner.tokenizer, self._temporary)
             model_dir = self._temporary
         settings = dict(
             model=str(model_dir),
@@ -169,6 +169,13 @@ class VLLMPolicy(Policy):
             # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process;
             # the learner's code and its callers keep the real one.
             torch.set_num_threads = set_num_threads
+        if model_dir != self._temporary:
+            # a directory of the base model's weights: a LoRA learner's adapters (trained already on a
+            # resume or in an evaluated run) are not in it
+            from agents import lora
+
+            if lora.is_lora(learner.model):
+                self.sync_weights()
 
     # -- the learner's side ----------------------------------------------------------------------
 
@@ -264,7 +271,7 @@ class VLLMPolicy(Policy):
         names, then empty its prefix cache (cached keys and values are of the old weights) and
         drop the buffered tokens (they were sampled from the old weights)."""
         model = self.learner.model if model is None else model
-        weights = [(name, parameter.detach()) for name, parameter in model.named_parameters()]
+        weights = _plain_parameters(model)
         self.engine.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.engine.collective_rpc(_rebuild_tied_head)
         self.engine.reset_prefix_cache()
@@ -436,3 +443,30 @@ def _turn_tokens(policy_mask: np.ndarray, seq_len: np.ndarray) -> np.ndarray:
     not_policy = written & (policy_mask == 0)
     last = np.where(not_policy.any(axis=1), policy_mask.shape[1] - 1 - np.argmax(not_policy[:, ::-1], axis=1), -1)
     return seq_len - 1 - last
+
+
+def _plain_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The model's parameters by their HF names, as a plain model (what the engine serves) holds
+    them: a LoRA model's adapters merged into its weights (`agents.lora.merged_state_dict`)."""
+    from agents import lora
+
+    if not lora.is_lora(model):
+        return [(name, parameter.detach()) for name, parameter in model.named_parameters()]
+    merged = lora.merged_state_dict(model)
+    names = [name.replace(".base_layer.", ".") for name, _ in model.get_base_model().named_parameters()]
+    return [(name, merged[name]) for name in names if ".lora_" not in name]
+
+
+def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` itself, or for a LoRA model a plain copy with the adapters merged in (for the
+    engine's weights directory; the training model is left as it is)."""
+    from agents import lora
+
+    if not lora.is_lora(model):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    plain = AutoModelForCausalLM.from_config(base.config).to(base.dtype)
+    plain.load_state_dict(lora.merged_state_dict(model))
+    return plain

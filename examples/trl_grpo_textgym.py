@@ -35,11 +35,12 @@ import warnings
 from pathlib import Path
 
 from agents.callbacks import RunManagementConfig
+from agents.lora import LoRAConfig
 from agents.reinforce import REINFORCEConfig
 from agents.train import RunConfig, SamplingConfig, add_arguments, resolve_settings, split_settings
 from textgym.config import EnvConfig, given
 
-CONFIGS = (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig)
+CONFIGS = (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig, LoRAConfig)  # LoRA's flags: noted as without effect
 # The flags that reach the TRL run (the env's come from EnvConfig; progress is a line per step either way).
 USED = {"model", "iterations", "prompts", "group_size", "device", "dtype", "threads", "out", "progress_bar", "lr",
         "lr_schedule", "seed", "weight_decay", "max_grad_norm", "kl_coef", "temperature", "top_k", "top_p"}  # fmt: skip
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out / 'model'} is trained already")
         return 0
     try:
-        run, _, env, agent, sampling = split_settings(settings)
+        run, _, env, agent, sampling, _ = split_settings(settings)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -1,7 +1,7 @@
 """`textgym train` is generated from the configs: flags, defaults, presets, and resume overrides.
 
 - every setting of RunConfig, RunManagementConfig, EnvConfig (but the three train fixes itself),
-  REINFORCEConfig and SamplingConfig is a flag, with the config's help and default; presets are shown in --help;
+  REINFORCEConfig, SamplingConfig and LoRAConfig is a flag, with the config's help and default; presets are shown in --help;
 - the defaults are the main job's (SmolLM2, addition, 2 x 8, group baseline, ...); a preset applies
   to its model name exactly (a local `tiny-gpt2/` is not the toy model); flags override a preset;
 - `--resume DIR` takes overrides, records what changed in resumes.jsonl (config.json stays the
@@ -24,6 +24,7 @@ import torch
 
 from agents.models import load_model, save_model
 from agents.callbacks import RunManagementConfig
+from agents.lora import LoRAConfig
 from agents.reinforce import REINFORCEConfig
 from agents import train as T
 from agents.checkpoints import latest_checkpoint
@@ -45,7 +46,7 @@ def parser():
 def test_every_setting_is_a_flag_with_the_configs_help_and_default():
     p = parser()
     flags = {a.dest: a for a in p._actions if a.dest != "help"}
-    for cls in (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig):
+    for cls in (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig, LoRAConfig):
         for f in dataclasses.fields(cls):
             if not f.metadata.get("cli", True) or f.name in ENV_EXCLUDED:
                 assert f.name not in flags or f.name == "seed", f.name

@@ -281,7 +281,7 @@ def test_grpo_config_has_the_budget_lr_and_sampling_of_a_textgym_run(tmp_path):
 
     settings = resolve_settings({"model": "smollm2-135m-instruct", "task": "comparison", "iterations": 60, "lr": 3e-5,
                                  "lr_schedule": "linear", "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 32})  # fmt: skip
-    run, _, env, agent, sampling = split_settings(settings)
+    run, _, env, agent, sampling, _ = split_settings(settings)
     kwargs = grpo_config_kwargs(run, env, agent, sampling)
     config = trl.GRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **kwargs)
     # one optimizer step = one textgym update: 2 prompts x 8 samples, generated once

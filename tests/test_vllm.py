@@ -314,6 +314,35 @@ def test_weights_are_synced_into_the_engine_after_an_update(policy):
     np.testing.assert_allclose(engine_log_probs(policy, ids), before, atol=1e-5)
 
 
+def test_a_lora_learner_gives_the_engine_its_merged_weights(policy):
+    """LoRA: the engine serves plain weights, so it gets the base with the adapters merged in, when
+    it takes the learner and after each update; its log-probs are then the LoRA model's."""
+    from agents.lora import LoRAConfig, apply_lora
+
+    ids = policy.tokenizer.encode("Which is larger: 37 or 52? 52 is larger than 37.")
+    base = engine_log_probs(policy, ids)
+    learner = LMPolicy(apply_lora(copy.deepcopy(policy.learner.model), LoRAConfig(lora_rank=4), seed=0),
+                       policy.tokenizer, temperature=0.7, seed=0)  # fmt: skip
+    try:
+        with torch.no_grad():
+            for name, parameter in learner.model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
+        lora_policy = VLLMPolicy(learner, engine=policy.engine)  # takes the running engine, syncs the weights
+        adapted = engine_log_probs(lora_policy, ids)
+        np.testing.assert_allclose(adapted, model_log_probs(learner.model, ids), atol=1e-4)
+        assert np.abs(adapted - base).max() > 1e-2, "the adapters must have moved the log-probs"
+        agent = REINFORCE(lora_policy, baseline="none", entropy_coef=0.1, lr=1e-3, amp="off")
+        episodes, _ = collect_episodes(lora_policy, envs_for(lora_policy, num_envs=2), seed=7)
+        agent.update(to_batch(episodes, group_size=2))  # the adapters change; on_update syncs the merge
+        after = engine_log_probs(lora_policy, ids)
+        np.testing.assert_allclose(after, model_log_probs(learner.model, ids), atol=1e-4)
+        assert np.abs(after - adapted).max() > 1e-3
+    finally:
+        policy.sync_weights()
+    np.testing.assert_allclose(engine_log_probs(policy, ids), base, atol=1e-5)
+
+
 def test_the_engines_behaviour_log_probs_are_what_the_importance_ratio_divides_by(policy):
     """Eq. 27a's ratio is pi / b with b the engine's log-prob recorded at sampling: with the learner's
     weights in the engine it is 1 up to rounding (nothing clipped); with other weights in the engine

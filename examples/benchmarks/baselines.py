@@ -39,7 +39,7 @@ BASELINES = ["none", "mean", "group", "leave_one_out", "value"]
 
 def setup(model: str, preset: str | None = None):
     """The configs of `textgym train --model <model> [--preset P]`: the defaults, then the preset."""
-    run, _, env, agent, sampling = split_settings(resolve_settings({"model": model, **({"preset": preset} if preset else {})}))
+    run, _, env, agent, sampling, _ = split_settings(resolve_settings({"model": model, **({"preset": preset} if preset else {})}))
     return run, env, agent, sampling
 
 

@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict] = {
 
 def run(variant: str, settings: dict, seed: int, args: argparse.Namespace) -> dict:
     flags = {"model": "tiny", **({"preset": args.preset} if args.preset else {})}
-    run_cfg, management, env_cfg, agent_cfg, sampling = split_settings(resolve_settings(flags))
+    run_cfg, management, env_cfg, agent_cfg, sampling, _ = split_settings(resolve_settings(flags))
     torch.manual_seed(seed)
     policy = LMPolicy.from_pretrained("tiny", seed=seed, temperature=sampling.temperature)
     envs = textgym.TextGenVectorEnv(num_envs=run_cfg.prompts * run_cfg.group_size, group_size=run_cfg.group_size,
