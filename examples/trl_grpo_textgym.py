@@ -38,7 +38,7 @@ from agents.callbacks import RunManagementConfig
 from agents.lora import LoRAConfig
 from agents.reinforce import REINFORCEConfig
 from agents.train import RunConfig, SamplingConfig, add_arguments, resolve_settings, split_settings
-from textgym.config import EnvConfig, given
+from textgym.config import EnvConfig, given, json_object
 
 CONFIGS = (RunConfig, RunManagementConfig, EnvConfig, REINFORCEConfig, SamplingConfig, LoRAConfig)  # LoRA's flags: noted as without effect
 # The flags that reach the TRL run (the env's come from EnvConfig; progress is a line per step either way).
@@ -63,15 +63,6 @@ def parse(argv: list[str] | None) -> tuple[dict, dict, Path]:
     out = Path(settings["out"] or f"runs/trl-{settings['task']}")
     return settings, args.trl_args, out
 
-
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--trl-args must be a JSON object of GRPOConfig fields, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -379,4 +379,4 @@ def test_a_finished_trl_run_is_kept_and_never_overwritten_with_other_settings(tm
         script.main([*flags[:-2], "--lr", "1e-4", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         script.main([*flags, "--trl-args", "[1, 2]"])
-    assert "--trl-args must be a JSON object" in capsys.readouterr().err
+    assert "argument --trl-args: must be a JSON object" in capsys.readouterr().err

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import signal
 import sys
 from pathlib import Path
@@ -141,14 +140,6 @@ def _require_agents() -> None:
     problem = agents_problem()
     if problem is not None:
         raise SystemExit(f"error: {problem}")
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"digits\": 2}}', got {text!r}")
-    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -201,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 
         add_bench_arguments(pb)
 
+    from textgym.config import json_object
+
     ps = sub.add_parser("serve", help="serve a task as an OpenEnv environment server (needs textgym[openenv])")
     ps.add_argument("--task", default="calculator", help="a task name from `textgym tasks` (default: calculator)")
-    ps.add_argument("--task-kwargs", type=_json_object, default={}, metavar="JSON",
+    ps.add_argument("--task-kwargs", type=json_object, default={}, metavar="JSON",
                     help='the task\'s arguments, e.g. \'{"digits": 2}\'')
     ps.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine only)")
     ps.add_argument("--port", type=int, default=8000, help="the port (default: 8000; 0: any free one)")

@@ -28,7 +28,7 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, Mapping
 
-__all__ = ["setting", "settings_of", "check_choices", "add_arguments", "given", "describe", "replace", "EnvConfig"]
+__all__ = ["setting", "settings_of", "check_choices", "add_arguments", "given", "describe", "replace", "json_object", "EnvConfig"]
 
 
 def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, cli: bool = True) -> Any:
@@ -119,16 +119,6 @@ def _parser_for(tp: Any) -> dict:
     if inner in (int, float, str):
         return {"type": nullable(inner), "metavar": inner.__name__.upper() + none}
     if typing.get_origin(inner) in (dict, collections.abc.Mapping) or inner in (dict, collections.abc.Mapping):
-
-        def json_object(text: str):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
-            if not isinstance(value, dict):
-                raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"digits\": 2}}', got {text!r}")
-            return value
-
         return {"type": json_object, "metavar": "JSON"}
     if typing.get_origin(inner) in (tuple, list):
         return {"type": str, "nargs": "+", "metavar": "TEXT"}
@@ -300,3 +290,15 @@ class EnvConfig:
     def replace(self, **changes: Any) -> "EnvConfig":
         """A copy with some settings changed (unknown names raise a TypeError that lists the known)."""
         return replace(self, **changes)
+
+
+def json_object(text: str) -> dict:
+    """An argparse `type` for flags that take a JSON object (`--task-kwargs`, `--trl-args`, ...): the
+    object as a dict, or argparse's one-line error saying what is wrong with the text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"digits\": 2}}', got {text!r}")
+    return value

@@ -41,6 +41,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from textgym.config import json_object
+
 # Short answers (a number, a word, yes/no) that the verifier can match when the model answers
 # tersely; the datasets whose answers are long structures (grids, move lists, programs) are left
 # out, and so are those that take seconds per entry to generate. game_of_life_halting is left out
@@ -239,15 +241,6 @@ def table(args: argparse.Namespace) -> int:
     print("\nThe commands (run again, they resume):\n\n" + "\n".join(commands))
     return 0
 
-
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object of GRPOConfig fields is expected, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
