@@ -1,17 +1,24 @@
 """Rollout throughput: the env.step loop (LMPolicy.act over TextGenVectorEnv) vs model.generate,
-vs re-encoding the prefix every step, vs the bare KV-cache forward loop.
+vs re-encoding the prefix every step, vs the bare KV-cache forward loop of the HF model.
 
 Every variant turns the same left-padded batch of `addition` prompts (chat format) into exactly
 B x N new tokens: the end token is masked out everywhere and the env has no stop strings, so
 nobody stops early. The variants alternate inside each repeat (the machine is shared, so only
 ratios measured side by side mean anything) and the table reports medians.
 
-    (a) env.step loop   policy.act(obs) -> envs.step(actions), the policy's per-slot KV cache
+    (a) env.step loop   policy.act(obs) -> envs.step(actions), the policy's per-slot KV cache, its
+                        one-token steps by LMPolicy's default decode step (the static one on a CPU)
+    (a') HF forward     the same loop with LMPolicy(decode="hf"): one-token steps through the HF
+                        forward and its DynamicCache
+    (a") compiled       the same loop with LMPolicy(decode="compiled") (only with --compiled)
     (b) generate        model.generate(do_sample=True, same temperature, min/max_new_tokens=N)
     (c) no cache        one forward of the whole prefix per step, then sample
-    (d) limit           one-token forward passes through a DynamicCache; no sampling, no env
+    (d) HF KV loop      one-token HF forward passes through a DynamicCache; no sampling, no env
 
-    python examples/benchmarks/rollout_throughput.py [--batch 8 32] [--new-tokens 32 64] [--repeats 3]
+The first call of each variant (4 tokens) is timed apart as its warm-up: packing the weights for
+the static step, compiling for (a").
+
+    python examples/benchmarks/rollout_throughput.py [--batch 8 32] [--new-tokens 32 64] [--repeats 3] [--compiled]
     python examples/benchmarks/rollout_throughput.py --model tiny --smoke
 """
 
@@ -100,7 +107,7 @@ def no_cache(policy, ids, mask, new_tokens, banned):
 
 
 def kv_limit(policy, ids, mask, new_tokens, banned=None):
-    """(d) The floor: prefill, then one-token forwards through a DynamicCache; no sampling, no env."""
+    """(d) Prefill, then one-token HF forwards through a DynamicCache; no sampling, no env."""
     model = policy.model
     cache = {cache_argument(model): DynamicCache()}  # the keyword this transformers' forward takes
     positions = _positions(mask)
@@ -113,35 +120,44 @@ def kv_limit(policy, ids, mask, new_tokens, banned=None):
     return new_tokens * ids.shape[0]
 
 
-def measure(policy, batch, new_tokens, repeats):
+def measure(policy, batch, new_tokens, repeats, others):
+    """Median tokens/s of each variant, the ratios of (a) to the others, and each variant's first
+    call in seconds; `others` maps more env.step-loop columns (a', a") to their policies."""
     envs, ids, mask = make_setup(policy, batch, new_tokens)
     banned = torch.zeros(max(policy.model.config.vocab_size, policy.vocab_size), dtype=torch.bool)
     banned[policy.vocab_size:] = True
     banned[policy.tokenizer.eos_token_id] = True
-    policy.restrict_actions(~banned[: policy.vocab_size].numpy())
+    for p in [policy, *others.values()]:
+        p.restrict_actions(~banned[: policy.vocab_size].numpy())
+    short_envs, _, _ = make_setup(policy, batch, min(4, new_tokens))
     variants = {
         "a": lambda n: env_loop(policy, envs if n == new_tokens else short_envs, n),
+        **{k: (lambda n, p=p: env_loop(p, envs if n == new_tokens else short_envs, n)) for k, p in others.items()},
         "b": lambda n: generate(policy, ids, mask, n, banned),
         "c": lambda n: no_cache(policy, ids, mask, n, banned),
         "d": lambda n: kv_limit(policy, ids, mask, n),
     }
-    short_envs, _, _ = make_setup(policy, batch, min(4, new_tokens))
     rates = {k: [] for k in variants}
+    first_call = {}
     with torch.no_grad():
-        for fn in variants.values():  # warm-up (a few tokens: allocator, kernels, caches)
+        for k, fn in variants.items():  # warm-up (a few tokens: allocator, kernels, caches, packing, compiling)
+            t0 = time.perf_counter()
             fn(min(4, new_tokens))
+            first_call[k] = time.perf_counter() - t0
         for r in range(repeats):
             order = list(variants) if r % 2 == 0 else list(variants)[::-1]  # alternate the order
             for k in order:
                 t0 = time.perf_counter()
                 tokens = variants[k](new_tokens)
                 rates[k].append(tokens / (time.perf_counter() - t0))
-    policy.restrict_actions(None)
+    for p in [policy, *others.values()]:
+        p.restrict_actions(None)
     # Ratios are taken within each repeat (variants measured minutes apart on a shared machine are
     # not comparable), then the median over repeats.
     out = {k: statistics.median(v) for k, v in rates.items()}
-    for other in "bcd":
+    for other in [k for k in variants if k != "a"]:
         out["a/" + other] = statistics.median(a / o for a, o in zip(rates["a"], rates[other]))
+    out["first_call"] = first_call
     return out
 
 
@@ -154,22 +170,34 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one repeat (proves it runs)")
+    parser.add_argument("--compiled", action="store_true", help='add (a"): LMPolicy(decode="compiled") (minutes of compilation)')
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.new_tokens, args.repeats = [2], [4], 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     policy = LMPolicy.from_pretrained(args.model, device="cpu", temperature=args.temperature, seed=0)
+    others = {"a'": LMPolicy(policy.model, policy.tokenizer, temperature=args.temperature, seed=0, decode="hf")}
+    if args.compiled:
+        others['a"'] = LMPolicy(policy.model, policy.tokenizer, temperature=args.temperature, seed=0, decode="compiled")
 
-    print(f"\n{args.model}, {torch.get_num_threads()} CPU threads, T={args.temperature}, "
+    print(f"\n{args.model}, {torch.get_num_threads()} CPU threads, T={args.temperature}, (a) decode={policy.decode!r}, "
           f"median of {args.repeats} alternating repeats, useful tokens/s\n")
-    print("| B | N | (a) env.step loop | (b) generate | (c) no cache | (d) KV limit | a/b | a/d | a/c |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = {"a'": "(a') HF forward", 'a"': '(a") compiled'}
+    print("| B | N | (a) env.step loop | " + "".join(f"{names[k]} | " for k in others)
+          + "(b) generate | (c) no cache | (d) HF KV loop | " + "".join(f"a/{k} | " for k in others) + "a/b | a/d | a/c |")
+    print("|---:|---:|---:|" + "---:|" * (2 * len(others) + 6))
+    warmups = []
     for batch in args.batch:
         for new_tokens in args.new_tokens:
-            m = measure(policy, batch, new_tokens, args.repeats)
-            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | {m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} "
-                  f"| {m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |", flush=True)
+            m = measure(policy, batch, new_tokens, args.repeats, others)
+            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | " + "".join(f"{m[k]:.0f} | " for k in others)
+                  + f"{m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} | " + "".join(f"{m['a/' + k]:.2f} | " for k in others)
+                  + f"{m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |", flush=True)
+            warmups.append((batch, new_tokens, m["first_call"]))
+    print("\nFirst call of each variant (4 tokens; packing the weights, compiling), seconds:")
+    for batch, new_tokens, first in warmups:
+        print(f"  B={batch} N={new_tokens}: " + ", ".join(f"({k}) {v:.1f}" for k, v in first.items()))
 
 
 if __name__ == "__main__":
