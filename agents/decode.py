@@ -249,10 +249,8 @@ class StaticDecoder:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
+    """HF's Llama RMSNorm (normalized in float32, cast back, then scaled) in one fused kernel."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> torch.Tensor:
@@ -278,8 +276,8 @@ def _decode(w: dict, keys: list, values: list, tokens, cos, sin, mask, start: in
     for layer, layer_keys, layer_values in zip(w["layers"], keys, values):
         x = _rms_norm(h, layer["norm1"], layer["eps1"])
         qkv = _linear(x, layer["qkv"], layer["qkv_bias"], packed)
-        q = _rotate(qkv[:, : heads * head_dim].view(n, heads, head_dim), cos, sin)
-        k = _rotate(qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(n, kv_heads, head_dim), cos, sin)
+        qk = _rotate(qkv[:, : (heads + kv_heads) * head_dim].view(n, heads + kv_heads, head_dim), cos, sin)
+        q, k = qk[:, :heads], qk[:, heads:]
         v = qkv[:, (heads + kv_heads) * head_dim :].view(n, kv_heads, head_dim)
         # index_copy_ with a tensor index: an int index would be a constant to torch.compile.
         layer_keys.index_copy_(2, where, k[:, :, None])

@@ -169,6 +169,23 @@ def test_weight_updates_reach_the_static_step():
         assert_same_rollouts(rollout(hf, envs, steps=6), rollout(static, envs, steps=6), atol=1e-5)
 
 
+def test_compiled_decode_matches_the_hf_forward_and_reports_its_warmup():
+    """decode="compiled": one torch.compile graph for every batch size and cache width."""
+    import torch._dynamo.utils
+
+    hf, _ = pair()
+    compiled = LMPolicy(hf.model, hf.tokenizer, seed=0, decode="compiled")
+    assert compiled.decode == "compiled" and compiled._decoder.warmup_s is None
+    torch._dynamo.utils.counters.clear()
+    for num_envs in (3, 5):
+        envs = textgym.TextGenVectorEnv(num_envs=num_envs, tokenizer=hf.tokenizer, **KW)
+        hf.seed(0)
+        compiled.seed(0)
+        assert_same_rollouts(rollout(hf, envs, steps=20), rollout(compiled, envs, steps=20), atol=1e-5)
+    assert compiled._decoder.warmup_s > 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "no recompilation for new shapes"
+
+
 def test_unknown_architectures_fall_back_to_the_hf_forward():
     tokenizer = textgym.CharTokenizer()
     gpt2 = small_model("gpt2", tokenizer)
