@@ -16,6 +16,10 @@ Agents:
 
 Every agent is evaluated by `agents.rollouts.evaluate` on the same prompts (the split's episodes
 drawn from --seed), so rows are comparable and the same seed gives the same table (tokens/s aside).
+A model samples and spends tokens as it does in `textgym train` and `textgym eval` (one resolver,
+`agents.runs`): its preset (SmolLM2-135M-Instruct: T = 0.7, 24 new tokens), or for reinforce:<dir>
+the run's recorded settings, under the task's recommended budget and the flags; bench.json names
+each row's budget and sampling.
 Accuracy is the fraction of episodes whose answer is fully right (reward or answer component >= 1).
 For pass@k, majority vote and per-sample records of one model, use `textgym eval`.
 """
@@ -24,19 +28,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import numpy as np
+
+from agents.runs import (
+    ENV_EXCLUDED, SAMPLING, Command, RunConfig, SamplingConfig, Section, jsonable, load_policy, make_tasks,
+)
+from textgym.config import EnvConfig, check_choices, setting
 
 COLUMNS = ("agent", "task", "reward", "reward_ci95", "accuracy", "completion_length", "tokens_per_s", "episodes")
 
 SB3_AGENTS = ("sb3-ppo", "sb3-a2c")
+LM_AGENTS = ("lm", "lm-greedy", "reinforce")
 # Above these sizes one-hot PPO is not a sensible baseline (and would not learn in a bench run).
 SB3_MAX_ACTIONS = 16
 SB3_MAX_OBS_LEN = 48
@@ -46,28 +57,53 @@ class Skip(Exception):
     """An agent does not apply to a task; the message says why."""
 
 
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `textgym bench` compares and how; the env's, the models' and the sampling's settings are separate."""
+
+    agents: str = setting("random,lm:tiny,lm-greedy:tiny",
+                          "comma-separated: random, lm:<model>, lm-greedy:<model>, reinforce:<dir>, sb3-ppo, sb3-a2c")
+    tasks: str = setting("bandit,copy", "comma-separated task names (see `textgym tasks`)")
+    episodes: int = setting(64, "evaluation episodes per agent and task")
+    split: Literal["train", "validation", "test"] = setting("test", "split to evaluate on")
+    seed: int = setting(0, "seed of the episodes' prompts, the samples and the SB3 agents' training")
+    mask_actions: Literal["auto", "on", "off"] = setting(
+        "auto", "restrict lm: agents to the task's allowed tokens (auto: on for char-tokenizer models)")
+    sb3_timesteps: int = setting(20_000, "training steps of the sb3-ppo / sb3-a2c agents per task")
+    num_envs: int = setting(16, "episodes evaluated in parallel")
+    out: str | None = setting(None, "output directory (None: runs/bench-<time>)")
+    progress: bool = setting(True, "show a progress bar over the runs")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("episodes", "sb3_timesteps", "num_envs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+ENV = Section(EnvConfig, "the environment (textgym.config.EnvConfig)", ("task", *ENV_EXCLUDED))  # --tasks, --split say those
+
+
+def command() -> Command:
+    """bench's settings: the benchmark, the models' device, the env, and the sampling of lm:/reinforce: agents. A
+    model's preset (or a run's recorded settings) sets its budget and sampling, as in train and eval."""
+    return Command([
+        Section(BenchConfig, "the benchmark (agents.bench.BenchConfig)"),
+        Section(RunConfig, "the models (agents.runs.RunConfig)",
+                tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("device", "dtype", "threads"))),
+        ENV,
+        Section(SamplingConfig, "sampling of lm: and reinforce: agents (agents.runs.SamplingConfig)"),
+    ], models_from_runs=True, not_from_model=("mask_actions",))  # fmt: skip
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--agents", default="random,lm:tiny,lm-greedy:tiny",
-                   help="comma-separated: random, lm:<model>, lm-greedy:<model>, reinforce:<dir>, sb3-ppo, sb3-a2c")  # fmt: skip
-    p.add_argument("--tasks", default="bandit,copy", help="comma-separated task names (see `textgym tasks`)")
-    p.add_argument("--task-kwargs", default=None,
-                   help='JSON task arguments for every task, e.g. \'{"length": 2}\', or per task: \'{"copy": {"length": 2}}\'')  # fmt: skip
-    p.add_argument("--episodes", type=int, default=64, help="evaluation episodes per agent and task")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="token budget per episode (default: the task's longest answer + 1 with the char "
-                        "tokenizer, 32 with others)")  # fmt: skip
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split to evaluate on")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of lm:/reinforce: agents")
-    p.add_argument("--mask-actions", choices=["auto", "on", "off"], default="auto",
-                   help="restrict lm: agents to the task's allowed tokens (auto: on for char-tokenizer models)")  # fmt: skip
-    p.add_argument("--sb3-timesteps", type=int, default=20_000, help="training steps of the sb3-ppo / sb3-a2c agents per task")
-    p.add_argument("--num-envs", type=int, default=16, help="episodes evaluated in parallel")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="output directory (default: runs/bench-<time>)")
-    p.add_argument("--no-progress", action="store_true")
+    command().add_arguments(p, notes={
+        "max_new_tokens": "(for agents without a model: the task's longest answer + 1)",
+        "task_kwargs": '; per task: {"copy": {"length": 2}}',
+    })  # fmt: skip
 
 
 # -- agents ------------------------------------------------------------------------------------
@@ -126,7 +162,7 @@ def parse_agents(text: str) -> list[AgentSpec]:
         kind, _, target = name.partition(":")
         if kind in ("random", *SB3_AGENTS) and not target:
             specs.append(AgentSpec(name, kind))
-        elif kind in ("lm", "lm-greedy", "reinforce") and target:
+        elif kind in LM_AGENTS and target:
             specs.append(AgentSpec(name, kind, target))
         else:
             raise SystemExit(
@@ -137,55 +173,52 @@ def parse_agents(text: str) -> list[AgentSpec]:
     return specs
 
 
-def parse_task_kwargs(text: str | None, tasks: list[str]) -> dict[str, dict]:
-    if not text:
-        return {t: {} for t in tasks}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: --task-kwargs is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise SystemExit("error: --task-kwargs must be a JSON object")
-    if value and all(k in tasks and isinstance(v, dict) for k, v in value.items()):
-        return {t: dict(value.get(t, {})) for t in tasks}
-    return {t: dict(value) for t in tasks}
+class Bench:
+    """One benchmark: its command-line flags, its settings, and each model loaded once for all tasks."""
 
+    def __init__(self, command: Command, flags: Mapping[str, Any]):
+        self.command, self.flags = command, dict(flags)
+        settings, _ = command.resolve(flags)  # the benchmark's own (no model, no task)
+        self.config, self.run_cfg, self.env, _ = command.split(settings)
+        self.settings = settings
+        self.policies: dict[tuple[bool, str], Any] = {}
 
-class Loader:
-    """Loads each model / checkpoint once for all tasks."""
+    def row_settings(self, spec: AgentSpec, task: str, task_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """One agent's settings on one task: the flags over its model's preset (or its run's recorded
+        settings) and the task's recommended budget, as train and eval resolve them. Agents without a
+        model write char tokens: their budget, unless given or recommended, is the task's longest answer + 1."""
+        from agents.checkpoints import CheckpointError
+        from textgym.tasks import make_task
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.cache: dict[str, Any] = {}
+        model = spec.target if spec.kind in LM_AGENTS else None
+        try:
+            settings, _ = self.command.resolve({**self.flags, "task": task, "task_kwargs": dict(task_kwargs)}, model=model)
+        except (FileNotFoundError, CheckpointError) as e:  # a damaged run, or one without a checkpoint: one line
+            raise SystemExit(f"error: agent {spec.name}: {e}") from None
+        if model is None and "max_new_tokens" not in self.flags:
+            made = make_task(task, **task_kwargs)
+            if made.recommended_max_new_tokens is None:
+                settings["max_new_tokens"] = made.max_answer_chars + 1
+        return settings
 
-    def lm(self, spec: AgentSpec):
-        from agents.evaluation import load_policy, resolve_checkpoint
+    def policy(self, spec: AgentSpec, settings: Mapping[str, Any]) -> Any:
+        """The agent's LMPolicy, sampling as `settings` say (its model's, the same on every task)."""
+        from agents.checkpoints import CheckpointError, resolve_checkpoint
 
-        key = f"{spec.kind == 'reinforce'}:{spec.target}"
-        if key not in self.cache:
+        key = (spec.kind == "reinforce", str(spec.target))
+        if key not in self.policies:
             try:
                 if spec.kind == "reinforce" and resolve_checkpoint(spec.target) is None:
                     raise FileNotFoundError(f"{spec.target} is not a textgym train run directory nor a checkpoint (no "
                                             "'latest' pointer, no agent.pt); use lm:<model> for other models")  # fmt: skip
-                policy, _ = load_policy(spec.target, device=self.args.device, temperature=self.args.temperature)
-            except FileNotFoundError as e:
+                self.policies[key], _ = load_policy(spec.target, device=self.run_cfg.device, dtype=self.run_cfg.dtype,
+                                                    **{k: settings[k] for k in SAMPLING})  # fmt: skip
+            except (FileNotFoundError, CheckpointError) as e:  # a missing, damaged or foreign run: one line
                 raise SystemExit(f"error: agent {spec.name}: {e}") from None
-            self.cache[key] = policy
-        return self.cache[key]
+        return self.policies[key]
 
 
-def _env_kwargs(task: str, task_kwargs: dict, tokenizer: Any, args: argparse.Namespace) -> dict:
-    from textgym.tasks import make_task
-    from textgym.tokenizers import as_tokenizer
-
-    budget = args.max_new_tokens
-    if budget is None:
-        tok = as_tokenizer(tokenizer)
-        budget = make_task(task, **task_kwargs).max_answer_chars + 1 if tok.name == "char" else 32
-    return dict(task=task, task_kwargs=task_kwargs, tokenizer=tokenizer, max_new_tokens=int(budget))
-
-
-def _train_sb3(kind: str, env_kwargs: dict, args: argparse.Namespace) -> SB3Policy:
+def _train_sb3(kind: str, env_kwargs: dict, config: BenchConfig) -> SB3Policy:
     import torch
     from stable_baselines3 import A2C, PPO
 
@@ -202,48 +235,47 @@ def _train_sb3(kind: str, env_kwargs: dict, args: argparse.Namespace) -> SB3Poli
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # SB3's small MLPs: 1 thread is ~10x faster than 2 here
     try:
-        train.seed(args.seed)
+        train.seed(config.seed)
         if kind == "sb3-ppo":
-            model = PPO("MultiInputPolicy", train, n_steps=64, batch_size=128, ent_coef=0.01, seed=args.seed,
+            model = PPO("MultiInputPolicy", train, n_steps=64, batch_size=128, ent_coef=0.01, seed=config.seed,
                         device="cpu", verbose=0)  # fmt: skip
         else:
-            model = A2C("MultiInputPolicy", train, ent_coef=0.01, seed=args.seed, device="cpu", verbose=0)
-        model.learn(total_timesteps=args.sb3_timesteps)
+            model = A2C("MultiInputPolicy", train, ent_coef=0.01, seed=config.seed, device="cpu", verbose=0)
+        model.learn(total_timesteps=config.sb3_timesteps)
     finally:
         torch.set_num_threads(threads)
     return SB3Policy(model, tokens)
 
 
-def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namespace, loader: Loader) -> dict:
+def run_one(spec: AgentSpec, task: str, task_kwargs: dict, bench: Bench) -> dict:
     """Evaluate one agent on one task; returns its row (raises Skip when it does not apply)."""
+    from textgym.tasks import make_task
     from textgym.vector import TextGenVectorEnv
     from agents.rollouts import evaluate
 
-    if spec.kind in ("lm", "lm-greedy", "reinforce"):
-        policy = loader.lm(spec)
-        kwargs = _env_kwargs(task, task_kwargs, policy.tokenizer, args)
-    else:
-        kwargs = _env_kwargs(task, task_kwargs, "char", args)
+    config = bench.config
+    settings = bench.row_settings(spec, task, task_kwargs)
+    policy = bench.policy(spec, settings) if spec.kind in LM_AGENTS else None
+    kwargs = {k: settings[k] for k in ENV.names()}
+    kwargs.update(task=task, task_kwargs=task_kwargs, tokenizer=policy.tokenizer if policy is not None else "char")
     if spec.kind in SB3_AGENTS:
-        from textgym.tasks import make_task
-
         if make_task(task, **task_kwargs).allowed_chars is None:
             raise Skip(f"{spec.kind} needs a task with a small set of allowed characters")
-        policy = _train_sb3(spec.kind, kwargs, args)
-    envs = TextGenVectorEnv(num_envs=max(1, min(args.num_envs, args.episodes)), split=args.split, **kwargs)
+        policy = _train_sb3(spec.kind, kwargs, config)
+    envs = TextGenVectorEnv(num_envs=max(1, min(config.num_envs, config.episodes)), split=config.split, **kwargs)
     if spec.kind == "random":
-        policy = RandomPolicy(envs.action_masks()[0], seed=args.seed)
+        policy = RandomPolicy(envs.action_masks()[0], seed=config.seed)
     elif spec.kind in ("lm", "lm-greedy"):
         chars = policy.tokenizer.name == "char"
-        if args.mask_actions == "on" or (args.mask_actions == "auto" and chars):
+        if config.mask_actions == "on" or (config.mask_actions == "auto" and chars):
             policy.restrict_actions(envs.action_masks()[0])
         else:
             policy.restrict_actions(None)
-    policy.seed(args.seed)
+    policy.seed(config.seed)
     if hasattr(policy, "reset_cache"):
         policy.reset_cache()
     t0 = time.perf_counter()
-    result = evaluate(policy, envs, episodes=args.episodes, greedy=spec.kind in ("lm-greedy", *SB3_AGENTS), seed=args.seed)
+    result = evaluate(policy, envs, episodes=config.episodes, greedy=spec.kind in ("lm-greedy", *SB3_AGENTS), seed=config.seed)
     elapsed = time.perf_counter() - t0
     tokens = result["episode_length"] * result["episodes"]
     return {
@@ -255,6 +287,8 @@ def run_one(spec: AgentSpec, task: str, task_kwargs: dict, args: argparse.Namesp
         "completion_length": result["episode_length"],
         "tokens_per_s": tokens / max(elapsed, 1e-9),
         "episodes": result["episodes"],
+        "max_new_tokens": kwargs["max_new_tokens"],  # in bench.json: what each row ran with
+        **({k: getattr(policy, k, None) for k in SAMPLING} if spec.kind in LM_AGENTS else {}),
     }
 
 
@@ -317,39 +351,33 @@ def plot(rows: list[dict], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    if args.episodes < 1:
-        raise SystemExit("error: --episodes must be >= 1")
-    import textgym
+    try:
+        bench = Bench(command(), command().flags(args))
+        config = bench.config
+        agents = parse_agents(config.agents)
+        tasks, task_kwargs, _ = make_tasks(config.tasks, bench.env.task_kwargs, bench.env.reward)  # mistakes: one line, now
+    except (TypeError, ValueError, LookupError, OSError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(config.out) if config.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    agents = parse_agents(args.agents)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in textgym.list_tasks()]
-    if unknown or not tasks:
-        raise SystemExit(f"error: unknown task(s) {unknown or tasks}; see `textgym tasks`")
-    task_kwargs = parse_task_kwargs(args.task_kwargs, tasks)
-    out = Path(args.out) if args.out else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    loader = Loader(args)
     rows: list[dict] = []
     skipped: list[dict] = []
     pairs = [(a, t) for a in agents for t in tasks]
-    bar = tqdm(pairs, desc="bench", unit="run", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(pairs, desc="bench", unit="run", disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
     for spec, task in bar:
         bar.set_postfix_str(f"{spec.name} on {task}")
         try:
-            rows.append(run_one(spec, task, task_kwargs[task], args, loader))
+            rows.append(run_one(spec, task, task_kwargs[task], bench))
         except Skip as why:
             skipped.append({"agent": spec.name, "task": task, "reason": str(why)})
             bar.write(f"skipped {spec.name} on {task}: {why}")
     bar.close()
 
-    config = {k: v for k, v in vars(args).items() if k != "func"}
-    config["task_kwargs"] = task_kwargs
-    paths = write_outputs(out, rows, skipped, config)
+    paths = write_outputs(out, rows, skipped, jsonable({**bench.settings, "task_kwargs": task_kwargs}))
     print(format_table(rows))
     for s in skipped:
         print(f"(skipped {s['agent']} on {s['task']}: {s['reason']})")
-    print(f"\n{args.episodes} episodes per row on the {args.split} split, seed {args.seed}")
+    print(f"\n{config.episodes} episodes per row on the {config.split} split, seed {config.seed}")
     print(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
 

@@ -2,6 +2,7 @@
 
     agent.learn(envs, iterations=50, callback=[
         Evaluation(eval_env, every=5, episodes=64),    # validation reward, before the first and every 5
+        AnswerCollapse(),                                 # says once when every problem gets one answer
         MetricsWriter("runs/x"),                         # runs/x/metrics.jsonl, one line per iteration
         ProgressBar(),                                    # train and validation reward in the postfix
         Checkpoint("runs/x", every=10),                   # runs/x/checkpoint-NNNNNN and runs/x/latest
@@ -44,6 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from agents.checkpoints import CheckpointError, latest_checkpoint
 from agents.rollouts import evaluate
 from textgym.config import replace, setting
 
@@ -53,6 +55,7 @@ __all__ = [
     "CallbackList",
     "FunctionCallback",
     "Evaluation",
+    "AnswerCollapse",
     "MetricsWriter",
     "Checkpoint",
     "Plot",
@@ -189,6 +192,15 @@ class Evaluation(Callback):
     """Validation reward on `env`: before the first iteration of a fresh run, every `every` iterations
     and after the last, as `val_*` entries of the metrics (reward, reward_ci95, accuracy, ...).
 
+    Beside the reward, what the policy answers (`agents.answers`): `val_prior` (what always giving
+    the commonest reference answer of the validation problems scores, by pass@1's rule; that answer
+    is `val_prior_answer`), `val_lift` = pass@1 - prior per problem, averaged, with `val_lift_lo` /
+    `val_lift_hi` (95% bootstrap over problems); `val_distinct_answers` and `val_answer_entropy`
+    (bits) over all validation samples, their `_per_problem` means, `val_top_answer` and
+    `val_distinct_references`. The prior is None where undefined (no reference answers, multi-turn
+    tasks); it costs one verifier call per problem and is scored once per run (the problems are
+    the same at every evaluation).
+
     Every evaluation uses the same prompts and samples (seed `agent.config.seed + 104729` unless
     `seed` is given), so the points of one run are comparable; the policy's sampling stream is
     left where it was. A resumed run does not re-evaluate its starting point (its row is logged).
@@ -206,7 +218,8 @@ class Evaluation(Callback):
         if every < 1 or episodes < 1:
             raise ValueError(f"every and episodes must be >= 1, got every={every}, episodes={episodes}")
         self.env, self.every, self.episodes, self.seed, self.greedy = env, int(every), int(episodes), seed, greedy
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
+        self.priors: dict = {}  # the prior per validation problem set, scored once
 
     def on_training_start(self, agent: Any, metrics: dict) -> None:
         super().on_training_start(agent, metrics)
@@ -222,9 +235,74 @@ class Evaluation(Callback):
     def _evaluate(self, metrics: dict) -> None:
         seed = self.seed if self.seed is not None else self.agent.config.seed + EVAL_SEED_OFFSET
         start = time.perf_counter()
-        self.last = evaluate(self.agent.policy, self.env, episodes=self.episodes, greedy=self.greedy, seed=seed)
+        self.last = evaluate(self.agent.policy, self.env, episodes=self.episodes, greedy=self.greedy, seed=seed,
+                             priors=self.priors)  # fmt: skip
         metrics.update({f"val_{k}": v for k, v in self.last.items()})
         metrics["time_val_s"] = time.perf_counter() - start  # what the evaluation cost (outside time_*_s of the update)
+
+
+COLLAPSE_UPDATES = 3
+
+
+class AnswerCollapse(Callback):
+    """Says once per `learn` call, in the terminal and in the metrics row (`collapse`, the message),
+    when the policy gives one answer to problems whose right answers differ.
+
+    Collapsed means either, with answers read as the verifier reads them and the same by `vote_key`:
+    - validation: every answered validation sample gives the same answer while the validation
+      problems' references hold two or more answers (`val_distinct_answers` == 1 <
+      `val_distinct_references`), on any evaluation (the one before training too); or
+    - training: the same in `updates` consecutive updates whose prompts' references differ
+      (`train_distinct_answers` == 1 < `train_distinct_references`). An update whose prompts share
+      one reference answer neither counts nor breaks the run; any other (two or more answers, or
+      none) breaks it.
+    One answer to problems that share their answer (a bandit, one prompt per update) is not a
+    collapse, and neither is a policy that answers each prompt consistently but differently.
+    Such a policy scores the prior: compare `val_prior` and `val_lift`.
+    """
+
+    def __init__(self, updates: int = COLLAPSE_UPDATES):
+        if updates < 1:
+            raise ValueError(f"updates must be >= 1, got {updates}")
+        self.updates = int(updates)
+        self.streak = 0
+        self.message: str | None = None
+
+    def on_training_start(self, agent: Any, metrics: dict) -> None:
+        super().on_training_start(agent, metrics)
+        self.streak, self.message = 0, None
+        self._check(metrics)
+
+    def on_iteration_end(self, metrics: dict) -> bool:
+        self._check(metrics)
+        return True
+
+    def _check(self, metrics: dict) -> None:
+        found = None
+        if _one_of_several(metrics, "val"):
+            found = (f"every validation sample answers {metrics.get('val_top_answer')!r} although the "
+                     f"{int(metrics['val_distinct_references'])} validation references differ")  # fmt: skip
+        if "train_distinct_answers" in metrics and metrics.get("train_distinct_references", 0) >= 2:
+            self.streak = self.streak + 1 if _one_of_several(metrics, "train") else 0
+            if self.streak >= self.updates and found is None:
+                found = (f"every sample of the last {self.streak} updates answers {metrics.get('train_top_answer')!r} "
+                         "although their prompts' references differ")  # fmt: skip
+        if found is None or self.message is not None:
+            return
+        prior = metrics.get("val_prior")
+        self.message = (f"collapse at iteration {metrics['iteration']}: the policy gives one answer to every problem: "
+                        f"{found}" + (f" (validation: prior {prior:.3f}, lift {metrics['val_lift']:+.3f})"
+                                      if prior is not None and metrics.get("val_lift") is not None else ""))  # fmt: skip
+        metrics["collapse"] = self.message
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"warning: {self.message}", file=sys.stderr)
+
+
+def _one_of_several(metrics: dict, prefix: str) -> bool:
+    """Whether the `prefix_` samples all give one answer while their references hold two or more."""
+    answers, references = metrics.get(f"{prefix}_distinct_answers"), metrics.get(f"{prefix}_distinct_references")
+    return answers is not None and references is not None and answers == 1 and references >= 2
 
 
 # -- files: metrics, checkpoints, plot ------------------------------------------------------------
@@ -318,8 +396,11 @@ class Checkpoint(Callback):
 
     def on_training_start(self, agent: Any, metrics: dict) -> None:
         super().on_training_start(agent, metrics)
-        latest = self.run_dir / "latest"
-        if agent.iteration > 0 and latest.exists() and _iteration_of(latest.read_text().strip()) == agent.iteration:
+        try:
+            latest = latest_checkpoint(self.run_dir)
+        except CheckpointError:
+            latest = None  # names nothing usable: the first save replaces it
+        if agent.iteration > 0 and latest is not None and _iteration_of(latest.name) == agent.iteration:
             self.saved_at = agent.iteration  # resumed from it: already on disk
 
     def on_iteration_end(self, metrics: dict) -> bool:
@@ -362,6 +443,9 @@ def plot_metrics(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Pat
     if val:
         x, y, e = map(np.asarray, zip(*val))
         ax.errorbar(x, y, yerr=np.nan_to_num(e), marker="o", capsize=3, label="validation reward (95% CI)")
+    prior = [(r["iteration"], r["val_prior"]) for r in rows if r.get("val_prior") is not None]
+    if prior:
+        ax.plot(*zip(*prior), linestyle="--", color="grey", label="one answer for all (validation prior)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("reward")
     ax.set_ylim(-0.05, max([1.05] + [r + 0.05 for _, r in train]))
@@ -370,7 +454,11 @@ def plot_metrics(metrics_path: str | os.PathLike, out: str | os.PathLike) -> Pat
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    try:
+        fig.savefig(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half PNG behind
+        raise
     os.replace(tmp, out)  # a reader never sees half a PNG
     return out
 
@@ -397,8 +485,14 @@ class Plot(Callback):
 
 
 def _fmt_eval(metrics: dict) -> str:
-    return (f"{metrics['val_reward']:.3f} ± {metrics['val_reward_ci95']:.3f} "
-            f"(accuracy {metrics['val_accuracy']:.3f}, {metrics['val_episodes']} episodes)")  # fmt: skip
+    text = (f"{metrics['val_reward']:.3f} ± {metrics['val_reward_ci95']:.3f} "
+            f"(accuracy {metrics['val_accuracy']:.3f}, {metrics['val_episodes']} episodes")  # fmt: skip
+    if metrics.get("val_prior") is not None:
+        text += (f"; one answer for all ({metrics['val_prior_answer']!r}) scores {metrics['val_prior']:.3f}, lift "
+                 f"{metrics['val_lift']:+.3f} [{metrics['val_lift_lo']:+.2f}, {metrics['val_lift_hi']:+.2f}]")  # fmt: skip
+    if "val_distinct_answers" in metrics:
+        text += f"; {metrics['val_distinct_answers']} answers, entropy {metrics['val_answer_entropy']:.2f} bits"
+    return text + ")"
 
 
 class ProgressBar(Callback):
@@ -421,6 +515,8 @@ class ProgressBar(Callback):
         self.postfix["train"] = f"{metrics['train_reward']:.2f}"
         if "val_reward" in metrics:
             self.postfix["val"] = f"{metrics['val_reward']:.2f}"
+            if metrics.get("val_lift") is not None:
+                self.postfix["lift"] = f"{metrics['val_lift']:+.2f}"
         self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(1)
         return True
@@ -547,7 +643,7 @@ def standard_callbacks(
 ) -> list[Callback]:
     """The run management `config` asks for, in the order it must run.
 
-    Validation on `eval_env` (when given); with `log_dir`: metrics.jsonl, trackers (`report_to`), a
+    Validation on `eval_env` (when given); the collapse warning; with `log_dir`: metrics.jsonl, trackers (`report_to`), a
     checkpoint every `save_every` iterations and at the end, and rewards.png (redrawn at every
     checkpoint and at the end); a progress bar; early stopping.
     """
@@ -557,6 +653,7 @@ def standard_callbacks(
     callbacks: list[Callback] = []
     if eval_env is not None:
         callbacks.append(Evaluation(eval_env, every=config.eval_every, episodes=config.eval_episodes))
+    callbacks.append(AnswerCollapse())  # before the writer, so the row records it
     if log_dir is not None:
         callbacks.append(MetricsWriter(log_dir))
         if config.report_to:

@@ -14,6 +14,7 @@ CPU, nccl on CUDA. Without torchrun (WORLD_SIZE unset or 1) everything here is a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -59,15 +60,40 @@ class Context:
         return self.sum(0.0 if flag else 1.0) == 0.0
 
     def mean_dict(self, values: dict) -> dict:
-        """Average every number in `values` over the ranks (one collective); others stay rank 0's."""
+        """Average every number in `values` over the ranks that have it; others stay rank 0's.
+
+        Ranks may hold different keys (a rank whose verifier calls all failed has no
+        `reward/<component>` entries), so the key sets are gathered first and every rank reduces
+        the same sorted union: a sum and a count per key, in two collectives.
+        """
         if not self.enabled:
             return values
-        keys = [k for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device())
-        dist.all_reduce(t)
+        mine = [k for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        keys = self.union(mine)
+        device = _comm_device()
+        sums = torch.tensor([float(values[k]) if k in mine else 0.0 for k in keys], dtype=torch.float64, device=device)
+        counts = torch.tensor([1.0 if k in mine else 0.0 for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
         out = dict(values)
-        out.update({k: float(v) / self.world_size for k, v in zip(keys, t.tolist())})
+        out.update({k: total / count for k, total, count in zip(keys, sums.tolist(), counts.tolist())})
         return out
+
+    def union(self, names: list[str]) -> list[str]:
+        """The sorted union of every rank's `names` (as UTF-8 bytes in tensors: no pickling)."""
+        if not self.enabled:
+            return sorted(set(names))
+        device = _comm_device()
+        data = torch.tensor(list(json.dumps(sorted(set(names))).encode()), dtype=torch.uint8, device=device)
+        size = int(self.max(len(data)))
+        padded = torch.zeros(size, dtype=torch.uint8, device=device)
+        padded[: len(data)] = data
+        gathered = [torch.zeros_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        union: set[str] = set()
+        for t in gathered:
+            union.update(json.loads(bytes(t.tolist()).rstrip(b"\0").decode()))
+        return sorted(union)
 
     def all_reduce_grads(self, module: torch.nn.Module) -> None:
         """Sum the gradients of a module that is not wrapped in DDP (the small value head)."""

@@ -9,7 +9,9 @@ model the way the field reports it: n samples per problem, pass@k, maj@k and mea
 samples, and greedy decoding, on the problems of one split (`test` by default: held out from
 training). It takes a base model, a `textgym train` run directory (its `latest` checkpoint) or a
 checkpoint, or any model `LMPolicy.from_pretrained` takes, on built-in, `reasoning_gym:<name>`,
-`file:<path>` and `hf:<name>` tasks, single- and multi-turn.
+`file:<path>` and `hf:<name>` tasks, single- and multi-turn. Its settings resolve as train's and
+bench's do (`agents.runs`: a model's preset or a run's recorded settings, the task's recommended
+budget, the flags); the statistics themselves are `agents.statistics`.
 
 Metrics, per problem with n samples of which c are correct (the verifier's `answer` component, or
 the reward, is 1), then averaged over the P problems:
@@ -19,7 +21,18 @@ the reward, is 1), then averaged over the P problems:
   task's verifier reads (`extract_answer`); numbers vote by value ("7.0" with "7"); a tie goes to
   the answer given first; samples without an answer do not vote;
 - mean@k: the mean reward of the samples (k = n: all of them);
-- greedy: the accuracy of one argmax decoding per problem.
+- greedy: the accuracy of one argmax decoding per problem;
+- prior: what always giving the commonest reference answer of the evaluated problems scores, by
+  pass@1's rule (the answer, e.g. "Yes", is named beside it). That one answer, in the task's format,
+  is scored by the verifier on every problem (one call each), so numeric equivalence and partial
+  credit count as they do for the model (`agents.answers`); prior_reward is its mean reward. None
+  (—) where the problems have no reference answers, and for multi-turn tasks;
+- lift: pass@1 - prior, per problem (the constant answer solves a problem or not), averaged: what
+  the model scores above answering every problem alike;
+- answers: how many different answers the samples give (same answer by `vote_key`; samples without
+  an answer are not counted), over all samples and the mean per problem; answer entropy: their
+  entropy in bits, over all samples and the mean per problem. A model that says "Yes" to every
+  problem has 1 answer and entropy 0 while its pass@1 is the prior.
 Confidence intervals (95%) are over problems, not samples: a percentile bootstrap that resamples
 the P problems (1,000 resamples, seeded by --seed; every metric of a task from the same
 resamples). A metric that is the same on every problem gets a zero-width interval. The per-problem
@@ -43,24 +56,27 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from textgym.config import EnvConfig, add_arguments as add_config_arguments, check_choices, given, setting
-from textgym.rewards.builtin import (
-    boxed_math, contains, exact_match, gsm8k, math_equiv, numeric_match, partial_credit, r1_format, r1_zero,
+from agents.answers import Prior, constant_answer_prior
+from agents.checkpoints import resolve_checkpoint
+from agents.runs import (
+    ENV_EXCLUDED, SAMPLING, Command, RunConfig, SamplingConfig, Section, jsonable, load_policy, make_tasks,
 )
-from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, parse_number
+from agents.statistics import (  # noqa: F401 (pass_at_k ... wilson_interval: re-exported, where they were)
+    BOOTSTRAP_RESAMPLES, answer_entropy, bootstrap_intervals, distinct_answers, majority_vote, means_with_intervals,
+    pass_at_k, problem_statistics, wilson_interval,
+)
+from textgym.config import EnvConfig, check_choices, setting
+from textgym.rewards.answers import extract_answer, vote_key
 from textgym.tasks import Task, make_task
-from textgym.tasks.base import _ExampleListTask
 
 __all__ = [
     "EvalConfig", "EvalResult", "evaluate_policy", "load_policy", "resolve_checkpoint", "extract_answer", "vote_key",
@@ -70,8 +86,6 @@ __all__ = [
 
 SAMPLES_FILE = "samples.jsonl"
 FORMAT_VERSION = 1
-BOOTSTRAP_RESAMPLES = 1000
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -134,261 +148,7 @@ def _parse_ks(value: Any) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
-# -- the metrics ---------------------------------------------------------------------------------
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021).
-
-    C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k/i): a product of c factors in (0, 1], with no
-    binomial coefficient that could overflow a float.
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset holds a correct sample
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def vote_key(answer: str | None) -> str | None:
-    """What makes two answers the same vote: a number's value, else the text with spaces collapsed."""
-    if answer is None:
-        return None
-    number = parse_number(answer)
-    if number is not None:
-        return str(number)
-    text = " ".join(answer.split())
-    return text or None
-
-
-def majority_vote(answers: Sequence[str | None]) -> tuple[int | None, str | None]:
-    """(index of the first sample giving the most common answer, that answer's vote key).
-
-    Ties go to the answer given first; samples without an answer (None) do not vote; (None, None)
-    when no sample gives one.
-    """
-    keys = [vote_key(a) for a in answers]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return None, None
-    top = max(counts.values())
-    for i, key in enumerate(keys):
-        if key is not None and counts[key] == top:
-            return i, key
-    raise AssertionError("unreachable")
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap_intervals(
-    columns: Mapping[str, Sequence[float]], seed: int, resamples: int = BOOTSTRAP_RESAMPLES
-) -> dict[str, tuple[float, float]]:
-    """95% percentile-bootstrap intervals of the mean of every column (one value per problem).
-
-    The same resampled problem sets serve every column, so the intervals of a task's metrics are
-    paired; the seed makes them reproducible.
-    """
-    sizes = {len(v) for v in columns.values()}
-    if not sizes:
-        return {}
-    if len(sizes) != 1:
-        raise ValueError(f"every column needs one value per problem; got lengths {sorted(sizes)}")
-    p = sizes.pop()
-    if p == 0:
-        return {name: (math.nan, math.nan) for name in columns}
-    rows = np.random.default_rng(seed).integers(0, p, size=(resamples, p))
-    out = {}
-    for name, values in columns.items():
-        means = np.asarray(values, dtype=np.float64)[rows].mean(axis=1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
-        out[name] = (float(lo), float(hi))
-    return out
-
-
-# -- what a completion answers -------------------------------------------------------------------
-
-
-def _stripped(text: str) -> str | None:
-    return text.strip() or None
-
-
-def _answer_region(text: str) -> str | None:
-    tagged = answer_tag(text)
-    return tagged if tagged is not None else _stripped(text)
-
-
-def _numeric(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is None:
-        region = boxed(text)
-    return last_number(text if region is None else region)
-
-
-def _math(text: str) -> str | None:
-    region = answer_tag(text)
-    if region is not None:
-        return boxed(region) or region
-    return boxed(text) or last_number(text)
-
-
-def _gsm8k(text: str) -> str | None:
-    found = gsm8k_answer(text)
-    return found if found is not None else last_number(_answer_region(text) or "")
-
-
-def _boxed(text: str) -> str | None:
-    return boxed(_answer_region(text) or "")
-
-
-# Each built-in reward's own reading of a completion, for tasks scored by a reward function.
-REWARD_EXTRACTORS: dict[Any, Callable[[str], str | None]] = {
-    exact_match: _answer_region, partial_credit: _answer_region, contains: _stripped, numeric_match: _numeric,
-    math_equiv: _math, gsm8k: _gsm8k, boxed_math: _boxed, r1_zero: answer_tag, r1_format: answer_tag,
-}  # fmt: skip
-
-
-def _reward_extractor(reward: Any) -> Callable[[str], str | None]:
-    from textgym.rewards.core import get_reward
-
-    return REWARD_EXTRACTORS.get(get_reward(reward), _stripped)
-
-
-def _task_extractor(task: Task) -> Callable[[str], str | None]:
-    """How the task's verifier reads an answer out of (the answer region of) a completion."""
-    if task.reward_override is not None:
-        return _reward_extractor(task.reward_override)
-    if isinstance(task, _ExampleListTask):  # tasks from examples and data files: their reward reads it
-        return _reward_extractor(task.answer_reward)
-    if type(task).score_answer is Task.score_answer or type(task).extract is not Task.extract:
-        return task.extract  # the extract / check design of the built-in tasks
-    return _stripped  # a verifier of the whole text (reasoning-gym's score_answer reads it stripped)
-
-
-def extract_answer(task: Task, completion: str, *, reward: Any = None, info: Mapping[str, Any] | None = None) -> str | None:
-    """The answer `completion` gives, as the verifier reads it: what maj@k votes on.
-
-    `reward` is the env's reward when it replaces the task's verifier (`EnvConfig.reward`): a
-    built-in reward's own extraction is used, otherwise the stripped completion. In r1_zero style
-    the answer is read inside the <answer> tags (None without them). In a multi-turn task it is
-    read from the policy's last turn (`info["conversation"]`, the episode's final info). Tasks
-    whose verifier reads the whole text (reasoning-gym's) vote on the stripped completion.
-    """
-    if reward is not None:
-        return _reward_extractor(reward)(completion)
-    if task.multi_turn:
-        turns = [span["text"] for span in (info or {}).get("conversation", []) if span.get("role") == "assistant"]
-        text = turns[-1] if turns else completion
-        return task.extract(text) if type(task).extract is not Task.extract else _stripped(text)
-    if task.reward_override is None and task.prompt_style == "r1_zero":
-        completion = answer_tag(completion)
-        if completion is None:
-            return None
-    return _task_extractor(task)(completion)
-
-
-# -- loading the model -----------------------------------------------------------------------------
-
-
-def resolve_checkpoint(model: str | os.PathLike) -> Path | None:
-    """The checkpoint directory `model` names, or None when it is not a `textgym train` run.
-
-    A checkpoint (a directory with agent.pt) is itself; a run directory gives the checkpoint its
-    `latest` file names (runs write checkpoint-NNNNNN directories and move `latest` last).
-    """
-    path = Path(model)
-    if not path.is_dir():
-        return None
-    if (path / "agent.pt").exists():
-        return path
-    if (path / "latest").exists():
-        target = path / (path / "latest").read_text().strip()
-        if not (target / "agent.pt").exists():
-            raise FileNotFoundError(f"{path / 'latest'} names {target.name}, which holds no agent.pt; the run directory is damaged")
-        return target
-    if (path / "metrics.jsonl").exists() or any(path.glob("checkpoint-*")):
-        raise FileNotFoundError(
-            f"{path} is a textgym train run without a finished checkpoint ({path / 'latest'} is missing); "
-            "train it further, or evaluate a checkpoint-NNNNNN directory"
-        )
-    return None
-
-
-def _run_settings(checkpoint: Path) -> dict[str, Any]:
-    """The recorded settings of the run a checkpoint belongs to (config.json, then its resumes)."""
-    run_dir = checkpoint.parent
-    path = run_dir / "config.json"
-    settings = json.loads(path.read_text()) if path.exists() else {}
-    resumes = run_dir / "resumes.jsonl"
-    for line in resumes.read_text().splitlines() if resumes.exists() else []:
-        settings.update(json.loads(line)["overrides"])
-    return settings
-
-
-def load_policy(model: str, device: str = "auto", dtype: str = "auto", **sampling: Any) -> tuple[Any, dict[str, Any]]:
-    """(an LMPolicy, what it is) for a model name, a `textgym train` run directory or checkpoint.
-
-    A run's policy keeps the token restriction it was trained with; `sampling` (temperature,
-    top_k, top_p) replaces the checkpoint's. The description names the checkpoint and its
-    iteration, so an evaluation of a run that trained further is not mistaken for this one.
-    """
-    checkpoint = resolve_checkpoint(model)
-    if checkpoint is None:
-        from agents.policy import LMPolicy
-
-        return LMPolicy.from_pretrained(model, device=device, dtype=dtype, **sampling), {"model": str(model)}
-    from agents.reinforce import REINFORCE
-
-    agent = REINFORCE.load(checkpoint, device=device, dtype=dtype, **sampling)
-    return agent.policy, {"model": str(model), "checkpoint": str(checkpoint.resolve()), "iteration": agent.iteration}
-
-
 # -- running the samples ---------------------------------------------------------------------------
-
-
-class _AssignedProblems:
-    """A TextGenVectorEnv whose every reset starts group q on problem `indices[q]` (not a draw).
-
-    `collect_episodes` resets the env itself; this hands it the problems of the batch. A full
-    reset starts every slot on the first problem, then each other group is reset on its own.
-    """
-
-    def __init__(self, envs: Any, indices: Sequence[int]):
-        self.envs, self.indices = envs, list(indices)
-        self.num_envs, self.group_size = envs.num_envs, envs.group_size
-        if len(self.indices) * self.group_size != self.num_envs:
-            raise ValueError(f"{len(self.indices)} problems do not fill {self.num_envs} slots in groups of {self.group_size}")
-
-    @property
-    def unwrapped(self) -> "_AssignedProblems":
-        return self
-
-    @property
-    def autoreset_mode(self) -> Any:
-        return self.envs.autoreset_mode
-
-    @autoreset_mode.setter
-    def autoreset_mode(self, mode: Any) -> None:
-        self.envs.autoreset_mode = mode
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        g = self.group_size
-        obs, info = self.envs.reset(seed=seed, options={"index": self.indices[0]})
-        for q, index in enumerate(self.indices[1:], 1):
-            mask = np.zeros(self.num_envs, dtype=bool)
-            mask[q * g : (q + 1) * g] = True
-            obs, _ = self.envs.reset(options={"reset_mask": mask, "index": index})
-        return obs, info
-
-    def step(self, actions: Any):
-        return self.envs.step(actions)
 
 
 def _group_size(per_problem: int, batch_size: int) -> int:
@@ -494,8 +254,8 @@ def _run_batches(policy: Any, run: _TaskRun, env: EnvConfig, config: EvalConfig,
             if hasattr(policy, "reset_cache"):
                 policy.reset_cache()
             t0 = time.perf_counter()
-            episodes, _ = collect_episodes(policy, _AssignedProblems(envs[(n, g)], [p for p, _ in groups]), seed=seed,
-                                           greedy=mode == "greedy")  # fmt: skip
+            index = np.repeat([p for p, _ in groups], g)  # each group its problem (a group takes its first slot's)
+            episodes, _ = collect_episodes(policy, envs[(n, g)], seed=seed, greedy=mode == "greedy", options={"index": index})
             elapsed = time.perf_counter() - t0
             records = []
             for key, episode, new in zip(keys, episodes, missing):
@@ -521,38 +281,43 @@ def _metric_names(config: EvalConfig) -> list[str]:
     return names
 
 
-def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, tasks: Sequence[str]) -> tuple[list[dict], list[dict]]:
+def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, tasks: Sequence[str],
+                      priors: Mapping[str, Prior | None] | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """(one row per task, one row per problem) from the sample records, in task and problem order.
 
-    Depends only on the records and the configuration, so a resumed evaluation and an
-    uninterrupted one with the same seed give the same tables.
+    `priors` holds each task's constant-answer prior on these problems (`constant_answer_prior`;
+    a task without one has no prior or lift). Depends only on the records, the configuration and
+    the priors, so a resumed evaluation and an uninterrupted one with the same seed give the same
+    tables.
     """
+    priors = priors or {}
     by_problem: dict[tuple[str, int], dict[str, list]] = {}
     for r in records:
         slot = by_problem.setdefault((r["task"], int(r["problem"])), {"sample": [], "greedy": []})
         slot[r["mode"]].append(r)
     task_rows, problem_rows = [], []
     for task in tasks:
+        prior = priors.get(task)
         keys = sorted(p for t, p in by_problem if t == task)
         rows = []
+        every_answer: list[str | None] = []
         for p in keys:
             samples = sorted(by_problem[(task, p)]["sample"], key=lambda r: int(r["sample"]))
             greedy = by_problem[(task, p)]["greedy"]
             first = (samples or greedy)[0]
             row: dict[str, Any] = {"task": task, "problem": p, "reference": first.get("reference"), "prompt": first.get("prompt")}
             if config.samples:
-                n, c = len(samples), sum(bool(r["correct"]) for r in samples)
-                if n != config.samples:
-                    raise ValueError(f"{task} problem {p} has {n} samples, expected {config.samples}: the file is incomplete")
-                lo, hi = wilson_interval(c, n)
-                row.update(samples=n, correct=c, success_rate=c / n, success_lo=lo, success_hi=hi)
-                for k in config.ks:
-                    row[f"pass@{k}"] = pass_at_k(n, c, k)
-                    if k > 1:
-                        winner, answer = majority_vote([r["extracted"] for r in samples[:k]])
-                        row[f"maj@{k}"] = float(winner is not None and bool(samples[winner]["correct"]))
-                        row[f"maj@{k}_answer"] = answer
-                row[f"mean@{config.samples}"] = float(np.mean([r["reward"] for r in samples]))
+                if len(samples) != config.samples:
+                    raise ValueError(f"{task} problem {p} has {len(samples)} samples, expected {config.samples}: "
+                                     "the file is incomplete")  # fmt: skip
+                answers = [r["extracted"] for r in samples]
+                every_answer += answers
+                row.update(problem_statistics([bool(r["correct"]) for r in samples], [r["reward"] for r in samples],
+                                              answers, config.ks))  # fmt: skip
+            if prior is not None:
+                row["prior"], row["prior_reward"] = prior.success[p], prior.reward[p]
+                if config.samples:
+                    row["lift"] = row["success_rate"] - row["prior"]  # pass@1 of the problem - the constant answer's
             if config.greedy:
                 if len(greedy) != 1:
                     raise ValueError(f"{task} problem {p} has {len(greedy)} greedy decodings, expected 1")
@@ -566,12 +331,18 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
         problem_rows += rows
         if not rows:
             continue
-        names = _metric_names(config)
-        intervals = bootstrap_intervals({m: [r[m] for r in rows] for m in names}, seed=config.seed)
+        names = _metric_names(config) + _prior_names(config, prior)
         summary: dict[str, Any] = {"task": task, "problems": len(rows), "samples": config.samples}
-        for m in names:
-            summary[m] = float(np.mean([r[m] for r in rows]))
-            summary[f"{m}_lo"], summary[f"{m}_hi"] = intervals[m]
+        summary.update(means_with_intervals({m: [r[m] for r in rows] for m in names}, seed=config.seed))
+        summary["prior_answer"] = None if prior is None else prior.answer
+        summary["prior_reward"] = None if prior is None else float(np.mean([r["prior_reward"] for r in rows]))
+        summary.setdefault("prior", None)
+        summary.setdefault("lift", None)
+        if config.samples:
+            summary["distinct_answers"] = distinct_answers(every_answer)
+            summary["distinct_answers_per_problem"] = float(np.mean([r["distinct_answers"] for r in rows]))
+            summary["answer_entropy"] = answer_entropy(every_answer)
+            summary["answer_entropy_per_problem"] = float(np.mean([r["answer_entropy"] for r in rows]))
         summary["tokens"] = float(np.mean([r["tokens"] for r in rows]))
         summary["truncated"] = float(np.mean([r["truncated"] for r in rows]))
         summary["reward_errors"] = int(sum(r["reward_errors"] for r in rows))
@@ -579,12 +350,34 @@ def summarize_samples(records: Iterable[Mapping[str, Any]], config: EvalConfig, 
     return task_rows, problem_rows
 
 
+def _prior_names(config: EvalConfig, prior: Prior | None) -> list[str]:
+    """The prior's columns with intervals: the prior, and the lift over it where there are samples."""
+    if prior is None:
+        return []
+    return ["prior", "lift"] if config.samples else ["prior"]
+
+
+def _short(text: Any, width: int = 12) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_table(task_rows: Sequence[Mapping[str, Any]], config: EvalConfig) -> str:
-    """The per-task table: every metric with its 95% bootstrap interval over problems."""
+    """The per-task table: every metric with its 95% bootstrap interval over problems, the prior (and
+    its answer), the lift over it, and the answers' diversity (over all samples / mean per problem)."""
     names = _metric_names(config)
-    head = ["task", "problems", *names, "tokens", "truncated"]
-    body = [[r["task"], str(r["problems"]), *(f"{r[m]:.3f} [{r[m + '_lo']:.2f}, {r[m + '_hi']:.2f}]" for m in names),
-             f"{r['tokens']:.1f}", f"{r['truncated']:.2f}"] for r in task_rows]  # fmt: skip
+    diversity = ["answers all / problem", "answer entropy all / problem"] if config.samples else []
+    head = ["task", "problems", *names, "prior (answer)", *(["lift"] if config.samples else []), *diversity, "tokens",
+            "truncated"]  # fmt: skip
+    body = []
+    for r in task_rows:
+        cells = [r["task"], str(r["problems"]), *(f"{r[m]:.3f} [{r[m + '_lo']:.2f}, {r[m + '_hi']:.2f}]" for m in names)]
+        cells.append("—" if r.get("prior") is None else f"{r['prior']:.3f} ({_short(r['prior_answer'])})")
+        if config.samples:
+            cells.append("—" if r.get("lift") is None else f"{r['lift']:+.3f} [{r['lift_lo']:+.2f}, {r['lift_hi']:+.2f}]")
+            cells.append(f"{r['distinct_answers']} / {r['distinct_answers_per_problem']:.1f}")
+            cells.append(f"{r['answer_entropy']:.2f} / {r['answer_entropy_per_problem']:.2f}")
+        body.append([*cells, f"{r['tokens']:.1f}", f"{r['truncated']:.2f}"])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
@@ -639,9 +432,25 @@ def read_samples(path: str | os.PathLike, repair: bool = False) -> tuple[dict[st
 
 
 def _differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The settings that differ. A setting the file does not name (one added to textgym after the file
+    was written) that is at its default now is not a difference: the samples were drawn as it says."""
+    defaults = _setting_defaults()
     keys = list(dict.fromkeys([*recorded, *now]))
     return [f"{k}: {json.dumps(recorded.get(k))} in the file, {json.dumps(now.get(k))} now"
-            for k in keys if recorded.get(k) != now.get(k)]  # fmt: skip
+            for k in keys if recorded.get(k) != now.get(k)
+            and not (k not in recorded and k in defaults and now.get(k) == defaults[k])]  # fmt: skip
+
+
+def _setting_defaults() -> dict[str, Any]:
+    """Every EnvConfig and EvalConfig setting's default, as the fingerprint writes it."""
+    out = {}
+    for cls in (EnvConfig, EvalConfig):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+    return jsonable(out)
 
 
 class _SampleWriter:
@@ -679,16 +488,6 @@ class EvalResult:
         return format_table(self.tasks, self.config)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return getattr(value, "name", None) or getattr(value, "__name__", None) or repr(value)
-
-
 def fingerprint(config: EvalConfig, env: EnvConfig, tasks: Sequence[str], task_kwargs: Mapping[str, Mapping],
                 model: Mapping[str, Any], sampling: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Every setting that decides which samples an evaluation draws (the resume check compares it)."""
@@ -696,7 +495,7 @@ def fingerprint(config: EvalConfig, env: EnvConfig, tasks: Sequence[str], task_k
                     if f.name not in ("task", "task_kwargs", "tokenizer", *ENV_EXCLUDED)}  # fmt: skip
     evaluation = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "resume", "progress_bar")}
     evaluation["k"] = list(config.ks)
-    return _jsonable({**model, "tasks": list(tasks), "task_kwargs": {t: dict(task_kwargs.get(t, {})) for t in tasks},
+    return jsonable({**model, "tasks": list(tasks), "task_kwargs": {t: dict(task_kwargs.get(t, {})) for t in tasks},
                       **evaluation, **dict(sampling), **env_settings})  # fmt: skip
 
 
@@ -787,15 +586,25 @@ def evaluate_policy(
             sink.close()
     elapsed = time.perf_counter() - t0
 
-    task_rows, problem_rows = summarize_samples(records, config, names)
+    priors = {run_.name: _prior(run_, env, config, policy.tokenizer) for run_ in runs}
+    task_rows, problem_rows = summarize_samples(records, config, names, priors)
     result = EvalResult(task_rows, problem_rows, records, config, header, paths)
     if out is not None:
         summary = {"config": header, "tasks": task_rows, "notes": notes,
                    "timing": {"seconds_this_run": elapsed, "samples": len(records)}}  # fmt: skip
-        paths["summary"].write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        paths["summary"].write_text(json.dumps(jsonable(summary), indent=2) + "\n")
         _write_csv(paths["tasks"], task_rows)
         _write_csv(paths["problems"], problem_rows)
     return result
+
+
+def _prior(run: _TaskRun, env: EnvConfig, config: EvalConfig, tokenizer: Any) -> Prior | None:
+    """The constant-answer prior of a task on its evaluated problems, scored by the env's verifier."""
+    from textgym.vector import TextGenVectorEnv
+
+    envs = TextGenVectorEnv(num_envs=1, config=env.replace(task=run.task, task_kwargs={}, split=config.split,
+                                                           tokenizer=tokenizer))  # fmt: skip
+    return constant_answer_prior(envs.core, run.problems)
 
 
 def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dict[str, Any] | None, list[dict]]:
@@ -823,93 +632,42 @@ def _open_samples(path: Path, header: dict[str, Any], resume: bool) -> tuple[dic
 
 # -- the command -----------------------------------------------------------------------------------
 
-# RunConfig's settings that pick and load the model (the rest are training's).
-MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")
-ENV_EXCLUDED = ("split", "budget_is_terminal", "action_mask_in_info")  # EvalConfig says the split
+MODEL_SETTINGS = ("model", "preset", "mask_actions", "device", "dtype", "threads")  # RunConfig's that pick and load the model
 MODEL_NOTE = "; or a `textgym train` run directory (its latest checkpoint) or checkpoint-NNNNNN directory"
 
 
-def _configs() -> list[tuple[type, tuple[str, ...], str]]:
-    from agents.train import RunConfig, SamplingConfig
-
-    run_excluded = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in MODEL_SETTINGS)
-    return [
-        (EvalConfig, (), "the evaluation (agents.evaluation.EvalConfig)"),
-        (RunConfig, run_excluded, "the model (agents.train.RunConfig)"),
-        (EnvConfig, ENV_EXCLUDED, "the environment (textgym.config.EnvConfig)"),
-        (SamplingConfig, (), "sampling (agents.train.SamplingConfig)"),
-    ]
+def command() -> Command:
+    """eval's settings: the evaluation, the model's part of RunConfig, the env (EvalConfig says the split), sampling."""
+    return Command([
+        Section(EvalConfig, "the evaluation (agents.evaluation.EvalConfig)"),
+        Section(RunConfig, "the model (agents.runs.RunConfig)",
+                tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in MODEL_SETTINGS)),
+        Section(EnvConfig, "the environment (textgym.config.EnvConfig)", ENV_EXCLUDED),
+        Section(SamplingConfig, "sampling (agents.runs.SamplingConfig)"),
+    ], models_from_runs=True)  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every setting of EvalConfig, the model's part of RunConfig, EnvConfig and SamplingConfig as a flag."""
-    from agents.train import PRESETS
-
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    notes: dict[str, str] = {"model": MODEL_NOTE.lstrip("; "), "task": "; several: a,b,c",
-                             "task_kwargs": '; per task: {"a": {...}, "b": {...}}'}  # fmt: skip
-    for preset, values in PRESETS.items():
-        for name, value in values.items():
-            notes[name] = (notes.get(name, "") + f" [{preset}: {json.dumps(value)}]").strip()
-    for cls, excluded, title in _configs():
-        add_config_arguments(p.add_argument_group(title), cls, exclude=excluded, notes=notes)
-
-
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for cls, excluded, _ in _configs():
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("cli", True) and f.name not in excluded:
-                out.setdefault(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
-    return out
+    command().add_arguments(p, notes={"model": MODEL_NOTE.lstrip("; "), "task": "several: a,b,c",
+                                      "task_kwargs": '; per task: {"a": {...}, "b": {...}}'})  # fmt: skip
 
 
 def resolve_settings(flags: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """(every setting, where its non-default values came from): defaults, then the model's preset or,
-    for a `textgym train` run, the run's own recorded settings, then the flags."""
-    from agents.train import PRESETS, TASK_BOUND
-
-    settings = _defaults()
-    model = flags.get("model", settings["model"])
-    checkpoint = resolve_checkpoint(model)
-    if checkpoint is not None:
-        from agents.train import SamplingConfig
-
-        recorded = _run_settings(checkpoint)  # only how the run's episodes looked: its env and sampling
-        names = {f.name for cls in (EnvConfig, SamplingConfig) for f in dataclasses.fields(cls)} - set(ENV_EXCLUDED)
-        base = {k: v for k, v in recorded.items() if k in names and k in settings}
-        source = f"the run's settings ({checkpoint.parent / 'config.json'})"
-    else:
-        preset = flags.get("preset") or (model if model in PRESETS else None)
-        base = {k: v for k, v in PRESETS.get(preset, {}).items() if k in settings}
-        source = f"preset {preset}" if preset else "defaults"
-    if "task" in flags:
-        base = {k: v for k, v in base.items() if k not in ("task", *TASK_BOUND)}
-    return {**settings, **base, **flags}, source
-
-
-def _split_tasks(task: Any, task_kwargs: Mapping[str, Any]) -> tuple[list[str], dict[str, dict]]:
-    names = [t.strip() for t in str(task).split(",") if t.strip()]
-    if not names:
-        raise ValueError("--task is empty; name a task (see `textgym tasks`)")
-    kwargs = dict(task_kwargs or {})
-    if len(names) > 1 and kwargs and all(k in names and isinstance(v, Mapping) for k, v in kwargs.items()):
-        return names, {t: dict(kwargs.get(t, {})) for t in names}
-    return names, {t: dict(kwargs) for t in names}
+    for a `textgym train` run, the run's own recorded settings, then the flags (`agents.runs.Command`)."""
+    return command().resolve(flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: v for cls, _, _ in _configs() for k, v in given(args, cls).items()}
+    evaluation = command()
     try:
-        settings, source = resolve_settings(flags)
-        pick = lambda cls, excluded=(): {f.name: settings[f.name] for f in dataclasses.fields(cls)  # noqa: E731
-                                         if f.name in settings and f.name not in excluded}  # fmt: skip
-        config = EvalConfig(**pick(EvalConfig))
-        env = EnvConfig(**pick(EnvConfig, ENV_EXCLUDED))
-        names, task_kwargs = _split_tasks(env.task, env.task_kwargs)
-        tasks = [make_task(name, **task_kwargs[name]) for name in names]  # bad names and files fail before the model loads
-    except (TypeError, ValueError, FileNotFoundError, ImportError) as e:
+        settings, source = evaluation.resolve(evaluation.flags(args))
+        config, run_cfg, env, _ = evaluation.split(settings)
+        names, task_kwargs, tasks = make_tasks(env.task, env.task_kwargs, env.reward)  # mistakes fail before the model loads
+    except (TypeError, ValueError, LookupError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     out = Path(config.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / SAMPLES_FILE).exists() and not config.resume:
@@ -918,21 +676,22 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    sampling = {k: settings[k] for k in ("temperature", "top_k", "top_p")}
-    print(f"loading {settings['model']} ...", flush=True)
+    if run_cfg.threads:
+        torch.set_num_threads(run_cfg.threads)
+    sampling = {k: settings[k] for k in SAMPLING}
+    print(f"loading {run_cfg.model} ...", flush=True)
     try:
-        policy, model = load_policy(settings["model"], device=settings["device"], dtype=settings["dtype"], **sampling)
+        policy, model = load_policy(run_cfg.model, device=run_cfg.device, dtype=run_cfg.dtype, **sampling)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-    if settings.get("mask_actions"):
+    if run_cfg.mask_actions:
         from textgym.vector import TextGenVectorEnv
 
-        probe = TextGenVectorEnv(num_envs=1, config=env.replace(task=tasks[0], task_kwargs={}, tokenizer=policy.tokenizer))
+        probe = TextGenVectorEnv(num_envs=1, config=env.replace(task=tasks[0], task_kwargs={}, split=config.split,
+                                                                tokenizer=policy.tokenizer))  # fmt: skip
         policy.restrict_actions(probe.action_masks()[0])
-    model["mask_actions"] = bool(settings.get("mask_actions"))
-    model["dtype"], model["device"] = settings["dtype"], settings["device"]
+    model["mask_actions"] = run_cfg.mask_actions
+    model["dtype"], model["device"] = run_cfg.dtype, run_cfg.device
     print(f"settings: {source}, then flags; {config.samples} samples per problem, k = {list(config.ks)}"
           f"{', greedy' if config.greedy else ''}; {config.split} split -> {out}")  # fmt: skip
     notes: list[str] = []
@@ -946,6 +705,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result.tasks, config))
     print(f"\n95% intervals: percentile bootstrap over problems ({BOOTSTRAP_RESAMPLES} resamples, seed {config.seed}); "
           f"mean@{config.samples} is the mean reward")  # fmt: skip
+    print("prior: the score of giving every problem the commonest reference answer (named), by the verifier; "
+          "lift: pass@1 - prior; answers and their entropy (bits): over all samples / mean per problem")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in result.paths.values()))
     return 0
 

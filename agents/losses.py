@@ -1,9 +1,9 @@
 """Policy-gradient math as small pure functions over tensors (no model, no env), with its equations.
 
 Every function here takes tensors and returns tensors, so each line of math can be read next to the
-equation it implements. The equations are below, in this module's own words; a number without a
-letter is the one the course primer uses (``shared/seeds/004_*.txt``, "Primer on Policy Gradients"),
-a number with a letter is an addition made here. Code comments cite them as "eq. 22".
+equation it implements. The equations are below, in this module's own words, numbered in the order
+of the classic derivation (policy, return, score-function estimator, baseline, loss, importance
+ratio); a number with a letter is a variant or an addition. Code comments cite them as "eq. 22".
 
 The problem
 -----------
@@ -108,7 +108,41 @@ al., 2017) keeps the step small by taking the pessimistic side of a clipped copy
     (27a)  loss_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t).
 
 Where the clipped branch is the smaller one the token contributes no gradient: the policy has
-already moved as far as ε allows on it.
+already moved as far as ε allows on it. The window need not be symmetric ("clip-higher", Yu et al.,
+2025):
+
+    (27b)  loss_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t),    ε_high ≥ ε_low.
+
+With A_t > 0 only the upper bound binds, so a larger ε_high lets an unlikely token that did well
+(ρ far above 1 after a step) keep gaining probability; a symmetric window stops exactly those first,
+and with them the exploration, while already-likely tokens barely move under either. With A_t < 0
+only the lower bound binds and it stays at 1 − ε_low.
+
+Guards against learning the prior
+---------------------------------
+A policy can score well by giving one answer to every question (on a yes/no dataset that is 91%
+"Yes", "Yes" scores 0.91). Four additions keep the update about the task:
+
+    (22f)  dynamic sampling (DAPO, Yu et al., 2025). Under a group baseline a group whose G rewards
+           are all equal has A_t = 0 on every token: it adds nothing to eq. 22 but dilutes the
+           token mean. A group k is *informative* when max_i R_i − min_i R_i > 0 over its
+           completions; the agent keeps sampling fresh prompts until the update holds the asked
+           number of informative groups (or a bound on rounds is reached) and trains on those alone.
+           Dropping a group changes which prompts the estimate averages over (those the policy
+           neither always solves nor always fails), not the per-group estimate.
+
+    (26b)  entropy control to a target H*: the bonus weight β_H of eq. 26a is a Lagrange multiplier
+           for the constraint H ≥ H* on the mean token entropy, adapted by dual ascent after each
+           update:  β_H ← max(0, β_H + η (H* − H)).  When the policy is more certain than H* the
+           bonus grows; once it is above, the bonus decays to 0 and leaves the policy alone.
+
+    (26c)  masking truncated completions: an episode the token budget cut off has its reward
+           decided by the budget, not by its answer; with masking its tokens leave the loss (its
+           reward still counts in the baselines of the other completions).
+
+    (26d)  frontier sampling: a problem whose recent pass rate is 0 or 1 gives a group with
+           (nearly) equal rewards, so it is drawn with a smaller weight w < 1 than the others
+           (unseen problems weigh 1): P(problem p) ∝ w if its last pass rate ∈ {0, 1}, else 1.
 
 Conventions
 -----------
@@ -165,6 +199,8 @@ __all__ = [
     "naive_policy_gradient_loss",
     "clipped_policy_gradient_loss",
     "kl_penalty",
+    "informative_groups",
+    "adapt_entropy_coef",
     "policy_gradient_loss",
     "aggregate_loss",
     "reinforce_loss",
@@ -435,8 +471,9 @@ def clipped_policy_gradient_loss(
     old_log_probs: torch.Tensor,
     cliprange: float,
     mask: torch.Tensor | None = None,
+    cliprange_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token importance-weighted loss with PPO/GRPO clipping (eq. 27).
+    """Per-token importance-weighted loss with PPO/GRPO clipping (eq. 27a, or 27b with ``cliprange_high``).
 
     ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t) = exp(log π_θ - log π_old), and the loss is
     -min(ρ_t A_t, clip(ρ_t, 1-ε, 1+ε) A_t). Where the unclipped branch is taken its gradient is
@@ -448,9 +485,10 @@ def clipped_policy_gradient_loss(
         policy_log_probs: ``(B, T)`` log π_θ, differentiable.
         old_log_probs: ``(B, T)`` log π_old of the same tokens, recorded when they were sampled
             (detached).
-        cliprange: ε > 0.
+        cliprange: ε > 0 (ε_low of eq. 27b: the ratio's floor is 1 − ε).
         mask: optional ``(B, T)`` real tokens, used only for the metadata statistics (the loss
             itself is per token; mask it when aggregating).
+        cliprange_high: ε_high of eq. 27b (the ratio's ceiling is 1 + ε_high); None: ``cliprange``.
 
     Returns:
         ``(per_token_loss (B, T), metadata)``; metadata holds detached 0-d tensors over the real
@@ -460,13 +498,16 @@ def clipped_policy_gradient_loss(
     """
     if not cliprange > 0:
         raise ValueError(f"cliprange must be > 0, got {cliprange}")
+    high = cliprange if cliprange_high is None else cliprange_high
+    if not high > 0:
+        raise ValueError(f"cliprange_high must be > 0 (or None for the symmetric window), got {cliprange_high}")
     if old_log_probs.shape != policy_log_probs.shape:
         raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} must match policy_log_probs {tuple(policy_log_probs.shape)}")
     advantages = _per_token(advantages, policy_log_probs)
     log_ratio = policy_log_probs - old_log_probs.detach()
     ratio = torch.exp(log_ratio)                                          # eq. 27: π_θ / π_θold
     unclipped = ratio * advantages                                        # eq. 27 term
-    clipped = torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange) * advantages  # PPO trust region
+    clipped = torch.clamp(ratio, 1.0 - cliprange, 1.0 + high) * advantages  # eq. 27b: [1 - ε_low, 1 + ε_high]
     per_token_loss = -torch.minimum(unclipped, clipped)
 
     if mask is None:
@@ -496,6 +537,37 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str =
         log_ratio = ref_log_probs - log_probs
         return torch.exp(log_ratio) - log_ratio - 1.0
     raise ValueError(f"unknown kl kind {kind!r}; expected 'k1' or 'k3'")
+
+
+def informative_groups(returns: torch.Tensor, group_size: int, tolerance: float = 1e-9) -> torch.Tensor:
+    """Which groups carry a policy gradient under a group baseline (eq. 22f): max R − min R > tolerance.
+
+    Args:
+        returns: ``(N,)`` episode returns R(τ), N a multiple of ``group_size``, groups consecutive.
+        group_size: G ≥ 1 (with G = 1 no group is informative: its one reward is its own mean).
+
+    Returns:
+        ``(N / G,)`` bool, True where the group's rewards are not all equal.
+    """
+    returns = torch.as_tensor(returns)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+    if returns.dim() != 1 or returns.numel() % group_size != 0:
+        raise ValueError(f"returns must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(returns.shape)}")
+    grouped = returns.reshape(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values) > tolerance  # eq. 22f
+
+
+def adapt_entropy_coef(coef: float, entropy: float, target: float, lr: float) -> float:
+    """One dual-ascent step of the entropy bonus weight (eq. 26b): max(0, β + η (H* − H)).
+
+    A non-finite ``entropy`` (an update that was skipped) leaves β unchanged.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if entropy != entropy or entropy in (float("inf"), float("-inf")):
+        return float(coef)
+    return max(0.0, float(coef) + lr * (float(target) - float(entropy)))  # eq. 26b
 
 
 def policy_gradient_loss(
@@ -570,6 +642,7 @@ def reinforce_loss(
     *,
     old_log_probs: torch.Tensor | None = None,
     cliprange: float = 0.2,
+    cliprange_high: float | None = None,
     ref_log_probs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     entropy: torch.Tensor | None = None,
@@ -584,7 +657,7 @@ def reinforce_loss(
         aggregation: ``"token_mean"``, ``"sequence_mean"`` or ``"sum"`` (see the module docstring).
         old_log_probs: the behaviour log-probs recorded when the actions were sampled; given, the
             loss is the clipped importance-ratio one (eq. 27a) instead of eq. 26.
-        cliprange: ε of eq. 27a.
+        cliprange, cliprange_high: ε_low and ε_high of eq. 27b (``cliprange_high=None``: eq. 27a's ε).
         ref_log_probs, kl_coef: log π_ref of a frozen reference policy and the weight β_KL of the
             k3 penalty (eq. 26a; 0: off).
         entropy, entropy_coef: per-position entropy H(π_θ(·|s_t)) and its bonus weight β_H.
@@ -600,7 +673,8 @@ def reinforce_loss(
         per_token = naive_policy_gradient_loss(advantages, logp)  # eq. 26: −A_t log π_θ(a_t|s_t)
     else:
         old = torch.where(mask, old_log_probs, 0.0)
-        per_token, meta = clipped_policy_gradient_loss(advantages, logp, old, cliprange, mask=mask)  # eq. 27a
+        per_token, meta = clipped_policy_gradient_loss(advantages, logp, old, cliprange, mask=mask,
+                                                       cliprange_high=cliprange_high)  # eq. 27a / 27b
         stats["clip_fraction"] = meta["clip_fraction"]
     if entropy_coef > 0:
         per_token = per_token - entropy_coef * entropy  # eq. 26a: − β_H H(π_θ(·|s_t))

@@ -191,9 +191,11 @@ def _unknown_model(name: str, reason: str) -> str:
 
 
 def save_model(model: PreTrainedModel, tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
-    """Save model and tokenizer to `path` so that `load_model(path)` gives them back."""
+    """Save model and tokenizer to `path` so that `load_model(path)` gives them back (without
+    transformers' progress bar: a bar per checkpoint would bury the training bar)."""
     path = Path(path)
-    model.save_pretrained(path)
+    with _no_loading_bar():
+        model.save_pretrained(path)
     if isinstance(tokenizer, CharTokenizer):
         (path / TOKENIZER_MARKER).write_text(json.dumps({"type": "char", "alphabet": tokenizer.alphabet}))
     elif isinstance(tokenizer, HFTokenizer):
@@ -229,7 +231,7 @@ def check_compatible(model: PreTrainedModel, tokenizer: Tokenizer) -> None:
 
 @contextlib.contextmanager
 def _no_loading_bar():
-    """transformers draws a "Loading weights" bar even for a sub-second load; callers print their own line."""
+    """transformers draws a bar even for a sub-second load or save; callers print their own line."""
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -240,13 +242,20 @@ def _no_loading_bar():
 
 
 def _from_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    """An HF model with transformers' own code only: a model directory or hub repo that ships Python
+    (`auto_map`) is refused, never run, and never asked about (transformers would prompt on a terminal)."""
     with _no_loading_bar():
         try:
-            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False)
         except (ValueError, ImportError) as error:
+            if "trust_remote_code" in str(error):
+                raise ValueError(
+                    f"{name_or_path} needs its own Python code to load (trust_remote_code), which textgym never runs: "
+                    "use a model that transformers supports natively"
+                ) from None
             if "sdpa" not in str(error).lower():
                 raise
-            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)  # architecture without SDPA
+            return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=False)  # architecture without SDPA
 
 
 def _load_tokenizer_beside(directory: Path) -> Tokenizer:

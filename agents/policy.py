@@ -1,7 +1,8 @@
 """LMPolicy: a Hugging Face causal LM as a policy over TextGenEnv's tokens.
 
-The policy is pi_theta(a_t | s_t) = softmax(f_theta(s_t) / T)_{a_t} (seed 004, eq. 3), optionally
-restricted to the top-k / top-p tokens. It follows the ordinary Gymnasium loop
+The policy is pi_theta(a_t | s_t) = softmax(f_theta(s_t) / T)_{a_t} (eq. 3 in the docstring of
+`agents.losses`), optionally restricted to the top-k / top-p tokens. It follows the ordinary
+Gymnasium loop
 
     obs, info = envs.reset(seed=0)
     actions, log_probs = policy.act(obs)
@@ -16,7 +17,6 @@ on reset, autoreset or any other change the slot's prefix is recomputed.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +36,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     """Set the logits outside the top-k tokens, then outside the top-p nucleus, to -inf.
 
     Both acting and training call this, so the behaviour log-probs recorded while acting and the
-    log-probs recomputed for the update are of the same distribution (DESIGN.md, invariant 4).
+    log-probs recomputed for the update are of the same distribution, and importance ratios are exact.
     """
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -127,16 +127,8 @@ class LMPolicy:
         return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, decode=decode)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save model and tokenizer so `LMPolicy.from_pretrained(path)` restores them."""
-        from transformers.utils import logging as hf_logging
-
-        was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a bar per checkpoint would bury the training bar
-        try:
-            save_model(self.model, self.tokenizer, Path(path))
-        finally:
-            if was_enabled:
-                hf_logging.enable_progress_bar()
+        """Save model and tokenizer so `LMPolicy.from_pretrained(path)` restores them (`save_model`)."""
+        save_model(self.model, self.tokenizer, path)
 
     @property
     def device(self) -> torch.device:

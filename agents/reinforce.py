@@ -12,14 +12,16 @@ One iteration of `learn` is collect → update → callbacks:
   3. callbacks (`agents.callbacks`): validation reward, metrics.jsonl, checkpoints, plot, progress
      bar, early stopping, experiment tracking — and SIGINT/SIGTERM stop at this boundary.
 
-The equations, numbered as in the course primer, are in the docstring of `agents.losses`.
+The equations, numbered, are in the docstring of `agents.losses`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import os
+import pickle
 import shutil
 import signal
 import time
@@ -30,9 +32,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from agents import distributed
 from agents import losses as L
+from agents.answers import update_answers
+from agents.checkpoints import (
+    FORMAT as CHECKPOINT_FORMAT,
+    CheckpointError,
+    disk_full,
+    disk_full_error,
+    fsync_dir,
+    fsync_tree,
+    read_agent_state,
+    recovery,
+    resolve_checkpoint,
+)
 from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
 from agents.callbacks import (
     Callback,
@@ -42,6 +57,7 @@ from agents.callbacks import (
     standard_callbacks,
     stop_on_signals,
 )
+from agents.curriculum import FrontierSampler
 from agents.policy import LMPolicy
 from agents.rollouts import Batch, Episode, collect_episodes, evaluate, summarize, to_batch
 from textgym.config import check_choices, describe, replace, setting
@@ -77,9 +93,32 @@ class REINFORCEConfig:
         "same, or eq. 26's sum over each completion",
     )
     epochs: int = setting(1, "update epochs per batch; > 1 uses the clipped importance-ratio loss (eq. 27a) against the behaviour log-probs")
-    cliprange: float = setting(0.2, "ε of the clipped loss (epochs > 1)")
+    cliprange: float = setting(0.2, "ε of the clipped loss (epochs > 1): the ratio's floor 1 - ε, and its ceiling unless cliprange_high is set")
+    cliprange_high: float | None = setting(
+        None, "ε_high of the clipped loss (eq. 27b, 'clip-higher'): the ratio's ceiling 1 + ε_high (None: cliprange)"
+    )
     kl_coef: float = setting(0.0, "weight of the k3 KL penalty to a frozen copy of the initial policy (0: off, no copy kept)")
-    entropy_coef: float = setting(0.0, "weight of the entropy bonus")
+    entropy_coef: float = setting(0.0, "weight of the entropy bonus (with entropy_target: its starting value)")
+    entropy_target: float | None = setting(
+        None,
+        "target mean token entropy H* in nats: after every update the entropy bonus weight moves by dual ascent, "
+        "β <- max(0, β + entropy_lr (H* - H)) (eq. 26b). None: a fixed bonus entropy_coef",
+    )
+    entropy_lr: float = setting(0.05, "η of the entropy bonus's dual ascent (entropy_target)")
+    mask_truncated: bool = setting(
+        False, "no gradient from episodes the token budget cut off (eq. 26c); their rewards still count in the baselines"
+    )
+    dynamic_sampling: bool = setting(
+        False,
+        "drop groups whose rewards are all equal (no gradient under a group baseline) and sample more prompts until "
+        "the update has `prompts` informative groups, or max_sampling_rounds rounds ran (DAPO; eq. 22f)",
+    )
+    max_sampling_rounds: int = setting(4, "dynamic_sampling: the most rounds of sampling per update (the first included)")
+    frontier_weight: float | None = setting(
+        None,
+        "frontier sampling (eq. 26d): draw training problems with weight w when their last pass rate was 0 or 1, "
+        "1 otherwise; needs a finite training split. None: off (the env draws problems uniformly)",
+    )
     max_grad_norm: float | None = setting(1.0, "clip the gradient's global norm to this (None: no clipping)")
     micro_batch_size: int | None = setting(
         None, "episodes per forward/backward; gradients accumulate over the batch, so memory follows it (None: all at once)"
@@ -101,6 +140,17 @@ class REINFORCEConfig:
         _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1], got {self.gamma}")
         _require(_is_int(self.epochs, 1), f"epochs must be an integer >= 1, got {self.epochs!r}")
         _require(self.cliprange > 0, f"cliprange must be > 0, got {self.cliprange}")
+        _require(self.cliprange_high is None or self.cliprange_high > 0,
+                 f"cliprange_high must be > 0, or None for the symmetric window; got {self.cliprange_high}")  # fmt: skip
+        _require(self.entropy_target is None or self.entropy_target >= 0,
+                 f"entropy_target must be >= 0 nats, or None for a fixed bonus; got {self.entropy_target}")  # fmt: skip
+        _require(self.entropy_lr > 0, f"entropy_lr must be > 0, got {self.entropy_lr}")
+        _require(_is_int(self.max_sampling_rounds, 1), f"max_sampling_rounds must be an integer >= 1, got {self.max_sampling_rounds!r}")
+        _require(self.frontier_weight is None or 0 < self.frontier_weight <= 1,
+                 f"frontier_weight must be in (0, 1] (1: uniform), or None for off; got {self.frontier_weight}")  # fmt: skip
+        _require(not self.dynamic_sampling or self.baseline in GROUPED,
+                 f"dynamic_sampling drops groups whose advantages are all 0 under a group baseline: use baseline='group' or "
+                 f"'leave_one_out', not {self.baseline!r}")  # fmt: skip
         _require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0 (0 turns the term off)")
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm}")
         _require(self.micro_batch_size is None or _is_int(self.micro_batch_size, 1),
@@ -129,7 +179,7 @@ def _is_int(value: Any, minimum: int) -> bool:
 
 
 class REINFORCE:
-    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with the primer's variance reducers.
+    """The REINFORCE agent (Williams, 1992) for an LMPolicy, with its variance reducers (baselines, eq. 22a-e).
 
         agent = REINFORCE(policy, baseline="group", lr=2e-5)          # or REINFORCE(policy, config)
         agent.learn(envs, iterations=50, eval_env=val_env, log_dir="runs/x")
@@ -148,6 +198,10 @@ class REINFORCE:
         self.iteration = 0
         self.end_iteration = 0  # where the current learn call stops (the linear schedule's end)
         self.running_mean: list[float] = []  # the "mean" baseline's m (eq. 22b), per turn
+        self.entropy_coef = cfg.entropy_coef  # β_H: fixed, or adapted towards entropy_target (eq. 26b)
+        self.samples = 0  # episodes sampled for training so far (dynamic sampling's extra rounds included)
+        self.frontier: FrontierSampler | None = None  # made by learn(), which knows the training split
+        self._frontier_state: dict | None = None  # a checkpoint's, until then
         self.bad_updates = 0
         self.autocast_dtype = _autocast_dtype(cfg.amp, policy)
         self.optimizer = _adamw(policy.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,6 +253,13 @@ class REINFORCE:
         self._update_running_mean(batch, returns)
         stats: dict[str, list[float]] = defaultdict(list)
         skipped = False
+        if cfg.mask_truncated and batch.truncated is not None:
+            # eq. 26c: the budget decided these episodes' rewards, so their tokens leave the loss (the
+            # advantages above already used their returns in the group baselines).
+            stats["truncated_masked"].append(float(batch.truncated.float().mean()))
+            batch = batch.with_action_mask(batch.action_mask & ~batch.truncated[:, None])
+            if self.dist.sum(int(batch.action_mask.sum())) == 0:  # nothing left to train on: no step at all
+                return {**{k: float(np.mean(v)) for k, v in stats.items()}, **_no_update(self)}
         for _ in range(cfg.epochs):
             # One epoch is on-policy (eq. 26). With more, every epoch uses eq. 27a against the
             # behaviour log-probs: after the first step the batch comes from an older policy.
@@ -217,6 +278,11 @@ class REINFORCE:
             if self.value_head is not None:
                 stats["value_loss"].append(self._fit_value_head(hidden, returns, batch.action_mask))
         out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        if not skipped and cfg.entropy_target is not None and stats.get("entropy"):
+            # eq. 26b: dual ascent on β_H, from the entropy of this update's first epoch (the samples' policy)
+            entropy = self.dist.sum(stats["entropy"][0]) / self.dist.world_size
+            self.entropy_coef = L.adapt_entropy_coef(self.entropy_coef, entropy, cfg.entropy_target, cfg.entropy_lr)
+        out["entropy_coef"] = self.entropy_coef
         out["skipped_update"] = float(skipped)
         return out
 
@@ -252,8 +318,8 @@ class REINFORCE:
                     loss, loss_stats = L.reinforce_loss(
                         mb["log_probs"], advantages[rows, mb["columns"]].to(policy.device), mb["mask"], cfg.loss_aggregation,
                         old_log_probs=mb["old_log_probs"] if clipped else None, cliprange=cfg.cliprange,
-                        ref_log_probs=mb.get("ref_log_probs"), kl_coef=cfg.kl_coef,
-                        entropy=mb["entropy"], entropy_coef=cfg.entropy_coef,
+                        cliprange_high=cfg.cliprange_high, ref_log_probs=mb.get("ref_log_probs"), kl_coef=cfg.kl_coef,
+                        entropy=mb["entropy"], entropy_coef=self.entropy_coef,
                     )  # fmt: skip
                     if cfg.loss_aggregation == "token_mean":
                         share = mb["mask"].sum() * world / total_tokens  # this micro-batch's tokens of the whole
@@ -360,7 +426,8 @@ class REINFORCE:
         The standard callbacks (`agents.callbacks.standard_callbacks`) run first: validation reward
         on `eval_env` before the first iteration, every `eval_every` and after the last; with
         `log_dir`, metrics.jsonl, checkpoints and rewards.png; a progress bar. `callback` (a
-        Callback, a function of the metrics dict, or a list of them) runs after those; one
+        Callback, a function of the metrics dict, or a list of them) runs after those (a callback
+        with `before_logging = True` before them, so the rows it adds to are logged); one
         returning False stops training. Under torchrun the standard callbacks run on rank 0 only,
         `callback` on every rank. The keyword settings (`RunManagementConfig`):
 
@@ -376,7 +443,9 @@ class REINFORCE:
         settings = RunManagementConfig.make(**run_management)
         main = self.dist.is_main  # under torchrun only rank 0 evaluates, logs, draws and checkpoints
         standard = standard_callbacks(settings, eval_env=eval_env, log_dir=log_dir) if main else []
-        callbacks = as_callback([*standard, *as_callback(callback).callbacks])
+        user = as_callback(callback).callbacks
+        first = [c for c in user if getattr(c, "before_logging", False)]  # they change the row the writer logs
+        callbacks = as_callback([*first, *standard, *(c for c in user if c not in first)])
         self.end_iteration = self.iteration + int(iterations)
         error: BaseException | None = None
         with stop_on_signals() as stop:
@@ -387,13 +456,13 @@ class REINFORCE:
                 keep_going = not signalled
                 while keep_going and self.iteration < self.end_iteration:
                     t0 = time.perf_counter()
-                    self.policy.seed(self._iteration_seed(1))
-                    episodes, timing = collect_episodes(self.policy, envs, seed=self._iteration_seed(0))  # collect
+                    episodes, kept, timing, sampling = self.collect(envs, group_size)  # collect
                     t1 = time.perf_counter()
                     lr = self._scheduled_lr()
-                    stats = self.update(to_batch(episodes, group_size))  # update
+                    stats = self.update(to_batch(kept, group_size)) if self._worth_a_step(sampling) else _no_update(self)  # update
                     self.iteration += 1
-                    metrics = _iteration_metrics(self.iteration, episodes, stats, lr, timing, t1 - t0, time.perf_counter() - t1)
+                    metrics = _iteration_metrics(self.iteration, episodes, {**sampling, **stats}, lr, timing, t1 - t0,
+                                                 time.perf_counter() - t1, answers=update_answers(episodes, envs, group_size))  # fmt: skip
                     metrics = self.dist.mean_dict(metrics)  # every rank's episodes count
                     keep_going = self.dist.all_true(callbacks.on_iteration_end(metrics) is not False)  # callbacks
                     signalled = not self.dist.all_true(stop.signum is None)
@@ -406,6 +475,81 @@ class REINFORCE:
         if signalled or stop.signum is not None:
             raise TrainingInterrupted(stop.signum or signal.SIGTERM)  # SIGTERM: another rank's signal
         return self
+
+    def collect(self, envs: Any, group_size: int) -> tuple[list[Episode], list[Episode], dict[str, float], dict[str, float]]:
+        """This iteration's episodes: (all sampled, those the update trains on, timing, statistics).
+
+        One episode per slot through `env.step`; with `frontier_weight` the agent picks each group's
+        problem (eq. 26d), otherwise the env draws it. With `dynamic_sampling`, groups whose rewards
+        are all equal are dropped and further rounds are sampled (fresh problems, the same slots)
+        until `prompts` informative groups are kept or `max_sampling_rounds` rounds ran (eq. 22f);
+        when the bound runs out first, the last round's uninformative groups fill the update (zero
+        advantages: they carry only the entropy and KL terms). Without it, every episode of the one
+        round is trained on, as before.
+        """
+        cfg = self.config
+        prompts = envs.num_envs // group_size
+        if cfg.frontier_weight is not None and self.frontier is None:
+            self.frontier = FrontierSampler(getattr(envs.core, "num_examples", None), group_size, cfg.frontier_weight)
+            if self._frontier_state is not None:
+                self.frontier.load_state_dict(self._frontier_state)
+        self.policy.seed(self._iteration_seed(1))
+        sampled: list[Episode] = []
+        kept: list[Episode] = []
+        timing = {"generate_s": 0.0, "env_s": 0.0}
+        rounds, uninformative_first = 0, 0.0
+        while True:
+            # Round 0 draws what a run without these guards draws (same seeds); later rounds fresh ones.
+            seed = self._iteration_seed(0) if rounds == 0 else self._iteration_seed(0, rounds)
+            options = None
+            if self.frontier is not None:
+                options = {"index": self.frontier.draw(np.random.default_rng(self._iteration_seed(2, rounds)), prompts)}
+            episodes, t = collect_episodes(self.policy, envs, seed=seed, options=options)
+            for key in timing:
+                timing[key] += t[key]
+            rounds += 1
+            sampled += episodes
+            if self.frontier is not None:
+                self.frontier.record([e.info.get("index", -1) for e in episodes], [e.success for e in episodes])
+            informative = L.informative_groups(torch.tensor([e.reward for e in episodes]), group_size).tolist()
+            if rounds == 1:
+                uninformative_first = 1.0 - float(np.mean(informative))
+            if not cfg.dynamic_sampling:
+                kept = episodes
+                break
+            for k, useful in enumerate(informative):
+                if useful and len(kept) < prompts * group_size:
+                    kept += episodes[k * group_size : (k + 1) * group_size]
+            full = len(kept) >= prompts * group_size
+            if self.dist.all_true(full or rounds >= cfg.max_sampling_rounds):  # every rank samples as many rounds
+                last = [episodes[k * group_size : (k + 1) * group_size] for k, useful in enumerate(informative) if not useful]
+                break
+        useful_groups = len(kept) // group_size if cfg.dynamic_sampling else round(prompts * (1 - uninformative_first))
+        if cfg.dynamic_sampling:
+            # The bound ran out: fill the update with the last round's uninformative groups. Their
+            # advantages are 0, so they add no policy gradient, only the entropy and KL terms — which
+            # is what lets entropy control pull a collapsed policy back to where groups disagree
+            # (skipping the update instead would freeze it there).
+            for group in last[: prompts - len(kept) // group_size]:
+                kept += group
+        self.samples += len(sampled)
+        stats = {
+            "groups_all_equal": uninformative_first,  # share of the first round's groups with no gradient (eq. 22f)
+            "sampling_rounds": float(rounds),
+            "informative_groups": float(useful_groups),
+            "samples": float(self.samples),
+        }
+        if self.frontier is not None:
+            stats.update(self.frontier.stats())
+        return sampled, kept, timing, stats
+
+    def _worth_a_step(self, sampling: dict[str, float]) -> bool:
+        """False when dynamic sampling found no informative group on any rank and no entropy or KL term
+        would act: the gradient is 0, and an optimizer step would still move the weights (Adam's momentum)."""
+        cfg = self.config
+        if not cfg.dynamic_sampling or cfg.entropy_target is not None or cfg.entropy_coef > 0 or cfg.kl_coef > 0:
+            return True
+        return not self.dist.all_true(sampling["informative_groups"] == 0)
 
     def _check_env(self, envs: Any) -> tuple[Any, int]:
         envs = envs.unwrapped
@@ -432,9 +576,9 @@ class REINFORCE:
             group["lr"] = lr
         return lr
 
-    def _iteration_seed(self, stream: int) -> int:
-        """A seed per (run seed, iteration, stream): resuming at iteration k replays iteration k."""
-        key = [self.config.seed, self.iteration, stream] + ([self.dist.rank] if self.dist.enabled else [])
+    def _iteration_seed(self, stream: int, *more: int) -> int:
+        """A seed per (run seed, iteration, stream, ...): resuming at iteration k replays iteration k."""
+        key = [self.config.seed, self.iteration, stream, *more] + ([self.dist.rank] if self.dist.enabled else [])
         return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def evaluate(self, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0) -> dict[str, float]:
@@ -451,44 +595,66 @@ class REINFORCE:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy, optimizer, value head, baseline state, config and iteration to `path`.
 
-        The directory is written beside `path` and renamed into place, so it is complete or absent.
-        An existing `path` is moved aside first and deleted only after the new one is in place.
+        The directory is written beside `path`, fsynced, and renamed into place, so it is complete
+        or absent. An existing `path` is moved aside first and deleted only after the new one is
+        in place. agent.pt holds only tensors and plain containers, so `load` reads it without
+        unpickling code. A save that fails (a full disk: an OSError that says "disk full") leaves
+        nothing behind.
         """
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.policy.save(tmp / "policy")
+        try:
+            tmp.mkdir(parents=True)
+            self.policy.save(tmp / "policy")
+            with open(tmp / "agent.pt", "wb") as f:  # a file object: a full disk surfaces as ENOSPC, not a zip error
+                torch.save(self._state(), f)
+            fsync_tree(tmp)  # on the disk before anything that names it, or deletes what it replaces
+        except BaseException as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, Exception) and disk_full(error):
+                raise disk_full_error(path, "the checkpoint") from error
+            raise
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        if old.exists():
+            shutil.rmtree(old)
+        return path
+
+    def _state(self) -> dict[str, Any]:
+        """agent.pt's content: tensors and plain Python containers only (what weights_only loads)."""
         state = {
-            "iteration": self.iteration,
-            "running_mean": self.running_mean,
-            "config": dataclasses.asdict(self.config),
+            "format": CHECKPOINT_FORMAT,
+            "iteration": int(self.iteration),
+            "running_mean": [float(m) for m in self.running_mean],
+            "config": _plain(dataclasses.asdict(self.config)),
             "optimizer": self.optimizer.state_dict(),
-            "policy_sampling": {k: getattr(self.policy, k) for k in SAMPLING},
+            "policy_sampling": _plain({k: getattr(self.policy, k) for k in SAMPLING}),
             "allowed_tokens": None if self.policy.allowed_tokens is None else self.policy.allowed_tokens.cpu(),
             "generator": self.policy.generator.get_state(),
+            "entropy_coef": self.entropy_coef,
+            "samples": self.samples,
         }
+        if self.frontier is not None:
+            state["frontier"] = self.frontier.state_dict()
         if self.value_head is not None:
             state["value_head"] = self.value_head.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
         if self.reference is not None:  # the KL anchor is the initial policy, not the resumed one
             state["reference"] = self.reference.state_dict()
-        torch.save(state, tmp / "agent.pt")
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-        return path
+        return state
 
     def checkpoint(self, run_dir: str | os.PathLike, keep: int = 1) -> Path:
         """Save into a new `run_dir/checkpoint-<iteration>` and then point `run_dir/latest` at it.
 
         `latest` only ever names a complete checkpoint: the new directory is written under a name
         `latest` does not use (a suffix is added if this iteration was saved before), the pointer
-        moves by an atomic rename, and older checkpoints (beyond the newest `keep`) go only after.
+        moves by an atomic rename, and older checkpoints (beyond the newest `keep`) go only after
+        the new checkpoint and the pointer are fsynced.
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -499,11 +665,27 @@ class REINFORCE:
         while (run_dir / name).exists():
             n += 1
             name = f"{base}-{n}"
-        target = self.save(run_dir / name)
+        try:
+            target = self.save(run_dir / name)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise disk_full_error(run_dir / name, "the checkpoint", run_dir=run_dir) from error.__cause__
         pointer = run_dir / ".latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, run_dir / "latest")
-        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.stat().st_mtime)
+        try:
+            with open(pointer, "w") as f:
+                f.write(name + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(pointer, run_dir / "latest")
+            fsync_dir(run_dir)
+        except Exception as error:
+            pointer.unlink(missing_ok=True)
+            shutil.rmtree(target, ignore_errors=True)  # nothing names it; `latest` still names the previous one
+            if disk_full(error):
+                raise disk_full_error(run_dir / "latest", "the pointer", run_dir=run_dir) from error
+            raise
+        others = sorted((p for p in run_dir.glob("checkpoint-*") if p != target), key=lambda p: p.lstat().st_mtime)  # lstat: a dangling link sorts too
         for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
         return target
@@ -513,39 +695,89 @@ class REINFORCE:
         """Restore an agent saved by `save`/`checkpoint` (a checkpoint or a run directory) to continue.
 
         `overrides` change settings of the saved config (`lr=1e-5`, ...) or the policy's sampling
-        (`temperature`, `top_k`, `top_p`).
+        (`temperature`, `top_k`, `top_p`). Nothing in the checkpoint is run as code: agent.pt is
+        read with `torch.load(weights_only=True)` and the policy's weights are safetensors. A
+        damaged, foreign or unsafe checkpoint, or a `latest` that leaves the run directory, raises
+        `agents.checkpoints.CheckpointError` naming the path and what to do.
         """
-        path = Path(path)
-        if not (path / "agent.pt").exists() and (path / "latest").exists():
-            path = path / (path / "latest").read_text().strip()  # a run directory: its latest checkpoint
-        if not (path / "agent.pt").exists():
+        checkpoint = resolve_checkpoint(path)
+        if checkpoint is None:
             raise FileNotFoundError(f"{path} holds no textgym checkpoint (agent.pt is missing, and no 'latest' pointer)")
-        state = torch.load(path / "agent.pt", map_location="cpu", weights_only=False)
-        sampling = {**state["policy_sampling"], **{k: overrides.pop(k) for k in SAMPLING if k in overrides}}
-        config = REINFORCEConfig(**(state.get("config") or state["hparams"])).replace(**overrides)
+        state = read_agent_state(checkpoint)
+        try:
+            sampling = {**state["policy_sampling"], **{k: overrides.pop(k) for k in SAMPLING if k in overrides}}
+            saved = dict(state.get("config") or state["hparams"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{checkpoint / 'agent.pt'} is not a textgym agent state ({e}); start a new run") from None
+        config = REINFORCEConfig(**saved).replace(**overrides)
         if config.kl_coef > 0 and "reference" not in state:
             raise ValueError(
-                f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {path} does not hold "
+                f"kl_coef={config.kl_coef} needs the KL reference (the initial policy), which {checkpoint} does not hold "
                 "(it was trained with kl_coef=0); start a new run to use a KL penalty"
             )
-        policy = LMPolicy.from_pretrained(path / "policy", device=device, dtype=dtype, **sampling)
-        policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
-        agent = cls(policy, config)
-        agent.optimizer.load_state_dict(state["optimizer"])
+        policy = _load_policy(checkpoint, device=device, dtype=dtype, **sampling)
+        try:
+            policy.restrict_actions(None if state.get("allowed_tokens") is None else state["allowed_tokens"].numpy())
+            agent = cls(policy, config)
+            agent.optimizer.load_state_dict(state["optimizer"])
+            _check_optimizer_fits(agent.optimizer)
+            if agent.reference is not None:
+                agent.reference.load_state_dict(state["reference"])
+            policy.generator.set_state(state["generator"])
+            if agent.value_head is not None and "value_head" in state:
+                agent.value_head.load_state_dict(state["value_head"])
+                agent.value_optimizer.load_state_dict(state["value_optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{checkpoint}: agent.pt does not fit its policy/ ({reason}); the checkpoint is damaged "
+                                  f"or was assembled from two runs. {recovery(checkpoint, weights=False)}") from None  # fmt: skip
         for group in agent.optimizer.param_groups:  # the config's values, not the saved ones (overrides)
             group.update(lr=config.lr, weight_decay=config.weight_decay)
-        if agent.reference is not None:
-            agent.reference.load_state_dict(state["reference"])
-        agent.iteration = state["iteration"]
+        agent.iteration = int(state["iteration"])
         m = state["running_mean"]
-        agent.running_mean = [float(m)] if isinstance(m, (int, float)) else list(m)  # one turn in older checkpoints
-        policy.generator.set_state(state["generator"])
+        agent.running_mean = [float(m)] if isinstance(m, (int, float)) else [float(v) for v in m]  # one turn in older checkpoints
+        agent.entropy_coef = float(state.get("entropy_coef", config.entropy_coef))
+        if "entropy_coef" in overrides and config.entropy_target is None:
+            agent.entropy_coef = config.entropy_coef  # a fixed bonus given on resume wins
+        agent.samples = int(state.get("samples", 0))
+        agent._frontier_state = state.get("frontier")
         if agent.value_head is not None and "value_head" in state:
-            agent.value_head.load_state_dict(state["value_head"])
-            agent.value_optimizer.load_state_dict(state["value_optimizer"])
             for group in agent.value_optimizer.param_groups:
                 group["lr"] = config.value_lr
         return agent
+
+
+def _load_policy(checkpoint: Path, **kwargs: Any) -> LMPolicy:
+    """The checkpoint's policy/ (safetensors, never pickles, never remote code), or a CheckpointError."""
+    weights = checkpoint / "policy"
+    if not (weights / "config.json").is_file():
+        raise CheckpointError(f"{weights} is missing or incomplete (no config.json): {checkpoint} is damaged. "
+                              f"{recovery(checkpoint)}")  # fmt: skip
+    try:
+        return LMPolicy.from_pretrained(weights, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{weights} cannot be loaded ({reason}); the checkpoint is damaged. "
+                              f"{recovery(checkpoint, weights=False)}") from None  # fmt: skip
+
+
+def _check_optimizer_fits(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError when a loaded optimizer's moments do not have their parameter's shape
+    (`load_state_dict` checks only the count; the first step would fail far from the cause)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"optimizer {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy scalars and tuples made plain Python (what a weights_only load accepts)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 REINFORCE.__doc__ = REINFORCE.__doc__.replace("{settings}", describe(REINFORCEConfig, indent="    "))
@@ -553,16 +785,21 @@ REINFORCE.learn.__doc__ = REINFORCE.learn.__doc__.replace("{run_management}", de
 
 
 def _iteration_metrics(
-    iteration: int, episodes: list[Episode], stats: dict, lr: float, timing: dict, collect_s: float, update_s: float
+    iteration: int, episodes: list[Episode], stats: dict, lr: float, timing: dict, collect_s: float, update_s: float,
+    answers: dict | None = None,
 ) -> dict[str, Any]:
-    """One metrics.jsonl row: train reward and accuracy, the update's statistics, timings, a sample."""
+    """One metrics.jsonl row: train reward and accuracy, what the samples answer (`answers`, from
+    `agents.answers.update_answers`: train_answer_entropy is the mean over prompt groups, in bits;
+    train_distinct_answers over the update), the update's statistics, timings, a sample."""
     summary = summarize(episodes)
     return {
         "iteration": iteration,
         "train_reward": summary["reward"],
         "train_accuracy": summary["accuracy"],
+        **{f"train_{k}": v for k, v in (answers or {}).items()},
         "episode_length": summary["episode_length"],
         "reward_errors": summary["reward_errors"],
+        "reply_errors": summary["reply_errors"],
         **{k: v for k, v in summary.items() if k.startswith("reward/")},
         **stats,
         "lr": lr,
@@ -572,6 +809,12 @@ def _iteration_metrics(
         "tokens_per_s": sum(len(e.action_positions) for e in episodes) / max(collect_s, 1e-9),
         "sample_completion": str(episodes[0].info.get("completion", ""))[:200],
     }
+
+
+def _no_update(agent: REINFORCE) -> dict[str, float]:
+    """The statistics of an iteration whose sampling kept no informative group (on some rank): no step."""
+    agent.policy.reset_cache()
+    return {"skipped_update": 1.0, "entropy_coef": agent.entropy_coef}
 
 
 def _autocast_dtype(amp: str, policy: LMPolicy) -> torch.dtype | None:

@@ -2,7 +2,8 @@
 
     episodes, timing = collect_episodes(policy, envs, seed=0)    # one episode per vector-env slot
     batch = to_batch(episodes, group_size=envs.group_size)       # tensors for REINFORCE.update
-    evaluate(policy, eval_env, episodes=64, seed=0)              # mean reward ± 95% CI, accuracy, length
+    evaluate(policy, eval_env, episodes=64, seed=0)              # mean reward ± 95% CI, accuracy, length,
+                                                                 # prior, lift and answer diversity
 
 Episodes run through the ordinary Gymnasium loop, `policy.act(obs, active=~done)` then
 `envs.step(actions)`, with the vector env in `AutoresetMode.DISABLED` for the duration: a slot whose
@@ -18,6 +19,7 @@ observation's `seq_len` when the policy chose it), with its behaviour log-prob a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from agents.answers import evaluation_answers, is_success
 
 __all__ = ["Episode", "Batch", "collect_episodes", "sample_episodes", "to_batch", "summarize", "evaluate"]
 
@@ -46,8 +50,9 @@ class Episode:
             last; multi-turn tasks may pay per turn).
         info: the final step's info for this slot: `completion` (the text the verifier read),
             `answer`, `ended_by` ("eos", "stop", "budget"), `episode_length`, `reward_components`
-            (name -> score), `reward_error` (None when the verifier succeeded), `index` (the
-            example's index in its split), `prompt_len`, and whatever else the env reports.
+            (name -> score), `reward_error` (None when the verifier succeeded), `reply_error` (only
+            when a multi-turn task's reply failed and ended the episode), `index` (the example's
+            index in its split), `prompt_len`, and whatever else the env reports.
         slot: the vector-env slot it ran in (slots [kG, (k+1)G) share a prompt with group size G).
     """
 
@@ -82,8 +87,7 @@ class Episode:
     @property
     def success(self) -> bool:
         """Solved: the verifier's `answer` component (or, without one, the reward) is >= 1."""
-        components = self.info.get("reward_components") or {}
-        return bool(components.get("answer", self.reward) >= 1.0 - 1e-9)
+        return is_success(self.reward, self.info.get("reward_components"))
 
 
 @dataclass
@@ -104,10 +108,13 @@ class Batch:
     episode_returns: torch.Tensor  # (B,) R(τ)
     turns: torch.Tensor | None = None  # (B, S-1) long: the turn of each action, -1 elsewhere
     group_size: int = 1  # episodes [kG, (k+1)G) answer the same prompt
+    truncated: torch.Tensor | None = None  # (B,) bool: the token budget ended the episode
 
     def __post_init__(self) -> None:
         if self.turns is None:  # one turn: every action is in turn 0
             self.turns = torch.where(self.action_mask, 0, -1)
+        if self.truncated is None:
+            self.truncated = torch.zeros(self.input_ids.shape[0], dtype=torch.bool)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -115,7 +122,12 @@ class Batch:
     def select(self, rows: slice) -> "Batch":
         """The episodes `rows` (keep whole groups when a group baseline will see them)."""
         return Batch(self.input_ids[rows], self.attention_mask[rows], self.action_mask[rows], self.old_log_probs[rows],
-                     self.rewards[rows], self.episode_returns[rows], self.turns[rows], self.group_size)  # fmt: skip
+                     self.rewards[rows], self.episode_returns[rows], self.turns[rows], self.group_size,
+                     self.truncated[rows])  # fmt: skip
+
+    def with_action_mask(self, action_mask: torch.Tensor) -> "Batch":
+        """The same episodes, training on the actions `action_mask` keeps (a subset of `self.action_mask`)."""
+        return dataclasses.replace(self, action_mask=action_mask & self.action_mask)
 
 
 def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
@@ -138,7 +150,8 @@ def to_batch(episodes: list[Episode], group_size: int = 1) -> Batch:
         rewards[i, columns] = torch.from_numpy(e.rewards.astype(np.float32))
         turns[i, columns] = torch.from_numpy(e.turns)
     returns = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, turns, int(group_size))
+    truncated = torch.tensor([e.info.get("ended_by") == "budget" for e in episodes], dtype=torch.bool)
+    return Batch(ids, attention, action_mask, old_log_probs, rewards, returns, turns, int(group_size), truncated)
 
 
 def collect_episodes(
@@ -266,8 +279,15 @@ def sample_episodes(
     return out
 
 
-def summarize(episodes: list[Episode]) -> dict[str, float]:
-    """Mean reward with a 95% confidence interval, accuracy, mean length, and reward components."""
+def summarize(episodes: list[Episode], env: Any = None, priors: dict | None = None, seed: int = 0) -> dict[str, Any]:
+    """Mean reward with a 95% confidence interval, accuracy, mean length, reward components, and how
+    many episodes a failing verifier (`reward_errors`) or a failing multi-turn reply (`reply_errors`) scored 0.
+
+    With the `env` the episodes ran in, also what they answer (`agents.answers.evaluation_answers`):
+    the prior (what always giving the commonest reference answer scores), the lift over it with its
+    95% bootstrap interval over problems (seeded by `seed`), and the answers' diversity. `priors`
+    caches the prior per problem set.
+    """
     r = np.array([e.reward for e in episodes])
     half_width = 1.96 * r.std(ddof=1) / math.sqrt(len(r)) if len(r) > 1 else float("nan")
     components: dict[str, list[float]] = {}
@@ -281,15 +301,21 @@ def summarize(episodes: list[Episode]) -> dict[str, float]:
         "episode_length": float(np.mean([len(e.action_positions) for e in episodes])),
         "episodes": len(episodes),
         "reward_errors": sum(e.info.get("reward_error") is not None for e in episodes),
+        "reply_errors": sum(e.info.get("reply_error") is not None for e in episodes),
         **{f"reward/{name}": float(np.sum(v) / len(episodes)) for name, v in sorted(components.items())},
+        **(evaluation_answers(episodes, env, priors=priors, seed=0 if seed is None else seed) if env is not None else {}),
     }
 
 
-def evaluate(policy: Any, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0) -> dict[str, float]:
-    """Mean reward (± 95% CI), accuracy and length of `policy` over `episodes` episodes of `env`.
+def evaluate(
+    policy: Any, env: Any, episodes: int = 100, greedy: bool = False, seed: int | None = 0, priors: dict | None = None
+) -> dict[str, Any]:
+    """Mean reward (± 95% CI), accuracy and length of `policy` over `episodes` episodes of `env`, and
+    what it answers: the prior, the lift over it and the answers' diversity (see `summarize`).
 
     `env` is a vector env or a single TextGenEnv. The same seed gives the same prompts and the same
     samples, so evaluations along a run are comparable; the policy's sampling stream is untouched.
+    `priors` (a dict the caller keeps) caches the prior: the same problems are scored once.
     For the episodes themselves (per-sample records, pass@k) use `sample_episodes`.
     """
-    return summarize(sample_episodes(policy, env, episodes, greedy=greedy, seed=seed))
+    return summarize(sample_episodes(policy, env, episodes, greedy=greedy, seed=seed), env=env, priors=priors, seed=seed)

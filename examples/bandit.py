@@ -1,4 +1,4 @@
-"""REINFORCE on a bandit, with and without a baseline (the "Try it" of seed 000).
+"""REINFORCE on a bandit, with and without a baseline.
 
 A handful of actions, each with a reward you set. The policy is one softmax over the actions,
 pi_theta(a) = softmax(theta)_a. Every episode goes through textgym's `bandit` task: the env shows

@@ -12,7 +12,6 @@ from agents.baselines import BASELINES, GROUPED, BaselineInputs, group_std
 from agents.losses import discounted_returns
 from agents.reinforce import REINFORCEConfig
 
-torch.set_num_threads(1)
 
 MASK = torch.tensor([[True, True, False], [True, True, True], [True, False, False], [True, True, False]])
 REWARDS = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0], [0.0, 6.0, 0.0]])

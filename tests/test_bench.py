@@ -1,4 +1,5 @@
-"""`textgym bench`: same seeds give the same table; the command writes its table, CSV, JSON and PNG."""
+"""`textgym bench`: same seeds give the same table; the command writes its table, CSV, JSON and PNG; a
+reinforce: agent samples as its run did."""
 
 import csv
 import json
@@ -71,7 +72,7 @@ def test_reinforce_agent_from_a_train_run_directory(tmp_path, capsys):
 
     run = tmp_path / "run"
     assert train(["--model", "tiny", "--task", "copy", "--task-kwargs", '{"length": 2, "alphabet": "ab"}',
-                  "--max-new-tokens", "3", "--prompts", "1", "--group-size", "2", "--eval-episodes", "2",
+                  "--max-new-tokens", "3", "--prompts", "1", "--group-size", "2", "--eval-episodes", "2", "--temperature", "0.9",
                   "--iterations", "1", "--no-progress-bar", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
     assert not (run / "checkpoint").exists() and (run / "latest").exists()
     checkpoint = run / (run / "latest").read_text().strip()
@@ -80,5 +81,8 @@ def test_reinforce_agent_from_a_train_run_directory(tmp_path, capsys):
     assert bench.main(["--agents", agents, *common, "--out", str(tmp_path / "bench")]) == 0
     by_agent = {r["agent"]: r for r in _rows(tmp_path / "bench" / "bench.csv")}
     assert by_agent[f"reinforce:{run}"] == {**by_agent[f"reinforce:{checkpoint}"], "agent": f"reinforce:{run}"}
+    # The run's own budget and sampling, as `textgym eval` of the run takes them (bench once sampled at 1.0).
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["results"]
+    assert {(r["max_new_tokens"], r["temperature"]) for r in rows} == {(3, 0.9)}
     with pytest.raises(SystemExit, match="not a textgym train run directory nor a checkpoint"):
         bench.main(["--agents", f"reinforce:{tmp_path}", *common, "--out", str(tmp_path / "bench2")])

@@ -23,7 +23,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 import textgym
 from agents import callbacks as C
@@ -32,7 +31,6 @@ from agents.callbacks import Callback, EarlyStopping, ReportTo, TrainingInterrup
 from agents.policy import LMPolicy
 from agents.reinforce import REINFORCE
 
-torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, reward="partial_credit", max_new_tokens=3)
 TIMING = ("time_generate_s", "time_env_s", "time_update_s", "tokens_per_s", "wall_s", "time_val_s")

@@ -29,10 +29,16 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does
 
 
+def default_sigint() -> None:
+    # What a terminal gives a foreground command. Set explicitly: the child would otherwise inherit
+    # whatever pytest (or its xdist worker) was started with, e.g. SIGINT ignored in a background job.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train(out: Path, *extra: str, wait: bool = True, sigint_ignored: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "textgym.cli", "train", *ARGS, "--out", str(out), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            preexec_fn=ignore_sigint if sigint_ignored else None)  # fmt: skip
+                            preexec_fn=ignore_sigint if sigint_ignored else default_sigint)  # fmt: skip
     if wait:
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
@@ -62,9 +68,11 @@ def deterministic(rows: list[dict]) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 12-iteration run."""
+    """An uninterrupted 12-iteration run, in this process (it needs no process of its own to be killed)."""
+    from textgym.cli import main
+
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(out, "--iterations", "12")
+    assert main(["train", *ARGS, "--out", str(out), "--iterations", "12"]) == 0
     return out
 
 

@@ -224,8 +224,11 @@ def test_unknown_names_list_the_known_ones():
 
 
 def test_prompt_longer_than_observation_is_a_clear_error():
-    env = TextGenEnv(max_prompt_tokens=4)
-    with pytest.raises(ValueError, match="max_prompt_tokens"):
+    too_long = r"the prompt of (train|validation|test) example \d+ \(.*\) is \d+ tokens, more than max_prompt_tokens=4; pass max_prompt_tokens="
+    with pytest.raises(ValueError, match=too_long):  # a task with a known list of problems: when the env is made
+        TextGenEnv(max_prompt_tokens=4)
+    env = TextGenEnv(task="copy", max_prompt_tokens=4)  # generated problems: at the reset that draws one
+    with pytest.raises(ValueError, match=too_long.replace("(train|validation|test)", "train")):
         env.reset(seed=0)
 
 

@@ -28,10 +28,9 @@ import pytest
 import torch
 
 from agents import evaluation
-from agents.evaluation import (
-    EvalConfig, bootstrap_intervals, evaluate_policy, extract_answer, majority_vote, pass_at_k, read_samples,
-    resolve_checkpoint, wilson_interval,
-)
+from agents.checkpoints import resolve_checkpoint
+from agents.evaluation import EvalConfig, evaluate_policy, extract_answer, read_samples
+from agents.statistics import bootstrap_intervals, majority_vote, pass_at_k, wilson_interval
 from textgym.config import EnvConfig
 from textgym.tasks import make_task
 
@@ -124,6 +123,16 @@ def test_the_extracted_answer_is_what_the_tasks_verifier_reads(tmp_path):
     assert extract_answer(guess, "1234\nno\n4321", info=info) == extract_answer(guess, "4321")
 
 
+def test_the_extracted_answer_follows_the_numeric_rewards_order():
+    # maj@k votes on what the reward pays for: a box before later numbers, nothing for an unfinished reply
+    addition = make_task("addition")
+    text = r"\boxed{18} dollars a day, i.e. 126 per week"
+    for reward in ("numeric_match", "gsm8k", "math_equiv"):
+        assert extract_answer(addition, text, reward=reward) == "18"
+        assert extract_answer(addition, "so the total is 9 + ", reward=reward) is None
+    assert extract_answer(addition, r"\boxed{7} since 3 + 4") == "7"  # the task's own extract reads the same way
+
+
 @pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")
 def test_reasoning_gym_tasks_vote_on_the_stripped_completion():
     task = make_task("reasoning_gym:chain_sum", size=20)
@@ -143,20 +152,27 @@ def tiny():
 
 def test_problems_run_as_groups_of_samples_in_few_batched_rollouts(tiny, monkeypatch):
     from agents import rollouts
+    from textgym.vector import TextGenVectorEnv
 
-    calls = []
-    original = rollouts.collect_episodes
+    calls, resets = [], []
+    original, reset = rollouts.collect_episodes, TextGenVectorEnv.reset
 
-    def counting(policy, envs, seed=None, greedy=False):
+    def counting(policy, envs, seed=None, greedy=False, options=None):
         calls.append((envs.num_envs, envs.group_size, greedy))
-        return original(policy, envs, seed=seed, greedy=greedy)
+        return original(policy, envs, seed=seed, greedy=greedy, options=options)
+
+    def counting_reset(self, *, seed=None, options=None):
+        resets.append(self.num_envs)
+        return reset(self, seed=seed, options=options)
 
     monkeypatch.setattr(rollouts, "collect_episodes", counting)
+    monkeypatch.setattr(TextGenVectorEnv, "reset", counting_reset)
     env = EnvConfig(max_new_tokens=6, reward="partial_credit")
     config = EvalConfig(problems=10, samples=4, batch_size=16, progress_bar=False)
     result = evaluate_policy(tiny, "sort", config, env, task_kwargs={"sort": {"length": 5, "alphabet": "abc"}})
     # 10 problems x 4 samples = 40 episodes in 16-slot batches of 4-sample groups: 3 rollouts; greedy: 1.
     assert calls == [(16, 4, False), (16, 4, False), (8, 4, False), (10, 1, True)]
+    assert resets == [16, 16, 8, 10]  # one reset per rollout pins every group's problem (a per-slot `index`)
     task = make_task("sort", length=5, alphabet="abc")
     samples = [r for r in result.samples if r["mode"] == "sample"]
     assert sorted((r["problem"], r["sample"]) for r in samples) == [(p, s) for p in range(10) for s in range(4)]
@@ -309,6 +325,20 @@ def test_a_file_from_another_configuration_is_refused_and_left_alone(tmp_path):
     assert samples.read_bytes() == before
 
 
+def test_a_file_written_before_a_setting_existed_resumes_while_that_setting_is_at_its_default(tmp_path):
+    out = tmp_path / "eval"
+    common = [*SORT, "--samples", "2", "--problems", "2", "--out", str(out), "--resume"]
+    assert evaluation.main(common) == 0
+    samples = out / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["config"]["prompt_overflow"]  # as a file written before textgym had that setting
+    samples.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert evaluation.main(common) == 0  # at its default: the samples were drawn as it says
+    with pytest.raises(SystemExit, match='prompt_overflow: null in the file, "truncate" now'):
+        evaluation.main([*common, "--prompt-overflow", "truncate"])
+
+
 def test_a_damaged_line_in_the_middle_is_an_error_that_names_it(tmp_path):
     out = tmp_path / "eval"
     common = [*SORT, "--samples", "2", "--problems", "2", "--out", str(out)]
@@ -432,26 +462,25 @@ def test_the_reasoning_gym_table_script_runs_end_to_end_and_resumes(tmp_path):
     assert "$ textgym eval --model tiny --task reasoning_gym:leg_counting" in first.stdout
     assert "$ textgym train --model tiny --task reasoning_gym:leg_counting" in first.stdout
     (row,) = [line for line in first.stdout.splitlines() if line.startswith("| leg_counting |")]
-    assert row.endswith("| 1 |") and row.count("[") == 4
+    assert row.endswith("| 1 |") and row.count("[") == 5  # four pass@k cells and the lift
+    prior = json.loads((tmp_path / "leg_counting" / "base" / "summary.json").read_text())["tasks"][0]
+    assert prior["prior"] is not None and f"| {prior['prior']:.3f} ({prior['prior_answer']}) |" in row  # the harness's prior
     assert (tmp_path / "leg_counting" / "trained-1" / "summary.json").exists()
     again = subprocess.run(script, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ textgym train" not in again.stdout  # trained already: not again
     assert row in again.stdout.splitlines()
 
 
-def test_the_reasoning_gym_table_names_what_one_answer_for_every_problem_scores(tmp_path):
-    """A policy that always says the commonest reference scores its share: the table shows that share
-    (per evaluated problem, however many samples each has), so a collapse to "Yes" is not read as learning."""
+def test_the_reasoning_gym_table_shows_the_prior_and_lift_textgym_eval_computed():
+    """The "one answer for all" column is the harness's prior (scored by the verifier), with its answer;
+    a task without one shows a dash."""
     spec = importlib.util.spec_from_file_location("rg_table", REPO / "examples/benchmarks/reasoning_gym_table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
-    assert table.constant_answer_rate(tmp_path) is None  # nothing evaluated yet
-    rows = [{"type": "config", "config": {}}]
-    for problem, reference in enumerate(["Yes", "Yes", "No", "Yes"]):
-        rows += [{"mode": "sample", "problem": problem, "sample": s, "reference": reference} for s in range(3)]
-    rows.append({"mode": "greedy", "problem": 2, "sample": 0, "reference": "No"})
-    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert table.constant_answer_rate(tmp_path) == 0.75
+    assert not hasattr(table, "constant_answer_rate")  # no second way to count it
+    row = {"prior": 0.75, "prior_answer": "Yes", "lift": -0.125, "lift_lo": -0.25, "lift_hi": 0.0}
+    assert table.prior_cell(row) == "0.750 (Yes)" and table.lift_cell(row) == "-0.125 [-0.25, +0.00]"
+    assert table.prior_cell({"prior": None}) == table.lift_cell(None) == "—"
 
 
 @pytest.mark.skipif(not HAVE_RG, reason="needs reasoning-gym (pip install 'textgym[reasoning]')")

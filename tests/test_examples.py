@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # this checkout's packages
 SMOKE = ["--model", "tiny", "--smoke", "--threads", "1"]
 HAVE_TRL = importlib.util.find_spec("trl") is not None
+HAVE_TOOL_EXTRAS = all(importlib.util.find_spec(p) is not None for p in ("mcp", "openenv"))  # the mcp and openenv extras
 TINY_TRAINING = ["--model", "tiny", "--task", "sort", "--task-kwargs", '{"length": 3, "alphabet": "ab"}',
                  "--max-new-tokens", "4", "--threads", "1"]  # fmt: skip
 
@@ -35,6 +36,8 @@ def runs(tmp_path_factory):
                       "--batches", "3", "--eval-episodes", "8", "--baselines", "none", "group", "value", "--threads", "1",
                       "--out", str(png.with_name("baselines.jsonl"))],
     }
+    if HAVE_TOOL_EXTRAS:
+        commands["tool_roundtrip"] = ["examples/benchmarks/tool_roundtrip.py", "--smoke"]
     if HAVE_TRL:  # the TRL comparisons (TRL is a bench-only extra)
         commands["sample_efficiency"] = [
             "examples/benchmarks/sample_efficiency.py", *TINY_TRAINING, "--agents", "reinforce", "reinforce-std", "reinforce-linear", "trl",
@@ -71,6 +74,13 @@ def test_multiturn_throughput_smoke(runs):
     batch, replies, prefill, recompute, ratio = (float(v) for v in row.strip("| ").split(" | "))
     assert replies > 0, "the smoke run must exercise the environment's replies"
     assert prefill > 0 and recompute > 0 and ratio > 0
+
+
+def test_tool_roundtrip_smoke(runs):
+    pytest.importorskip("mcp")
+    pytest.importorskip("openenv")
+    rows = {line.split("  ")[0]: line for line in output(runs, "tool_roundtrip")[0].splitlines()}
+    assert {"in-process", "MCP (stdio)", "OpenEnv (WebSocket)"} <= set(rows), rows
 
 
 def test_env_overhead_smoke(runs):

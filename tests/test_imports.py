@@ -119,3 +119,39 @@ def test_textgym_never_imports_torch_or_agents(name):
             assert name == "textgym.cli" and not top, (
                 f"{name}:{line} imports {target}; textgym must not import torch or agents "
                 "(only textgym.cli may, inside a function)")
+
+
+# The optional extras' packages, and the only textgym modules that may import them: everything else
+# in textgym works without the extra installed.
+EXTRAS = {"mcp": ("textgym.tools.mcp",), "openenv": ("textgym.openenv.server",), "websockets": ("textgym.openenv.client",),
+          "uvicorn": ("textgym.openenv.server",), "fastapi": (), "pydantic": ("textgym.openenv.server",)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(n for n in all_modules() if n.startswith("textgym")))
+def test_optional_extras_are_imported_only_where_needed(name):
+    modules = all_modules()
+    for target, line, _ in imports_of(modules[name], modules):
+        allowed = EXTRAS.get(target.split(".")[0])
+        assert allowed is None or name in allowed, (
+            f"{name}:{line} imports {target}, an optional extra's package; only {allowed or 'no textgym module'} may")
+
+
+def test_tools_never_import_tasks():
+    edges = graph()
+    bad = [(m, t) for m, targets in edges.items() if m.startswith("textgym.tools") for t in targets if t.startswith("textgym.tasks")]
+    assert not bad, f"textgym.tools must not import tasks (the tool tasks import tools): {bad}"
+
+
+COMMANDS = ("agents.train", "agents.evaluation", "agents.bench")  # siblings over the run layer (agents.runs)
+
+
+def test_the_commands_import_the_run_layer_and_not_each_other():
+    """`textgym train`, `eval` and `bench` share what they share through agents.runs, never through one
+    another (at any level, inside functions too): no command is built on top of another."""
+    modules = all_modules()
+    for name in COMMANDS:
+        targets = {target for target, _, _ in imports_of(modules[name], modules)}
+        assert "agents.runs" in targets, f"{name} does not import the run layer (agents.runs)"
+        others = sorted(t for t in targets if t in COMMANDS and t != name)
+        assert not others, f"{name} imports {others}; the commands are siblings: move what they share to agents.runs"
+    assert not any(t in COMMANDS for t, _, _ in imports_of(modules["agents.runs"], modules)), "agents.runs imports a command"

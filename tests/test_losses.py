@@ -8,11 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.losses import (
+    adapt_entropy_coef,
     aggregate_loss,
     clipped_policy_gradient_loss,
     discounted_returns,
     entropy,
     group_normalized_rewards,
+    informative_groups,
     kl_penalty,
     masked_mean,
     masked_normalize,
@@ -23,7 +25,6 @@ from agents.losses import (
     token_log_probs,
 )
 
-torch.set_num_threads(1)
 
 FAST = settings(max_examples=40, deadline=None)
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -342,6 +343,53 @@ def test_clipped_loss_by_hand():
     _, meta = clipped_policy_gradient_loss(adv, new, old, 0.2, mask=torch.tensor([[1, 1, 0, 0]]))
     close(meta["clip_fraction"], 0.5)
     close(meta["ratio_mean"], 1.6)
+
+
+def test_clip_higher_by_hand():
+    """eq. 27b: the ceiling is 1 + ε_high, the floor stays 1 - ε_low."""
+    adv, new, old = _clip_case()
+    loss, meta = clipped_policy_gradient_loss(adv, new, old, cliprange=0.2, cliprange_high=0.28)
+    # ρ=1.6,A=+1: min(1.6, 1.28)=1.28 clipped  ρ=1.6,A=-1: min(-1.6,-1.28)=-1.6
+    # ρ=0.5,A=+1: min(0.5, 0.8)=0.5            ρ=0.5,A=-1: min(-0.5,-0.8)=-0.8 clipped (floor unchanged)
+    close(loss, [[-1.28, 1.6, -0.5, 0.8]])
+    close(meta["clip_fraction"], 0.5)
+    # a ceiling above ρ = 1.6 lets that token's positive advantage through: its gradient is -A·ρ
+    wide = new.detach().clone().requires_grad_()
+    loss, meta = clipped_policy_gradient_loss(adv, wide, old, cliprange=0.2, cliprange_high=0.7)
+    close(loss, [[-1.6, 1.6, -0.5, 0.8]])
+    loss.sum().backward()
+    close(wide.grad, [[-1.6, 1.6, -0.5, 0.0]])
+    close(meta["clip_fraction"], 0.25)
+    # None is the symmetric window of eq. 27a
+    same, _ = clipped_policy_gradient_loss(adv, new, old, cliprange=0.2, cliprange_high=None)
+    close(same, clipped_policy_gradient_loss(adv, new, old, cliprange=0.2)[0])
+    with pytest.raises(ValueError, match="cliprange_high"):
+        clipped_policy_gradient_loss(adv, new, old, cliprange=0.2, cliprange_high=0.0)
+
+
+def test_informative_groups_by_hand():
+    """eq. 22f: a group is informative when its rewards are not all equal."""
+    returns = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.25, 0.0, 0.5, 0.5, 0.5, 0.5])
+    assert informative_groups(returns, 3).tolist() == [False, False, True, False]
+    assert informative_groups(returns, 4).tolist() == [True, True, False]
+    assert informative_groups(returns, 1).tolist() == [False] * 12  # one reward is its own mean
+    # exactly the groups whose group-mean advantages are not all zero
+    advantages, _ = group_normalized_rewards(returns, 3)
+    assert (advantages.view(-1, 3).abs().sum(1) > 0).tolist() == informative_groups(returns, 3).tolist()
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        informative_groups(returns[:5], 3)
+    with pytest.raises(ValueError, match="group_size"):
+        informative_groups(returns, 0)
+
+
+def test_adapt_entropy_coef_by_hand():
+    """eq. 26b: β <- max(0, β + η (H* - H))."""
+    close(torch.tensor(adapt_entropy_coef(0.0, entropy=0.2, target=0.5, lr=0.1)), 0.03)  # too certain: bonus grows
+    close(torch.tensor(adapt_entropy_coef(0.03, entropy=0.9, target=0.5, lr=0.1)), 0.0)  # above target: decays, never < 0
+    close(torch.tensor(adapt_entropy_coef(0.1, entropy=0.6, target=0.5, lr=0.1)), 0.09)
+    assert adapt_entropy_coef(0.1, entropy=float("nan"), target=0.5, lr=0.1) == 0.1  # a skipped update: unchanged
+    with pytest.raises(ValueError, match="lr"):
+        adapt_entropy_coef(0.1, 0.2, 0.5, lr=0.0)
 
 
 def test_clipped_loss_on_policy_gradient_equals_reinforce():

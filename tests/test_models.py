@@ -14,8 +14,6 @@ import agents.models as models
 from agents.models import check_compatible, load_model, resolve_device, resolve_dtype, save_model
 from textgym.tokenizers import DEFAULT_MODEL, CharTokenizer, HFTokenizer
 
-torch.set_num_threads(2)
-
 
 def logits(model, tokenizer, text="12+34=46\nabc"):
     ids = torch.tensor([tokenizer.encode(text)], device=model.device)

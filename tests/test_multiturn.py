@@ -1,6 +1,7 @@
 """Multi-turn environments: the environment speaks too, and no sampled token is ever re-tokenized."""
 
 import copy
+import re
 import warnings
 
 import gymnasium as gym
@@ -197,10 +198,12 @@ def test_the_turn_token_budget_ends_a_turn_not_the_episode():
     ],
 )
 def test_bad_replies_are_clear_errors(reply, error):
+    # A bad reply ends its episode (reward 0, the reason in `reply_error`), like a bad verifier value.
     env = TextGenEnv(task=Scripted([reply]), tokenizer="char", max_new_tokens=20)
     env.reset(seed=0)
-    with pytest.raises((TypeError, ValueError), match=error):
-        play(env, ["a"])
+    _, reward, terminated, truncated, info = play(env, ["a"])
+    assert terminated and not truncated and reward == 0.0 and info["ended_by"] == "reply_error"
+    assert re.search(error, info["reply_error"]) and "task 'scripted': reply()" in info["reply_error"]
 
 
 def test_multi_turn_settings_are_checked():
@@ -356,7 +359,7 @@ def test_message_env_errors_are_clear():
 
     env = TextGenEnv(task=MessageEnvTask("broken", Broken, size=3), tokenizer="char", max_new_tokens=30)
     env.reset(seed=0)
-    with pytest.raises(TypeError, match=r"step\(\) must return \(messages, reward, done\)"):
-        play(env, ["x"])
+    _, reward, terminated, _, info = play(env, ["x"])
+    assert terminated and reward == 0.0 and re.search(r"step\(\) must return \(messages, reward, done\)", info["reply_error"])
     with pytest.raises(TypeError, match="make_env must be a callable"):
         MessageEnvTask("nope", 3)

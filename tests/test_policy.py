@@ -9,7 +9,6 @@ import torch
 import textgym
 from agents.policy import LMPolicy, filter_logits
 
-torch.set_num_threads(1)  # the tiny model is ~10x slower on 2 threads of a busy 2-core machine
 
 KW = dict(task="copy", max_new_tokens=6, task_kwargs={"length": 6, "min_length": 1})
 

@@ -1,4 +1,4 @@
-"""The seeds' claims about the policy gradient, measured on problems small enough to enumerate.
+"""The claims of agents.losses (eq. 20-27) about the policy gradient, measured on problems small enough to enumerate.
 
 - REINFORCE (eq. 21) is an unbiased estimate of ∇J (eq. 20), with no baseline, a constant
   baseline and a leave-one-out group baseline (eq. 22-25); a group mean that includes the sample's
@@ -34,7 +34,6 @@ from agents.losses import (
     token_log_probs,
 )
 
-torch.set_num_threads(1)
 
 DT = torch.float64
 K = 4

@@ -21,7 +21,6 @@ from agents.losses import discounted_returns
 from agents.policy import LMPolicy
 from agents.rollouts import Episode, collect_episodes, evaluate, sample_episodes, summarize, to_batch
 
-torch.set_num_threads(2)
 
 TASK = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, max_new_tokens=4)
 
@@ -191,6 +190,18 @@ def test_summarize_counts_reward_errors_and_components():
     assert s["reward"] == pytest.approx(0.5) and s["accuracy"] == pytest.approx(1 / 3)
     assert s["reward_errors"] == 1 and s["episode_length"] == 2 and s["episodes"] == 3
     assert s["reward/answer"] == pytest.approx(1 / 3) and s["reward/format"] == pytest.approx(1 / 3)
+
+
+def test_reply_errors_are_counted_in_the_training_metrics():
+    from agents.reinforce import _iteration_metrics
+
+    def ep(**info):
+        return Episode(np.arange(4), 2, np.array([2, 3]), np.zeros(2, np.float32), np.zeros(2), {"completion": "x", **info})
+
+    episodes = [ep(reply_error="task 'x': reply() raised ValueError: no"), ep(reward_error=None), ep()]
+    assert summarize(episodes)["reply_errors"] == 1
+    row = _iteration_metrics(1, episodes, {}, 1e-5, {"generate_s": 0.0, "env_s": 0.0}, 1.0, 1.0)
+    assert row["reply_errors"] == 1 and row["reward_errors"] == 0
 
 
 class ReencodingEnv(TwoTurnEnv):

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_checker import check_env
@@ -11,7 +10,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecCheckNan
 from agents.sb3 import AllowedActions, OneHotTokens, SB3VecEnv, TokenEmbedding, make_env, make_vec_env
 from textgym import TextGenEnv, TextGenVectorEnv
 
-torch.set_num_threads(1)
 
 TOY = dict(task="copy", task_kwargs={"length": 2, "alphabet": "abc"}, tokenizer="char", max_new_tokens=3)
 

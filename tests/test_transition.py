@@ -226,3 +226,28 @@ def test_rewards_that_ask_get_the_sampled_ids_not_a_re_encoding():
     assert seen["ids"] == seen["trl"] == sampled + [tok.eos_token_id]
     assert info["reward_components"]["ids"] == 3.0 and info["reward_components"]["trl"] == 3.0
     assert len(tok.encode("hello")) == 1
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "smollm2-135m-instruct"])
+def test_cut_at_stop_ends_where_an_episode_would(tokenizer):
+    """Ids sampled elsewhere, cut where a step would have ended the episode at a stop string (and the end
+    token never counts as one, whatever its text)."""
+    config = EnvConfig(task="addition", tokenizer=tokenizer, max_new_tokens=64, stop_strings=("</b>", "!!"))
+    core = Transition(config)
+    rng = np.random.default_rng(0)
+    pieces = ["ab", "</", "b>", " x", "!", "</b", ">", "c", "!!", "<"]
+    for _ in range(40):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 12))))
+        ids = core.tokenizer.encode(text)
+        env = TextGenEnv(config=config)
+        env.reset(seed=0)
+        stopped = None  # how many tokens the episode took before a stop string ended it
+        for k, token in enumerate(ids):
+            *_, terminated, truncated, info = env.step(token)
+            if terminated or truncated:
+                assert info["ended_by"] == "stop"
+                stopped = k + 1
+                break
+        assert core.cut_at_stop(ids) == ids[:stopped], text
+        eos = core.eos_token_id
+        assert core.cut_at_stop(ids + [eos]) == (ids + [eos] if stopped is None else ids[:stopped])

@@ -190,6 +190,24 @@ def replace(config: Any, **changes: Any) -> Any:
     return cls(**changes) if isinstance(config, type) else dataclasses.replace(config, **changes)
 
 
+_SWITCH_WORDS = {"on": True, "true": True, "off": False, "false": False, "auto": None}
+
+
+def _switch(name: str, value: Any, allow_none: bool) -> bool | None:
+    """An on/off setting as a bool (None: auto, where allowed); the command line's words on, off,
+    true, false (and auto) are accepted too. Anything else, e.g. a string that Python would count
+    as true, is a ValueError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy's bools too
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _SWITCH_WORDS and (allow_none or value.lower() != "auto"):
+        return _SWITCH_WORDS[value.lower()]
+    allowed = "True, False or None (auto)" if allow_none else "True or False"
+    words = ", ".join(w for w in _SWITCH_WORDS if allow_none or w != "auto")
+    raise ValueError(f"{name} must be {allowed}, or one of the words {words}; got {value!r}")
+
+
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if allow_none and value is None:
         return
@@ -214,17 +232,35 @@ class EnvConfig:
     max_new_tokens: int = setting(16, "the token budget of an episode: at most this many actions")
     reward: Any = setting(None, "a reward name from `textgym rewards` or a callable, instead of the task's verifier")
     split: Literal["train", "validation", "test"] = setting("train", "which of the task's splits episodes come from")
-    chat_template: bool | None = setting(None, "wrap the prompt in the tokenizer's chat template (auto: if it has one)")
+    chat_template: bool | None = setting(
+        None, "wrap the prompt in the tokenizer's chat template (None or 'auto': if it has one; True/'on', False/'off')"
+    )
     system_prompt: str | None = setting(None, "the system message when a chat template is used (None: the task's)")
-    max_prompt_tokens: int | None = setting(None, "the prompt part of the observation, in tokens (None: measured from the task)")
+    jinja_template: str | None = setting(
+        None,
+        "a chat template that replaces the tokenizer's (an HF tokenizer's): 'hermes' (built in: ChatML turns with a "
+        "Hermes-style tool section, so tool tasks offer their tools natively) or the path of a Jinja file",
+    )
+    max_prompt_tokens: int | None = setting(
+        None,
+        "the prompt part of the observation, in tokens (None: measured from the task, up to 4096: a longer prompt is "
+        "refused, naming it, unless prompt_overflow='truncate')",
+    )
+    prompt_overflow: Literal["error", "truncate"] = setting(
+        "error",
+        "a prompt longer than max_prompt_tokens: 'error' (refused with a message naming it) or 'truncate' (its middle "
+        "is cut: the start, e.g. a system prompt, and the end, e.g. the question and the assistant header, are kept)",
+    )
     stop_strings: tuple[str, ...] | None = setting(
         None, "strings that end the episode when the completion contains them (None: the task's, e.g. </answer>)"
     )
-    reward_timeout: float | None = setting(10.0, "seconds a reward function may take before it scores 0 (None: no limit)")
+    reward_timeout: float | None = setting(
+        10.0, "seconds a reward function (or a multi-turn task's reply) may take before it scores 0 (None: no limit)"
+    )
     reward_isolation: Literal["thread", "process"] = setting(
         "thread",
-        "where the verifier runs: 'thread' (a timed-out one is abandoned but keeps running) or 'process' "
-        "(a forked worker, killed on timeout and replaced if it crashes)",
+        "where the verifier (and a multi-turn task's reply) runs: 'thread' (a timed-out one is abandoned but keeps "
+        "running) or 'process' (a forked worker, killed on timeout and replaced if it crashes)",
     )
     budget_is_terminal: bool = setting(
         False, "report the end of the token budget as terminated, not truncated (for learners that bootstrap)"
@@ -240,6 +276,9 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        for f, tp in settings_of(type(self)):
+            if _optional(tp)[0] is bool:
+                object.__setattr__(self, f.name, _switch(f.name, getattr(self, f.name), _optional(tp)[1]))
         _positive_int("max_new_tokens", self.max_new_tokens)
         _positive_int("max_prompt_tokens", self.max_prompt_tokens, allow_none=True)
         _positive_int("max_turns", self.max_turns, allow_none=True)

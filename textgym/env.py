@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import numbers
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,7 @@ from textgym.config import EnvConfig, describe
 from textgym.example import Example
 from textgym.transition import Transition, check_action, draw_index
 
-__all__ = ["TextGenEnv"]
+__all__ = ["TextGenEnv", "check_options"]
 
 
 class TextGenEnv(gym.Env):
@@ -47,7 +48,10 @@ class TextGenEnv(gym.Env):
 
     ## Observation Space
 
-    A `Dict` of `Box` spaces, all of fixed length `L = max_prompt_tokens + max_new_tokens`:
+    A `Dict` of `Box` spaces, all of fixed length `L = max_prompt_tokens + max_new_tokens`
+    (`max_prompt_tokens` None: the task's longest prompt, measured when the env is made; a prompt
+    longer than 4096 tokens is then refused, naming it, unless `max_prompt_tokens` makes room or
+    `prompt_overflow="truncate"` cuts it):
 
     | key | dtype, shape | meaning |
     |---|---|---|
@@ -72,7 +76,8 @@ class TextGenEnv(gym.Env):
 
     `reset` draws an example from the task's `split` with the env's seeded generator and returns
     the prompt, formatted raw or with the tokenizer's chat template. `options={"index": i}` picks
-    example i; `options={"example": Example(...)}` uses a given one.
+    example i (an int in [0, size of the split)); `options={"example": Example(...)}` uses a given
+    one. Other options are refused.
 
     ## Episode End
 
@@ -104,6 +109,14 @@ class TextGenEnv(gym.Env):
     (`max_turns`, "turns") or the token budget ("budget": also when a reply would not fit) run
     out. Its final `info` also holds `turns`, `turn_rewards` and `conversation`: one entry per
     turn with its role ("prompt", "assistant", "user", "tool"), text and token span [start, end).
+
+    `reply` reads the agent's text, so it runs under the verifier's guard (`reward_timeout`,
+    `reward_isolation`): a reply that raises, returns something that is not a valid `Reply`, runs
+    past the timeout or cannot be tokenized ends that slot's episode `terminated` (ended_by
+    "reply_error", so a learner never bootstraps a value onto a failure the agent may have caused)
+    with reward 0 for the turn and the reason in `info["reply_error"]`; other slots go on. With
+    `reward_isolation="process"` replies run in the worker process, which gets the task as it was
+    when the worker started, and the episode's state travels with each call (it must pickle).
 
     ## Arguments
 
@@ -146,7 +159,7 @@ class TextGenEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        example, index = pick_example(self.core, options or {}, self.np_random)
+        example, index = pick_example(self.core, check_options(options), self.np_random)
         self.core.start(0, example, index)
         self._started = True
         return self.core.observation(0), self.core.info(0)
@@ -164,6 +177,20 @@ class TextGenEnv(gym.Env):
             self.render()
         return (self.core.observation(0), float(outcome.rewards[0]), bool(outcome.terminated[0]),
                 bool(outcome.truncated[0]), info)  # fmt: skip
+
+    def set_task(self, task: Any) -> None:
+        """Serve `task` (a Task or a registered name) from the next `reset` on, in the same observation
+        space (its prompts must fit; see `Transition.set_task`)."""
+        from textgym.tasks import make_task
+
+        self.core.set_task(make_task(task))
+        self.task = self.core.task
+
+    def close(self):
+        """End a multi-turn episode still running (the task's `end`) and close the task if the env made
+        it from a name: a tool or OpenEnv task's servers and sessions."""
+        self.core.close()
+        super().close()
 
     def render(self):
         text = self.core.text(0) if self._started else ""
@@ -198,7 +225,38 @@ def pick_example(core: Transition, options: dict, rng: np.random.Generator) -> t
     index = options.get("index")
     if index is None:
         index = draw_index(rng, core.num_examples)
-    return core.task.example(core.config.split, int(index)), int(index)
+    index = check_index(index, core.num_examples, core.config.split)
+    return core.task.example(core.config.split, index), index
+
+
+RESET_OPTIONS = ("index", "example")
+
+
+def check_options(options: Any, extra: tuple[str, ...] = ()) -> dict:
+    """`reset`'s options as a dict: None is {}; anything but a dict, or a key other than the known
+    ones (`RESET_OPTIONS` and `extra`), is refused with a message that lists them."""
+    if options is None:
+        return {}
+    known = (*RESET_OPTIONS, *extra)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"reset options must be a dict such as {{'index': 3}} (keys: {', '.join(known)}), "
+                        f"got {type(options).__name__} {options!r:.60}")  # fmt: skip
+    unknown = sorted(map(str, set(options) - set(known)))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; the options are: {', '.join(known)}")
+    return dict(options)
+
+
+def check_index(index: Any, num_examples: int | None, split: str) -> int:
+    """An example index from reset options, as an int: an integer (not a bool, float or string) in
+    [0, num_examples) of the split (any int >= 0 for an unbounded split)."""
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+        raise TypeError(f"options['index'] must be an integer example index, got {type(index).__name__} {index!r:.40}")
+    index = int(index)
+    if index < 0 or (num_examples is not None and index >= num_examples):
+        where = f"0 to {num_examples - 1}" if num_examples is not None else "any integer >= 0 (the split is unbounded)"
+        raise ValueError(f"options['index'] is {index}, outside split {split!r}: its example indices are {where}")
+    return index
 
 
 def _text_image(text: str, width_chars: int = 60) -> np.ndarray:

@@ -86,10 +86,16 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return False
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+    def apply_chat_template(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
+        """The conversation as the chat template renders it, ending with the assistant's header;
+        `tools` (JSON schemas) go to templates that show tools."""
         raise ValueError(
             f"tokenizer {self.name!r} has no chat template; create the env with chat_template=False"
         )
+
+    def with_chat_template(self, template: str) -> "Tokenizer":
+        """This tokenizer with another chat template (a Jinja source); the original is unchanged."""
+        raise ValueError(f"tokenizer {self.name!r} cannot take a chat template: only Hugging Face tokenizers can")
 
     def encode_prompt(self, text: str) -> list[int]:
         """Ids of a (formatted) prompt, with whatever start token the tokenizer adds."""
@@ -154,11 +160,12 @@ class CharTokenizer(Tokenizer):
 class HFTokenizer(Tokenizer):
     """Wraps a Hugging Face tokenizer (`PreTrainedTokenizerBase` or `TokenizersBackend`)."""
 
-    def __init__(self, hf_tokenizer: Any, name: str | None = None):
+    def __init__(self, hf_tokenizer: Any, name: str | None = None, chat_template: str | None = None):
         self.hf = hf_tokenizer
         self.vocab_size = len(hf_tokenizer)
         self.eos_token_id = hf_tokenizer.eos_token_id
         self.name = name or getattr(hf_tokenizer, "name_or_path", None) or type(hf_tokenizer).__name__
+        self.chat_template = chat_template  # replaces the HF tokenizer's own template (None: its own)
 
     def encode(self, text: str) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=False))
@@ -194,12 +201,20 @@ class HFTokenizer(Tokenizer):
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.hf, "chat_template", None))
+        return bool(self.chat_template or getattr(self.hf, "chat_template", None))
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+    def apply_chat_template(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> str:
         if not self.has_chat_template:
-            return super().apply_chat_template(messages)
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return super().apply_chat_template(messages, tools)
+        extra: dict[str, Any] = {} if tools is None else {"tools": tools}
+        if self.chat_template:
+            extra["chat_template"] = self.chat_template
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+
+    def with_chat_template(self, template: str) -> "HFTokenizer":
+        other = HFTokenizer(self.hf, f"{self.name}+template", chat_template=template)
+        other.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("token_strings", "_backend")})
+        return other
 
     @cached_property
     def token_strings(self) -> list[str]:
@@ -226,8 +241,8 @@ def _load_hf(name_or_path: str) -> Tokenizer:
     path = Path(name_or_path)
     if path.suffix == ".gguf":
         hf = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    else:
-        hf = AutoTokenizer.from_pretrained(name_or_path)
+    else:  # transformers' own tokenizer classes only: shipped Python code (auto_map) is never run
+        hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     return HFTokenizer(hf, name=name_or_path)
 
 

@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textgym.config import EnvConfig
-from textgym.env import pick_example
+from textgym.env import check_options, pick_example
 from textgym.example import Example
 from textgym.transition import Transition, batch_infos, check_actions, draw_index
 
@@ -120,7 +120,7 @@ class TextGenVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
         n = self.num_envs
-        options = dict(options or {})
+        options = check_options(options, extra=("reset_mask",))
         mask = options.pop("reset_mask", None)
         if mask is None:
             rows = np.arange(n)
@@ -175,6 +175,22 @@ class TextGenVectorEnv(VectorEnv):
             batch_infos(outcome.finals, self.num_envs, infos)
         return self.core.observations(), outcome.rewards, outcome.terminated, outcome.truncated, infos
 
+    def set_task(self, task: Any) -> None:
+        """Serve `task` (a Task or a registered name) from the next `reset` on; see `Transition.set_task`.
+
+        The observation space stays as it is; call `reset()` before stepping again.
+        """
+        from textgym.tasks import make_task
+
+        self.core.set_task(make_task(task))
+        self.task = self.core.task
+        self._queues = [{} for _ in self._queues]
+        self._started = False
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """End the multi-turn episodes still running and close the task if the env made it (`TextGenEnv.close`)."""
+        self.core.close()
+
     def render(self):
         return [self.core.text(i) for i in range(self.num_envs)] if self.render_mode == "ansi" else None
 
@@ -199,7 +215,7 @@ class TextGenVectorEnv(VectorEnv):
         if index is not None and np.ndim(index) == 1:  # one index per slot (a group takes its first slot's)
             if len(index) != self.num_envs:
                 raise ValueError(f"options['index'] has {len(index)} entries for {self.num_envs} slots; give one per slot or one for all")
-            options = {**options, "index": int(index[slot - slot % self.group_size])}
+            options = {**options, "index": index[slot - slot % self.group_size]}
         if self.group_size == 1:
             if not options:  # the common case, kept short: it runs once per episode
                 index = draw_index(self._rngs[slot], self.core.num_examples)

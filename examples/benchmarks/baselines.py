@@ -7,7 +7,7 @@ train`; `--preset tiny-sort` for the earlier toy) or on the default model and ta
 1. Gradient variance at a fixed policy: many independent batches of rollouts from the same initial
    policy, the REINFORCE gradient of each under every baseline; the trace of the covariance of the
    gradient estimates (summed per parameter, so it fits in memory for a 134M-parameter model), and
-   the distance of their mean from the no-baseline mean (the seed's claim: a state-only baseline
+   the distance of their mean from the no-baseline mean (the claim of eq. 24-25: a state-only baseline
    keeps the mean and lowers the variance).
 2. Learning: validation reward after a fixed number of updates, for every baseline and seed, with
    the mean and a 95% interval over seeds.

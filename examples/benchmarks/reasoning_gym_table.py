@@ -10,6 +10,9 @@ resumable (run it again after a kill and it goes on where it stopped):
     # the same, scored by the last number of the reply instead of each dataset's verifier
     python examples/benchmarks/reasoning_gym_table.py table --reward numeric_match --datasets products chain_sum \
         --iterations 60 --out runs/rg-numeric
+    # the same with TRL's GRPOTrainer in place of `textgym train` (the same flags; its loss, changed by --trl-args)
+    python examples/benchmarks/reasoning_gym_table.py table --datasets syllogism products --iterations 60 --trainer trl \
+        --trl-args '{"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": true}'
 
 The README's table and what it shows (SmolLM2-135M-Instruct rarely gives a bare answer; the
 datasets' partial credit and answer priors are what the default recipe learns first) came from
@@ -23,12 +26,16 @@ way in every command. The intervals are textgym eval's: a 95% bootstrap over the
 The base evaluation, the training run and the trained evaluation of a dataset live in
 OUT/<dataset>/{base, run, trained-<iteration>}; `textgym eval --resume` and `textgym train --resume`
 continue whatever a killed invocation left.
+With `--trainer trl` the run is OUT/<dataset>/trl-<updates> (its HF model in model/, written last) and
+its evaluation trl-trained-<updates>, beside the textgym run and sharing its base evaluation; a TRL run
+killed before it saved its model starts over.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -48,6 +55,7 @@ CANDIDATES = [
     "simple_equations", "simple_geometry", "spell_backward", "string_splitting", "syllogism", "time_intervals",
 ]  # fmt: skip
 SYSTEM_PROMPT = "Reply with only the final answer: a single word or number, no explanation."
+TRL_SCRIPT = Path(__file__).resolve().parents[1] / "trl_grpo_textgym.py"  # --trainer trl
 
 
 def textgym(*args: str) -> list[str]:
@@ -55,6 +63,8 @@ def textgym(*args: str) -> list[str]:
 
 
 def show(cmd: list[str]) -> str:
+    if cmd[1:3] != ["-m", "textgym.cli"]:  # a script: python examples/...
+        return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(cmd[1]), *cmd[2:]])
     return "textgym " + " ".join(shlex.quote(a) for a in cmd[3:])
 
 
@@ -99,24 +109,20 @@ def task_row(out: Path) -> dict | None:
     return rows[0] if rows else None
 
 
-def constant_answer_rate(out: Path) -> float | None:
-    """The share of the evaluated problems whose reference is the most common one: what always giving
-    that one answer scores (a policy that collapses to "Yes" on a dataset that is 90% "Yes" gets 0.9)."""
-    samples = out / "samples.jsonl"
-    if not samples.exists():
-        return None
-    references = {}
-    with open(samples) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("mode") == "sample":
-                references[row["problem"]] = row["reference"]
-    if not references:
-        return None
-    counts: dict[str, int] = {}
-    for reference in references.values():
-        counts[reference] = counts.get(reference, 0) + 1
-    return max(counts.values()) / len(references)
+def prior_cell(row: dict | None) -> str:
+    """What always giving the commonest reference answer scores on the evaluated problems, and that answer:
+    `textgym eval`'s prior (scored by the dataset's verifier on every problem; a policy that collapses to
+    "Yes" on a dataset that is 90% "Yes" scores 0.9)."""
+    if row is None or row.get("prior") is None:
+        return "—"
+    return f"{row['prior']:.3f} ({row['prior_answer']})"
+
+
+def lift_cell(row: dict | None) -> str:
+    """pass@1 - prior with its 95% interval (textgym eval's lift)."""
+    if row is None or row.get("lift") is None:
+        return "—"
+    return f"{row['lift']:+.3f} [{row['lift_lo']:+.2f}, {row['lift_hi']:+.2f}]"
 
 
 def cell(row: dict | None, metric: str) -> str:
@@ -156,10 +162,43 @@ def scan(args: argparse.Namespace) -> int:
 
 
 def trained_iteration(run: Path) -> int | None:
-    latest = run / "latest"
-    if not latest.exists():
+    from agents.checkpoints import latest_checkpoint  # the one reader of `latest` (it stays inside the run)
+
+    checkpoint = latest_checkpoint(run)
+    return None if checkpoint is None else int(checkpoint.name.split("-")[1])
+
+
+def train_with_textgym(args: argparse.Namespace, name: str, root: Path, train: list[str]) -> tuple | None:
+    """`textgym train` into ROOT/run, resumed where a killed run stopped: (the command, the model to
+    evaluate, where its evaluation goes, updates), or None when training stopped."""
+    run = root / "run"
+    done = trained_iteration(run)
+    if done is None or done < args.iterations:
+        more = textgym("train", "--resume", str(run), "--iterations", str(args.iterations), "--no-progress-bar",
+                       "--threads", str(args.threads))  # fmt: skip
+        again = [*train, "--overwrite"] if run.exists() else train  # a first run that stopped before its first checkpoint
+        if call(again if done is None else more, log=root / "train.log"):
+            print(f"  {name}: training stopped; see {root / 'train.log'} (run again to resume)")
+            return None
+    iteration = trained_iteration(run)
+    return train, str(run), root / f"trained-{iteration}", iteration  # a run trained further is evaluated afresh
+
+
+def train_with_trl(args: argparse.Namespace, name: str, root: Path, train: list[str]) -> tuple | None:
+    """TRL's GRPOTrainer in place of `textgym train`, into ROOT/trl-<updates>: the same flags, so the same
+    model, task, prompt, system prompt, chat template, temperature, token budget, train split, budget
+    (one optimizer step per update of prompts x group-size samples), learning rate and seed
+    (examples/trl_grpo_textgym.py), with TRL's loss changed by --trl-args. The HF model it saves is
+    evaluated by the same `textgym eval` command as a textgym checkpoint. A finished run is not trained
+    again; a killed one starts over."""
+    if train[-2] != "--out":
+        raise ValueError(f"the train command should end with --out DIR: {show(train)}")
+    run = root / f"trl-{args.iterations}"
+    command = [sys.executable, str(TRL_SCRIPT), *train[4:-2], "--trl-args", json.dumps(args.trl_args), "--out", str(run)]
+    if call(command, log=root / "trl-train.log"):
+        print(f"  {name}: TRL training stopped; see {root / 'trl-train.log'} (run again to start it over)")
         return None
-    return int(latest.read_text().strip().split("-")[1])
+    return command, str(run / "model"), root / f"trl-trained-{args.iterations}", args.iterations
 
 
 def table(args: argparse.Namespace) -> int:
@@ -174,34 +213,41 @@ def table(args: argparse.Namespace) -> int:
         if call(base_eval, log=root / "base.log"):
             print(f"  {name}: the base evaluation failed; see {root / 'base.log'}")
             continue
-        done = trained_iteration(run)
-        if done is None or done < args.iterations:
-            more = textgym("train", "--resume", str(run), "--iterations", str(args.iterations), "--no-progress-bar",
-                           "--threads", str(args.threads))  # fmt: skip
-            if call(train if done is None else more, log=root / "train.log"):
-                print(f"  {name}: training stopped; see {root / 'train.log'} (run again to resume)")
-                continue
-        iteration = trained_iteration(run)
-        trained = root / f"trained-{iteration}"  # a run trained further is evaluated afresh
-        trained_eval = eval_command(args, name, str(run), trained, k, [1, k])
+        trained_by = train_with_trl if args.trainer == "trl" else train_with_textgym
+        step = trained_by(args, name, root, train)
+        if step is None:
+            continue
+        train, model, trained, iteration = step
+        trained_eval = eval_command(args, name, model, trained, k, [1, k])
         if call(trained_eval, log=root / "trained.log"):
             print(f"  {name}: the trained evaluation failed; see {root / 'trained.log'}")
             continue
         commands += [show(base_eval), show(train), show(trained_eval)]
         before, after = task_row(base), task_row(trained)
-        constant = constant_answer_rate(base)
         lines.append(f"| {name} | {before['problems']} | {cell(before, 'pass@1')} | {cell(after, 'pass@1')} | "
-                     f"{cell(before, f'pass@{k}')} | {cell(after, f'pass@{k}')} | "
-                     f"{'—' if constant is None else f'{constant:.2f}'} | {iteration} |")  # fmt: skip
+                     f"{cell(before, f'pass@{k}')} | {cell(after, f'pass@{k}')} | {prior_cell(before)} | "
+                     f"{lift_cell(after)} | {iteration} |")  # fmt: skip
     print(f"\n{args.model} before and after `textgym train` ({args.iterations} updates), {args.problems} held-out test "
           f"problems x {k} samples, T = {args.temperature}, {args.max_new_tokens} new tokens, "
           f"{'reward ' + args.reward if args.reward else 'the datasets verifiers'}; 95% bootstrap intervals:\n")  # fmt: skip
     print(f"| dataset | problems | pass@1 base | pass@1 trained | pass@{k} base | pass@{k} trained | "
-          f"one answer for all | updates |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          f"one answer for all (prior) | lift trained | updates |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    if args.trainer == "trl":
+        print(f"\ntrained by TRL's GRPOTrainer in place of `textgym train`, --trl-args {json.dumps(args.trl_args)}")
     print("\nThe commands (run again, they resume):\n\n" + "\n".join(commands))
     return 0
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of GRPOConfig fields is expected, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads of every command")
+    p.add_argument("--trainer", choices=["textgym", "trl"], default="textgym",
+                   help="table: `textgym train`, or TRL's GRPOTrainer given the same flags (examples/trl_grpo_textgym.py)")
+    p.add_argument("--trl-args", type=json_object, default={},
+                   help="table, --trainer trl: GRPOConfig fields as a JSON object, e.g. "
+                        '\'{"loss_type": "dapo", "epsilon_high": 0.28, "mask_truncated_completions": true}\'')
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="table: more `textgym train` flags (last)")
     p.add_argument("--out", type=Path, default=Path("runs/reasoning_gym_table"))
     args = p.parse_args(argv)

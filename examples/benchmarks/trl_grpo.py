@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from textgym.integrations.trl import trl_tokenizer
+
 TRL_MISSING = (
     "TRL is not installed; this benchmark compares against TRL's GRPOTrainer. Install it with:\n"
     "    pip install trl\n(or `pip install -e .[bench]`), then run this script again."
@@ -28,23 +30,6 @@ def trl_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def hf_tokenizer_for(tokenizer):
-    """TRL needs an HF tokenizer: the textgym one's, or an HF fast tokenizer with the char vocab."""
-    if hasattr(tokenizer, "hf"):
-        return tokenizer.hf
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as RawTokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<eos>": tokenizer.eos_token_id, **{ch: i for i, ch in enumerate(tokenizer.token_strings) if ch}}
-    raw = RawTokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
-    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    raw.decoder = decoders.Fuse()
-    hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>")
-    assert hf.encode("Copy: ab\n", add_special_tokens=False) == tokenizer.encode("Copy: ab\n")
-    return hf
 
 
 def grpo_trainer(model: torch.nn.Module, tokenizer: Any, rules: Any, *, prompts: int, group_size: int,
@@ -79,6 +64,6 @@ def grpo_trainer(model: torch.nn.Module, tokenizer: Any, rules: Any, *, prompts:
         shuffle_dataset=False, **config,
     )  # fmt: skip
     trainer = GRPOTrainer(model=model, reward_funcs=textgym_reward, args=args, train_dataset=data,
-                          processing_class=hf_tokenizer_for(tokenizer), callbacks=callbacks or [])  # fmt: skip
+                          processing_class=trl_tokenizer(tokenizer), callbacks=callbacks or [])  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the benchmarks print their own lines, not a dict per step
     return trainer

@@ -1,7 +1,10 @@
 """The built-in reward functions. Each compares a completion with `example.answer`.
 
 Where a completion wraps its answer in `<answer>...</answer>` (the R1 format), the rewards look
-inside the tags; otherwise at the whole completion.
+inside the tags; otherwise at the whole completion. The rewards that check an answer's value
+(`numeric_match`, `gsm8k`, `math_equiv`) read it in one order, `extract.final_answer`'s: answer
+tags, then `\\boxed{}`, then "####", then the last number; a reply that stops on an open operator
+("... 9 + ") is unfinished and scores 0.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Callable
 
 from textgym.example import Example
 from textgym.rewards.core import register_reward
-from textgym.rewards.extract import answer_tag, boxed, gsm8k_answer, last_number, numbers_equal
+from textgym.rewards.extract import answer_tag, boxed, final_answer, final_number, gsm8k_answer, numbers_equal
 from textgym.rewards.math_equiv import math_equal
 
 __all__ = [
@@ -30,9 +33,6 @@ __all__ = [
     "edit_distance",
 ]
 
-# R1 format: the completion continues a prompt that ends inside "<think>", so the opening tag is
-# optional; it ends with the stop string "</answer>" (only whitespace may follow).
-_R1_FORMAT = re.compile(r"\s*(?:<think>)?.*?</think>\s*<answer>((?:(?!<answer>).)*?)</answer>\s*", re.DOTALL)
 
 
 def _answer_region(completion: str) -> str:
@@ -48,16 +48,13 @@ def exact_match(completion: str, example: Example) -> float:
 
 @register_reward("numeric_match")
 def numeric_match(completion: str, example: Example) -> float:
-    r"""1.0 when the last number (in <answer> tags, else \boxed{}, else anywhere) equals the reference.
+    r"""1.0 when the completion's final number equals the reference (`extract.final_number`).
 
-    Formatting is forgiven: "1,000" == "1000", " 7.0" == "7." == "7".
+    The number is read in <answer> tags, else in the last \boxed{}, else after "####", else it is
+    the last number; a reply that stops on an open operator ("... 9 + ") scores 0. Formatting is
+    forgiven: "1,000" == "1000", " 7.0" == "7." == "7".
     """
-    region = answer_tag(completion)
-    if region is None:
-        region = boxed(completion)
-    if region is None:
-        region = completion
-    return float(numbers_equal(last_number(region), example.answer))
+    return float(numbers_equal(final_number(completion), example.answer))
 
 
 @register_reward("contains")
@@ -84,8 +81,19 @@ def regex(pattern: str, flags: int = 0) -> Callable[[str, Example], float]:
 
 
 def is_r1_format(completion: str) -> bool:
-    """Whether the completion is `[<think>] ... </think> <answer> ... </answer>` and nothing more."""
-    return _R1_FORMAT.fullmatch(completion) is not None
+    """Whether the completion is `[<think>] ... </think> <answer> ... </answer>` and nothing more.
+
+    The completion continues a prompt that ends inside "<think>", so the opening tag is optional;
+    it ends with the stop string "</answer>" (only whitespace may follow), and the answer holds no
+    "<answer>" of its own. Read with string searches, in linear time (a backtracking regex of
+    this shape takes quadratic time on long runs of whitespace).
+    """
+    text = completion.rstrip()
+    if not text.endswith("</answer>"):
+        return False
+    body = text[: -len("</answer>")]
+    start = body.rfind("<answer>")  # the answer holds no "<answer>", so it opens at the last one
+    return start >= 0 and body[:start].rstrip().endswith("</think>")
 
 
 @register_reward("r1_format")
@@ -124,30 +132,24 @@ r1_zero = register_reward("r1_zero", r1_zero_reward())
 def math_equiv(completion: str, example: Example) -> float:
     r"""1.0 when the answer is mathematically equal to the reference ("0.5" == "\frac{1}{2}").
 
-    The answer is taken from <answer> tags (a \boxed{} inside them wins), else the last \boxed{},
-    else the last number. math-verify when installed, else a guarded sympy comparison.
+    The answer is `extract.final_answer`'s: the content of <answer> tags (a \boxed{} inside them
+    wins), else the last \boxed{}, else the line after "####", else the last number; none when
+    the reply stops on an open operator. math-verify when installed, else a guarded sympy comparison.
     """
-    region = answer_tag(completion)
-    if region is not None:
-        pred = boxed(region) or region
-    else:
-        pred = boxed(completion) or last_number(completion)
-    return float(math_equal(pred, example.answer))
+    return float(math_equal(final_answer(completion), example.answer))
 
 
 @register_reward("gsm8k")
 def gsm8k(completion: str, example: Example) -> float:
-    """1.0 when the completion's final number equals the GSM8K reference ("#### 1,018" == "1018").
+    r"""1.0 when the completion's final number equals the GSM8K reference ("#### 1,018" == "1018").
 
-    The completion's answer is the number after its last "####" when it writes one, else the last
-    number (inside <answer> tags if any). The reference may be a whole GSM8K solution (its number
-    after "####" counts) or the bare final answer.
+    The completion's number is `extract.final_number`'s, as in `numeric_match`: in <answer> tags,
+    else in the last \boxed{}, else the number after the last "####", else the last number; none
+    when the reply stops on an open operator. The reference may be a whole GSM8K solution (its
+    number after "####" counts) or the bare final answer.
     """
-    pred = gsm8k_answer(completion)
-    if pred is None:
-        pred = last_number(_answer_region(completion))
     ref = gsm8k_answer(example.answer)
-    return float(numbers_equal(pred, example.answer.strip() if ref is None else ref))
+    return float(numbers_equal(final_number(completion), example.answer.strip() if ref is None else ref))
 
 
 @register_reward("boxed_math")

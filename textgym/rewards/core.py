@@ -22,47 +22,114 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from textgym.example import Example
-from textgym.registry import Registry
+from textgym.registry import Registry, is_module_path, load_attribute
 
 __all__ = [
     "RewardFn",
     "RewardResult",
     "register_reward",
+    "get_extractor",
+    "stripped",
     "list_rewards",
     "get_reward",
     "reward_name",
     "score",
     "score_many",
+    "guarded_calls",
     "call_reward",
     "wants_ids",
     "combine",
 ]
 
 RewardFn = Callable[[str, Example], Union[float, "tuple[float, dict[str, float]]"]]
+Extractor = Callable[[str], Union[str, None]]
 
-REWARDS: Registry[RewardFn] = Registry("reward")
+REWARDS: Registry[RewardFn] = Registry(
+    "reward", " (or an installed package's `textgym.rewards` entry point, or a module path 'package.module:function')",
+    group="textgym.rewards",
+)
+# How each registered reward reads the answer out of a completion, by the reward's name: what
+# maj@k votes on and what the answer statistics count (`get_extractor`).
+EXTRACTORS: dict[str, Extractor] = {}
 
 
-def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
+def stripped(text: str) -> str | None:
+    """The completion itself as the answer, stripped; None when blank (a reward without an extractor)."""
+    return text.strip() or None
+
+
+def register_reward(name: str, fn: RewardFn | None = None, *, extract: Extractor | str | None = None, overwrite: bool = False):
     """Register `fn` under `name`; without `fn`, return a decorator.
 
-        @register_reward("shout")
+        @register_reward("shout", extract=first_line)
         def shout(completion, example):
             return float(completion.isupper())
 
-    Registering the same function again is a no-op; a different one under a taken name raises
-    ValueError unless `overwrite=True`.
+    `extract(completion) -> str | None` says which answer the reward reads in a completion (None:
+    no answer): `textgym eval`'s maj@k votes on it, and the answer statistics (the prior, answer
+    diversity) count it. A name instead borrows a registered reward's extraction
+    (`extract="numeric_match"`: the last number, in <answer> tags or \\boxed{} if any). Without one,
+    the answer is the whole completion, stripped (`stripped`), so "The sum is 7." and "7" are
+    different answers: give one for any reward that reads a part of the completion (the rewards
+    `combine` and `from_trl` make have none until registered with one).
+
+    Registering the same function again is a no-op (a new `extract` replaces the old); a different
+    one under a taken name raises ValueError unless `overwrite=True`.
     """
-    return REWARDS.register(name, fn, overwrite=overwrite)
+    extractor = _as_extractor(extract, name)
+
+    def add(entry: RewardFn) -> RewardFn:
+        old = REWARDS.get(name) if REWARDS.registered(name) else None
+        REWARDS.register(name, entry, overwrite=overwrite)
+        if extractor is not None:
+            EXTRACTORS[name] = extractor
+        elif old is not None and old is not entry:  # the old function's extraction is not this one's
+            EXTRACTORS.pop(name, None)
+        return entry
+
+    return add if fn is None else add(fn)
+
+
+def _as_extractor(extract: Extractor | str | None, name: str) -> Extractor | None:
+    if extract is None or callable(extract):
+        return extract
+    if isinstance(extract, str) and extract in EXTRACTORS:
+        return EXTRACTORS[extract]
+    known = ", ".join(sorted(EXTRACTORS))
+    raise ValueError(f"extract= of reward {name!r} must be a function completion -> answer or the name of a reward "
+                     f"that has one ({known}); got {extract!r}")
+
+
+def get_extractor(reward: str | RewardFn) -> Extractor:
+    """How `reward` (a name or a function) reads the answer in a completion: the extraction it was
+    registered with, else `stripped` (the whole completion)."""
+    if isinstance(reward, str):
+        fn = get_reward(reward)  # an unknown name is an error, not "no extractor"
+        return EXTRACTORS[reward] if reward in EXTRACTORS else get_extractor(fn)
+    return next((EXTRACTORS[n] for n in REWARDS.names_of(reward) if n in EXTRACTORS), stripped)
 
 
 def list_rewards() -> list[str]:
+    """The registered rewards' names, and those installed packages declare (`textgym.rewards` entry points)."""
     return REWARDS.names()
 
 
 def get_reward(name_or_fn: str | RewardFn) -> RewardFn:
-    """The registered reward called `name_or_fn`, or the callable itself."""
-    return name_or_fn if callable(name_or_fn) else REWARDS.get(name_or_fn)
+    """The reward `name_or_fn` names, or the callable itself.
+
+    A name is, in this order: a registered reward; an installed package's `textgym.rewards` entry
+    point (loaded now); a module path 'package.module:function' (the module imported, the function
+    taken, as `gym.make("module:Env-v0")` does). An unknown name is a ValueError listing the known
+    ones; a module that is missing or fails to import, or has no such function, an ImportError.
+    """
+    if callable(name_or_fn):
+        return name_or_fn
+    if isinstance(name_or_fn, str) and name_or_fn not in REWARDS and is_module_path(name_or_fn):
+        fn = load_attribute(name_or_fn, f"reward {name_or_fn!r}")
+        if not callable(fn):
+            raise TypeError(f"reward {name_or_fn!r} is {type(fn).__name__}, not a function (completion, example) -> float")
+        return fn
+    return REWARDS.get(name_or_fn)
 
 
 def reward_name(fn: Any) -> str:
@@ -128,23 +195,29 @@ def call_reward(fn: RewardFn, completion: str, example: Example, ids: Sequence[i
     return fn(completion, example)
 
 
+def _failed(error: str) -> RewardResult:
+    return RewardResult(0.0, {}, error)
+
+
 def _call(fn: RewardFn, completion: str, example: Example, ids: Sequence[int] | None = None) -> RewardResult:
     try:
         value = call_reward(fn, completion, example, ids)
     except Exception as e:  # the point of score(): any failure of user code becomes a 0 reward
-        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} raised {type(e).__name__}: {e}")
+        return _failed(f"reward {reward_name(fn)!r} raised {type(e).__name__}: {e}")
     try:
         reward, components = as_result(value)
     except (TypeError, ValueError) as e:
-        return RewardResult(0.0, {}, f"reward {reward_name(fn)!r} returned a bad value: {e}")
+        return _failed(f"reward {reward_name(fn)!r} returned a bad value: {e}")
     return RewardResult(reward, components, None)
 
 
-Item = tuple  # (completion, example) or (completion, example, sampled ids): one reward call
+Item = tuple  # the arguments of one call: (completion, example) or (completion, example, sampled ids) for a reward
+Runner = Callable[..., Any]  # runner(target, *item) -> a picklable result; it catches the target's exceptions itself
+_inside = threading.local()  # .worker is True in a verifier thread
 
 
 class _VerifierThread:
-    """One daemon thread that runs the reward calls of `score_many(..., timeout=...)`.
+    """One daemon thread that runs the guarded calls of `guarded_calls(..., timeout=...)`.
 
     Starting a thread per call cost more than the verifiers themselves, and so did handing calls
     over one at a time (about half of a vector env step at 64 slots): a batch of calls (every
@@ -161,24 +234,25 @@ class _VerifierThread:
         threading.Thread(target=self._run, daemon=True, name="textgym-reward").start()
 
     def _run(self) -> None:
+        _inside.worker = True  # guarded calls made from a guarded call run inline (see guarded_calls)
         while (job := self.jobs.get()) is not None:
-            fn, items, starts, results, ready = job
+            runner, target, items, starts, results, ready = job
             for item in items:
                 if self.abandoned:  # the caller gave up on this batch: leave the rest to the next worker
                     return
                 starts.append(time.monotonic())
-                results.append(_call(fn, *item))
+                results.append(runner(target, *item))
             with ready:
                 ready.notify()
 
-    def run(self, fn: RewardFn, items: list[Item], timeout: float | None) -> list[RewardResult]:
+    def run(self, runner: Runner, target: Any, items: list[Item], timeout: float | None) -> list[Any]:
         """The results of the leading calls that finished in time (all of them, or up to the one that
         timed out, which is then missing and this thread abandoned)."""
         starts: list[float] = []  # when the worker began each call: each call's clock starts there
-        results: list[RewardResult] = []
+        results: list[Any] = []
         ready = threading.Condition()
         with ready:
-            self.jobs.put((fn, items, starts, results, ready))
+            self.jobs.put((runner, target, items, starts, results, ready))
             while len(results) < len(items):
                 k = len(results)
                 began = starts[k] if len(starts) > k else time.monotonic()
@@ -194,7 +268,7 @@ class _VerifierThread:
 _FORK = "fork" in multiprocessing.get_all_start_methods()
 
 
-def _process_main(conn, fn: RewardFn) -> None:
+def _process_main(conn, runner: Runner, target: Any) -> None:
     global _worker_lock, _thread_worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is not ours
@@ -207,31 +281,31 @@ def _process_main(conn, fn: RewardFn) -> None:
         except (EOFError, OSError):  # the parent closed the pipe or exited
             return
         for item in items:
-            conn.send(_call(fn, *item))
+            conn.send(runner(target, *item))
 
 
 class _VerifierProcess:
-    """A worker process that runs one reward function's calls for `score_many(..., isolation="process")`.
+    """A worker process that runs one target's calls for `guarded_calls(..., isolation="process")`.
 
     Unlike a thread it can be stopped: on a timeout it is killed (SIGKILL), so a verifier stuck in
     a loop stops burning CPU and memory, and a verifier that crashes the interpreter (a segfault in
     an extension, `os._exit`) costs one episode's reward instead of the run; the rest of the batch
-    goes to a fresh process. Where `fork` exists the process is forked with the function already in
-    its memory, so closures and lambdas work; elsewhere (`spawn`) the function must pickle (be
+    goes to a fresh process. Where `fork` exists the process is forked with the target already in
+    its memory, so closures and lambdas work; elsewhere (`spawn`) the target must pickle (be
     defined at module level; `check_isolatable` says so early). A batch of calls is one message
     down the pipe; results come back one by one.
     """
 
-    def __init__(self, fn: RewardFn) -> None:
+    def __init__(self, runner: Runner, target: Any, what: str) -> None:
         self.pid = os.getpid()
-        self.fn = fn
+        self.runner, self.target, self.what = runner, target, what
         ctx = multiprocessing.get_context("fork" if _FORK else "spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_process_main, args=(child, fn), daemon=True, name="textgym-reward")
+        self.process = ctx.Process(target=_process_main, args=(child, runner, target), daemon=True, name="textgym-reward")
         self.process.start()
         child.close()
 
-    def run(self, items: list[Item], timeout: float | None) -> tuple[list[RewardResult], bool]:
+    def run(self, items: list[Item], timeout: float | None, fail: Callable[[str], Any]) -> tuple[list[Any], bool]:
         """(results of the leading calls that finished, whether the next one timed out).
 
         A call that crashed the process gets its error result and ends the batch here; the caller
@@ -240,10 +314,10 @@ class _VerifierProcess:
         try:
             self.conn.send(items)
         except (pickle.PicklingError, AttributeError, TypeError) as e:
-            error = (f"the example cannot be sent to the reward's worker process ({e}); keep example metadata "
-                     "picklable or use reward_isolation='thread'")  # fmt: skip
-            return [RewardResult(0.0, {}, error) for _ in items], False
-        results: list[RewardResult] = []
+            error = (f"the arguments of {self.what} cannot be sent to its worker process ({e}); keep example "
+                     "metadata (and a multi-turn task's state) picklable or use reward_isolation='thread'")  # fmt: skip
+            return [fail(error) for _ in items], False
+        results: list[Any] = []
         for _ in items:
             if not self.conn.poll(timeout):
                 self.close()
@@ -254,7 +328,7 @@ class _VerifierProcess:
                 self.process.join(1.0)
                 code = self.process.exitcode
                 self.close()
-                results.append(RewardResult(0.0, {}, f"reward {reward_name(self.fn)!r} killed its worker process (exit code {code})"))
+                results.append(fail(f"{self.what} killed its worker process (exit code {code})"))
                 return results, False
         return results, False
 
@@ -268,39 +342,40 @@ class _VerifierProcess:
         self.conn.close()
 
 
-def check_isolatable(fn: str | RewardFn) -> None:
-    """Raise a ValueError that says what to do if `fn` cannot run in a worker process (only where
-    processes are spawned rather than forked, e.g. on Windows, must the function pickle)."""
-    fn = get_reward(fn)
+def check_isolatable(fn: Any, what: str | None = None) -> None:
+    """Raise a ValueError that says what to do if `fn` (a reward, or what `what` names) cannot run in a
+    worker process (only where processes are spawned rather than forked, e.g. on Windows, must it pickle)."""
+    fn = get_reward(fn) if what is None else fn
     if _FORK:
         return
     try:
         pickle.dumps(fn)
     except (pickle.PicklingError, AttributeError, TypeError) as e:
         raise ValueError(
-            f"reward {reward_name(fn)!r} cannot run in a worker process (reward_isolation='process'): it does not "
-            f"pickle ({e}). Define it at module level, or keep reward_isolation='thread'."
+            f"{what or f'reward {reward_name(fn)!r}'} cannot run in a worker process (reward_isolation='process'): "
+            f"it does not pickle ({e}). Define it at module level, or keep reward_isolation='thread'."
         ) from None
 
 
 ISOLATIONS = ("thread", "process")
-MAX_REWARD_PROCESSES = 4  # worker processes kept at once (one per reward function; the oldest goes)
+MAX_REWARD_PROCESSES = 4  # worker processes kept at once (one per reward function or task; the oldest goes)
 _thread_worker: _VerifierThread | None = None
-_process_workers: dict[int, _VerifierProcess] = {}
+_process_workers: dict[tuple[int, Runner], _VerifierProcess] = {}
 _worker_lock = threading.Lock()
 
 
-def _process_worker(fn: RewardFn) -> _VerifierProcess:
-    worker = _process_workers.get(id(fn))
-    if worker is not None and worker.fn is fn and worker.alive():
+def _process_worker(runner: Runner, target: Any, what: str) -> _VerifierProcess:
+    key = (id(target), runner)
+    worker = _process_workers.get(key)
+    if worker is not None and worker.target is target and worker.alive():
         return worker
     if worker is not None:
-        _process_workers.pop(id(fn))
+        _process_workers.pop(key)
         if worker.pid == os.getpid():
             worker.close()
     while len(_process_workers) >= MAX_REWARD_PROCESSES:
         _process_workers.pop(next(iter(_process_workers))).close()
-    worker = _process_workers[id(fn)] = _VerifierProcess(fn)
+    worker = _process_workers[key] = _VerifierProcess(runner, target, what)
     return worker
 
 
@@ -333,29 +408,45 @@ def score_many(
     try:
         fn = get_reward(fn)
     except ValueError as e:
-        return [RewardResult(0.0, {}, str(e)) for _ in items]
+        return [_failed(str(e)) for _ in items]
+    return guarded_calls(_call, fn, items, timeout, isolation, what=f"reward {reward_name(fn)!r}", fail=_failed)
+
+
+def guarded_calls(
+    runner: Runner, target: Any, items: list[Item], timeout: float | None, isolation: str, *, what: str,
+    fail: Callable[[str], Any],
+) -> list[Any]:
+    """`runner(target, *item)` for every item, under `timeout` (seconds per call) and `isolation`:
+    the one guard around code that reads a policy's text (reward functions here, a multi-turn
+    task's `reply` in the transition). Never raises.
+
+    `runner` is a module-level function that catches what `target` raises and returns a picklable
+    result; a call that times out, or that kills its worker process, gets `fail(message)` instead,
+    the message naming `what`. Threads and processes: see `score_many`. A guarded call made from
+    inside a guarded call (a task's reply that scores with a reward) runs inline, under the outer
+    call's timeout.
+    """
     if isolation not in ISOLATIONS:
-        return [RewardResult(0.0, {}, f"unknown isolation {isolation!r}; use one of {ISOLATIONS}") for _ in items]
-    if timeout is None and isolation == "thread":
-        return [_call(fn, *item) for item in items]
+        return [fail(f"unknown isolation {isolation!r}; use one of {ISOLATIONS}") for _ in items]
+    if (timeout is None and isolation == "thread") or getattr(_inside, "worker", False):
+        return [runner(target, *item) for item in items]
     global _thread_worker
-    timed_out = RewardResult(0.0, {}, f"reward {reward_name(fn)!r} timed out after {timeout:g} s" if timeout else "")
-    results: list[RewardResult] = []
+    results: list[Any] = []
     with _worker_lock:  # one batch at a time, so `timeout` never counts time spent in a queue
         while len(results) < len(items):
             rest = items[len(results) :]
             if isolation == "process":
-                done, expired = _process_worker(fn).run(rest, timeout)
+                done, expired = _process_worker(runner, target, what).run(rest, timeout, fail)
             else:
                 if _thread_worker is None or _thread_worker.pid != os.getpid():  # a forked child has no thread
                     _thread_worker = _VerifierThread()
-                done = _thread_worker.run(fn, rest, timeout)
+                done = _thread_worker.run(runner, target, rest, timeout)
                 expired = len(done) < len(rest)
                 if expired:
                     _thread_worker = None
             results += done
             if expired:
-                results.append(timed_out)
+                results.append(fail(f"{what} timed out after {timeout:g} s" if timeout else f"{what} timed out"))
     return results
 
 

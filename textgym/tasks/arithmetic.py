@@ -1,4 +1,4 @@
-"""Arithmetic tasks: addition, multiplication, comparison. Verified by the last number written."""
+"""Arithmetic tasks: addition, multiplication, comparison. Verified by the final number written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from textgym.rewards.extract import last_number, numbers, numbers_equal, parse_number
+from textgym.rewards.extract import final_number, numbers, numbers_equal, parse_number
 from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
 
 __all__ = ["AdditionTask", "MultiplicationTask", "ComparisonTask"]
@@ -24,7 +24,7 @@ def operand_range(digits: int) -> tuple[int, int]:
 
 
 class _TwoOperandTask(Task):
-    """Shared machinery: two operands of `digits` digits, answer verified as the last number."""
+    """Shared machinery: two operands of `digits` digits, answer verified as the final number (`final_number`)."""
 
     answer_chars = _DIGITS
 
@@ -60,7 +60,7 @@ class _TwoOperandTask(Task):
         return [self.make(a, b) for a in span for b in span if self.valid(a, b)]
 
     def extract(self, text: str) -> str | None:
-        return last_number(text)
+        return final_number(text)  # the order every numeric reward reads: \boxed{}, "####", last number
 
     def check(self, answer: str, example: Example) -> float:
         return float(numbers_equal(answer, example.answer))
@@ -81,9 +81,11 @@ class AdditionTask(_TwoOperandTask):
     `str(a + b)`; metadata `{"a": a, "b": b}`. At most `digits + 1` characters.
 
     ## Rewards
-    Plain: 1.0 when the last number in the completion equals a + b ("3 + 4 = 7." counts; "1,000"
-    equals "1000"), else 0.0. r1_zero: the same check on the text inside <answer>, paid only when
-    the R1 format is right; components `format` and `answer`.
+    Plain: 1.0 when the completion's final number equals a + b, else 0.0: the last \\boxed{} or
+    the number after "####" when it writes one, else its last number ("3 + 4 = 7." counts; "1,000"
+    equals "1000"); a completion that stops on an open operator ("3 + 4 =") answers nothing.
+    r1_zero: the same check on the text inside <answer>, paid only when the R1 format is right;
+    components `format` and `answer`.
 
     ## Arguments
     - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits). Up to 18.
@@ -122,8 +124,8 @@ class MultiplicationTask(_TwoOperandTask):
     `str(a * b)`; metadata `{"a": a, "b": b}`. At most `2 * digits` characters.
 
     ## Rewards
-    1.0 when the last number in the completion (inside <answer> for r1_zero, with the format
-    checked) equals a * b, else 0.0.
+    1.0 when the completion's final number (inside <answer> for r1_zero, with the format checked)
+    equals a * b, else 0.0; read as in addition.
 
     ## Arguments
     - `digits=1`: digits per operand (1: 0-9; d >= 2: exactly d digits).
@@ -204,7 +206,9 @@ class ComparisonTask(_TwoOperandTask):
         return claimed_larger(text)
 
 
-_NUM = r"(-?\d+(?:\.\d+)?)"
+# (?<!\d): a number is tried where its digits start, not once per digit (a run of 2,000 digits took
+# 1.7 s, 20,000 digits 220 s); no claim's number can start inside a run of digits anyway.
+_NUM = r"(-?(?<!\d)\d+(?:\.\d+)?)"
 _MORE = r"(?:larger|bigger|greater|higher)"
 _LESS = r"(?:smaller|less|lower)"
 # Each pattern: a claim about which number is larger, and which of its groups names that number.
@@ -218,9 +222,53 @@ _CLAIMS = [
 
 
 # A number offered with an alternative next to it ("the larger is 66 or 90", "16 or 95 is larger")
-# names no one number.
-_ALTERNATIVE_BEFORE = re.compile(r"-?\d+(?:\.\d+)?\s*(?:,|/|\bor\b|\band\b)\s*$", re.IGNORECASE)
-_ALTERNATIVE_AFTER = re.compile(r"^\s*(?:,|/|\bor\b|\band\b)\s*-?\d", re.IGNORECASE)
+# names no one number. Read by walking from the claim's number, not with a regex searched over the
+# text before it: that costs the text's length per claim, quadratic in all.
+
+
+def _separator_before(text: str, i: int) -> int | None:
+    """Where "," "/" "or" "and" (as a word) ends right before text[i], spaces between; its start, else None."""
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    if i > 0 and text[i - 1] in ",/":
+        return i - 1
+    for word in ("or", "and"):
+        j = i - len(word)
+        if j > 0 and text[j:i].lower() == word and text[j - 1].isspace():  # a word of its own, after spaces
+            return j
+    return None
+
+
+def _alternative_before(text: str, start: int) -> bool:
+    """Whether a number and a separator come right before text[start] ("66 or |90")."""
+    i = _separator_before(text, start)
+    if i is None:
+        return False
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return i > 0 and text[i - 1].isdecimal()
+
+
+def _alternative_after(text: str, end: int) -> bool:
+    """Whether a separator and a number come right after text[:end] ("66| or 90")."""
+    i, n = end, len(text)
+    while i < n and text[i].isspace():
+        i += 1
+    if i < n and text[i] in ",/":
+        i += 1
+    else:
+        for word in ("or", "and"):
+            k = i + len(word)
+            if text[i:k].lower() == word and (k == n or not (text[k].isalnum() or text[k] == "_")):
+                i = k
+                break
+        else:
+            return False
+    while i < n and text[i].isspace():
+        i += 1
+    if i < n and text[i] == "-":
+        i += 1
+    return i < n and text[i].isdecimal()
 
 
 def claimed_larger(text: str) -> str | None:
@@ -235,7 +283,7 @@ def claimed_larger(text: str) -> str | None:
     for pattern, g in _CLAIMS:
         for m in pattern.finditer(text):
             start, end = m.span(g)
-            if not (_ALTERNATIVE_BEFORE.search(text, 0, start) or _ALTERNATIVE_AFTER.match(text[end:])):
+            if not (_alternative_before(text, start) or _alternative_after(text, end)):
                 claims.append((m.start(), m.group(g)))
     if claims:
         return max(claims)[1]

@@ -2,7 +2,7 @@
 
 A `Task` answers three questions for the env: which problem comes next (`example(split, index)`,
 deterministic), how to show it to the model (`format_prompt`), and how good a completion is
-(`reward`). Built-in tasks subclass `Task` and fill in `sample` (one random problem) or
+(`reward`); and for evaluations, which answer a completion gives (`answer_of`). Built-in tasks subclass `Task` and fill in `sample` (one random problem) or
 `all_problems` (every problem, when there are few), plus `extract`/`check` for their verifier.
 Tasks from a fixed list of examples come from `Task.from_examples`.
 
@@ -14,23 +14,26 @@ splits on every machine, for every seed.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
+import inspect
+import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from textgym.example import Example
-from textgym.registry import Registry
-from textgym.rewards.core import as_result, get_reward
+from textgym.registry import Registry, is_module_path, load_attribute
+from textgym.rewards.core import as_result, get_extractor, get_reward, stripped
 from textgym.rewards.builtin import r1_zero_reward
-from textgym.rewards.extract import first_line
+from textgym.rewards.extract import answer_tag, first_line
 
 __all__ = [
     "Example", "Task", "register_task", "register_task_family", "list_tasks", "list_task_families",
-    "make_task", "split_of", "R1_ZERO_TEMPLATE",
+    "make_task", "split_of", "budget_for", "R1_ZERO_TEMPLATE",
 ]
 
-# The R1-zero prompt (DeepSeek-R1-Zero, as used in the course primer). The prompt ends inside
+# The R1-zero prompt (DeepSeek-AI, 2025: the prompt DeepSeek-R1-Zero was trained with). The prompt ends inside
 # "<think>", so completions start with the reasoning and end with the stop string "</answer>".
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The User asks a question, and the Assistant solves "
@@ -44,6 +47,17 @@ R1_ZERO_TEMPLATE = (
 # sampled, and a sample is kept only if its hash puts it in the requested split.
 ENUMERATE_LIMIT = 10_000
 _MAX_SAMPLING_TRIES = 1000  # P(no test-split hit in 1000 tries at 10%) = 0.9**1000 ~ 1e-46
+
+
+# Worked solutions (GSM8K's) take 1.8-2.1 characters a token in SmolLM2's tokenizer, which writes
+# every digit as a token of its own (English prose takes about 4).
+CHARS_PER_TOKEN = 2
+
+
+def budget_for(chars: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """A token budget for a reply of `chars` characters: at `chars_per_token`, rounded up to a
+    multiple of 32 (at least 32)."""
+    return 32 * max(1, math.ceil(chars / chars_per_token / 32))
 
 
 def _digest(key: str) -> bytes:
@@ -64,8 +78,16 @@ class Task:
     instruction: str = ""  # appended to the question in plain style ("Answer with a number.")
     answer_chars: str | None = None  # characters every reference answer is made of, if restricted
     max_answer_chars: int = 32  # longest reference answer; size max_new_tokens from it
+    # The token budget a completion of this task needs, when the task knows better than a model's
+    # preset (a data file of long worked solutions); None: no recommendation. The commands use it
+    # unless --max-new-tokens (or a run's recorded settings) says otherwise (`agents.runs`).
+    recommended_max_new_tokens: int | None = None
     system_prompt: str | None = None
     multi_turn = False  # True for tasks whose environment replies (textgym.tasks.multiturn)
+    tool_schemas: list[dict] | None = None  # tools the chat template shows (`tools=`; textgym.tasks.ToolTask)
+    # Examples per split the env renders to size its prompts when it cannot render them all (a task whose
+    # prompt costs a server round trip, textgym.openenv.OpenEnvTask, asks for fewer).
+    prompt_probe: int = 64
     SPLITS = ("train", "validation", "test")
     PROMPT_STYLES = ("plain", "r1_zero")
 
@@ -79,6 +101,13 @@ class Task:
         self._orders: dict[tuple[int, str], np.ndarray] = {}
 
     # -- what the env reads ---------------------------------------------------------------------
+
+    def for_tokenizer(self, tokenizer: Any, chat_template: bool) -> "Task":
+        """The task as it runs with `tokenizer` (`chat_template`: whether prompts go through its chat
+        template). Most tasks are the same for every model and return themselves; one whose format
+        depends on the model's (tool calls: `ToolTask`) returns a copy adapted to it. The env calls
+        this once, when it is made, and uses what it returns."""
+        return self
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -137,6 +166,37 @@ class Task:
             # built per call, not stored: a stored closure would make tasks unpicklable
             return r1_zero_reward(self._score_answer_value)(completion, example)
         return self.score_answer(completion, example)
+
+    def answer_of(self, completion: str, info: Mapping[str, Any] | None = None) -> str | None:
+        """The answer `completion` gives, as this task's verifier reads it; None when it gives none.
+
+        In r1_zero style the answer is read inside the <answer> tags (None without them); in a
+        multi-turn task, in the policy's last turn (`info["conversation"]`, the episode's final
+        info). The reading itself is `answer_reader()`.
+        """
+        if self.multi_turn:
+            turns = [span["text"] for span in (info or {}).get("conversation", []) if span.get("role") == "assistant"]
+            completion = turns[-1] if turns else completion
+        elif self.reward_override is None and self.prompt_style == "r1_zero":
+            completion = answer_tag(completion)
+            if completion is None:
+                return None
+        return self.answer_reader()(completion)
+
+    def answer_reader(self) -> Callable[[str], str | None]:
+        """How the verifier reads the answer in (the answer region of) a completion: a `reward=`'s
+        registered extraction; the task's own `extract` where it defines one or scores by
+        extract/check; else the stripped text (a verifier of the whole text, e.g. reasoning-gym's)."""
+        if self.reward_override is not None:
+            return get_extractor(self.reward_override)
+        if type(self).extract is not Task.extract or (type(self).score_answer is Task.score_answer and not self.multi_turn):
+            return self.extract
+        return stripped
+
+    def completion_for(self, answer: str) -> str:
+        """A completion that gives exactly `answer` in this task's format: the answer in plain style,
+        `</think> <answer>{answer}</answer>` in r1_zero style (what scores a constant answer)."""
+        return f"</think> <answer>{answer}</answer>" if self.prompt_style == "r1_zero" else answer
 
     # -- what subclasses fill in ----------------------------------------------------------------
 
@@ -284,6 +344,9 @@ class _ExampleListTask(Task):
     def score_answer(self, text, example):
         return self.answer_reward(text, example)
 
+    def answer_reader(self):
+        return get_extractor(self.reward_override or self.answer_reward)  # the reward that scores reads it
+
     def _empty_split_message(self, split, total):
         return (f"split {split!r} of task {self.name!r} has no examples; pass {split}=[...] to "
                 f"Task.from_examples, or use another split")
@@ -291,7 +354,20 @@ class _ExampleListTask(Task):
 
 # -- registry ---------------------------------------------------------------------------------------
 
-TASKS: Registry[Callable[..., Task]] = Registry("task")
+def task_factory(obj: Any, what: str) -> Callable[..., Task]:
+    """What an entry point or a module path names, as a task factory: a Task subclass or a function
+    returning a Task (called with make_task's kwargs), or a Task (kwargs: seed, prompt_style, reward)."""
+    if isinstance(obj, Task):
+        def same_task(**kwargs: Any) -> Task:
+            return obj.replace(**kwargs) if kwargs else obj
+
+        return same_task
+    if callable(obj):
+        return obj
+    raise TypeError(f"{what} is {type(obj).__name__}, not a Task, a Task subclass or a function that returns a Task")
+
+
+TASKS: Registry[Callable[..., Task]] = Registry("task", group="textgym.tasks", adapt=task_factory)
 # "family:member" names: the factory of a family builds any of its members, e.g. every
 # reasoning-gym dataset ("reasoning_gym:chain_sum"), without registering each one.
 FAMILIES: Registry[Callable[..., Task]] = Registry("task family")
@@ -321,7 +397,8 @@ def register_task_family(family: str, factory: Callable[..., Task], *, overwrite
 
 
 def list_tasks() -> list[str]:
-    """The registered task names (families such as 'reasoning_gym:<dataset>' list their members elsewhere)."""
+    """The registered task names and those installed packages declare (`textgym.tasks` entry points);
+    families such as 'reasoning_gym:<dataset>' list their members elsewhere."""
     return TASKS.names()
 
 
@@ -332,22 +409,74 @@ def list_task_families() -> list[str]:
 def make_task(name_or_task: str | Task, **kwargs: Any) -> Task:
     """Build a task by name (kwargs: seed=0, prompt_style="plain", reward=None, difficulty params).
 
-    A Task instance is returned as is, or copied with a new seed / prompt_style / reward.
-    "<family>:<member>" asks a task family, e.g. "reasoning_gym:chain_sum" (see list_task_families()).
+    A Task instance is returned as is, or copied with a new seed / prompt_style / reward. A name is,
+    in this order:
+    - a registered task ("addition"), else an installed package's `textgym.tasks` entry point;
+    - "<family>:<member>" with a registered family ("reasoning_gym:chain_sum", "file:data.jsonl",
+      "hf:openai/gsm8k"; see list_task_families());
+    - else "package.module:name", a module path as `gym.make("module:Env-v0")` takes: the module is
+      imported and `name` taken from it: a Task subclass or a function returning a Task (called with
+      the kwargs), or a Task.
     """
     if isinstance(name_or_task, Task):
         return name_or_task.replace(**kwargs) if kwargs else name_or_task
     if isinstance(name_or_task, str) and ":" in name_or_task:
         family, member = name_or_task.split(":", 1)
-        if family not in FAMILIES:
-            raise ValueError(f"unknown task family {family!r} in {name_or_task!r}; task families: "
-                             f"{', '.join(list_task_families())}")
-        task = FAMILIES.get(family)(member, **kwargs)
+        if family in FAMILIES:
+            task = FAMILIES.get(family)(member, **kwargs)
+        else:
+            task = _call(name_or_task, _from_module(name_or_task), kwargs)
     else:
         if isinstance(name_or_task, str) and name_or_task not in TASKS:
             raise ValueError(f"unknown task {name_or_task!r}; known tasks: {', '.join(list_tasks())} "
-                             f"(or '<family>:<member>' with a family from {', '.join(list_task_families())})")
-        task = TASKS.get(name_or_task)(**kwargs)
+                             f"(or '<family>:<member>' with a family from {', '.join(list_task_families())}, "
+                             "or a module path 'package.module:name')")  # fmt: skip
+        task = _call(name_or_task, TASKS.get(name_or_task), kwargs)
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name_or_task!r} returned {type(task).__name__}, not a Task")
     return task
+
+
+def _call(name: str, factory: Callable[..., Task], kwargs: Mapping[str, Any]) -> Any:
+    """factory(**kwargs), its arguments checked first; a TypeError from the call (an argument a
+    factory taking **kwargs passes on and nothing takes) names the task."""
+    _check_arguments(name, factory, kwargs)
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        if str(e).startswith(f"task {name!r}"):
+            raise
+        raise TypeError(f"task {name!r}: {e}") from e
+
+
+def _from_module(name: str) -> Callable[..., Task]:
+    """The task factory a module path names; an unknown family that is no module is a ValueError."""
+    family = name.split(":", 1)[0]
+    families = f"task families: {', '.join(list_task_families())}"
+    if not is_module_path(name):
+        raise ValueError(f"unknown task family {family!r} in {name!r}; {families} (or a module path 'package.module:name')")
+    try:
+        obj = load_attribute(name, f"task {name!r}")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"unknown task family {family!r} in {name!r}; {families}; nor is it a module path: {e}") from None
+    return task_factory(obj, f"task {name!r}")
+
+
+def _check_arguments(name: str, factory: Callable[..., Task], kwargs: Mapping[str, Any]) -> None:
+    """Refuse arguments the task's factory does not take, naming the ones it does (a misspelt
+    `lenght=6` would otherwise be a bare TypeError from deep inside, or, worse, silently ignored)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the factory's own error will have to do
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    valid = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        hints = [f"{close[0]!r} for {k!r}" for k in unknown if (close := difflib.get_close_matches(k, valid, n=1))]
+        raise TypeError(
+            f"task {name!r} has no argument(s) {', '.join(map(repr, unknown))}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + f"; its arguments are: {', '.join(valid)}"
+        )

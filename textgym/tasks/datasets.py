@@ -5,10 +5,14 @@
                      answer_extract="gsm8k", reward="gsm8k")        # one file, split 80/10/10 by hash
     task = from_file({"train": "train.csv", "test": "test.csv"}, prompt_field="problem",
                      answer_field="solution", answer_extract="boxed", reward="boxed_math")
+    task = from_file("gsm8k_test.jsonl", split="test", ...)          # the whole file is the test split
     task = from_hub("openai/gsm8k", "main", prompt_field="question", answer_field="answer",
                     answer_extract="gsm8k", reward="gsm8k")         # the dataset's train and test splits
     make_task("file:gsm8k_train.jsonl", prompt_field="question", ...)  # the same, by name
     make_task("hf:openai/gsm8k", config="main", ...)
+
+From the command line: `--task file:gsm8k_test.jsonl --task-kwargs '{"split": "test", "prompt_field":
+"question", "answer_extract": "gsm8k", "reward": "gsm8k"}'`.
 
 Each row becomes an `Example`: the prompt field is the question, the answer field the reference
 answer (through `answer_extract` when given: the final number of a GSM8K solution, the \\boxed{}
@@ -16,20 +20,26 @@ of a MATH one), and every other field goes to `Example.metadata` for rewards to 
 answer field too, when `answer_extract` changed it).
 
 Splits: a mapping {split: file} (or {split: dataset split name}) uses each as given; a single file
-(or dataset split) is divided 80/10/10 by a hash of the prompt, as the built-in tasks are, so a
-question never lands in two splits. Parquet needs pyarrow and `from_hub` needs `datasets`:
+with `split="test"` is that split whole (the others empty: "GSM8K test" is all 1319 problems); a
+single file without it (or a dataset split) is divided 80/10/10 by a hash of the prompt, as the
+built-in tasks are, so a question never lands in two splits.
+
+Budget: when `answer_extract` reads the answer out of a worked solution (GSM8K's "... #### 72"),
+the task recommends a token budget that fits its longest solution (`recommended_max_new_tokens`,
+`budget_for`), which `textgym train/eval/bench` use unless --max-new-tokens says otherwise. Parquet needs pyarrow and `from_hub` needs `datasets`:
 `pip install "textgym[data]"`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from textgym.rewards.extract import EXTRACTORS
-from textgym.tasks.base import Example, Task, _ExampleListTask, register_task_family, split_of
+from textgym.tasks.base import Example, Task, _ExampleListTask, budget_for, register_task_family, split_of
 
 __all__ = ["from_file", "from_hub", "from_rows", "DatasetTask", "FORMATS"]
 
@@ -43,42 +53,68 @@ Source = Iterable[tuple[str, Row]]  # (where: "data.jsonl line 3", row)
 class DatasetTask(_ExampleListTask):
     """A task made of rows of data (see `from_file`, `from_hub`, `from_rows`)."""
 
-    def __init__(self, name: str, splits: dict[str, list[Example]], *, source: str, hashed: bool, **kwargs: Any):
+    def __init__(self, name: str, splits: dict[str, list[Example]], *, source: str, hashed: bool,
+                 solutions: str | None = None, **kwargs: Any):  # fmt: skip
         super().__init__(name, splits, **kwargs)
         self.source, self.hashed = source, hashed
         self.params = {"source": source}
+        # The rows' worked solutions (the raw answer field, where answer_extract read the answer out of
+        # it) show how long a reply runs: the budget fits the longest.
+        lengths = [len(str(e.metadata[solutions])) for exs in self._lists.values() for e in exs
+                   if solutions is not None and solutions in e.metadata]  # fmt: skip
+        self.recommended_max_new_tokens = budget_for(max(lengths)) if lengths else None
 
     def _empty_split_message(self, split: str, total: int) -> str:
+        given = [s for s in self.SPLITS if self._lists[s]]
         how = ("divided 80/10/10 by a hash of the prompt, which left none for it; give more rows or one "
-               "file per split" if self.hashed else f"no {split} rows were given; pass one, or use another split")
+               "file per split" if self.hashed else f"no {split} rows were given (they are its {' and '.join(given)} "
+               f"split); use another split (--split), or give the {split} split rows of its own")  # fmt: skip
         return f"split {split!r} of task {self.name!r} is empty: {self.source} has {total} rows, {how}"
 
 
 # -- reading files ----------------------------------------------------------------------------------
 
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8, a leading byte-order mark dropped (spreadsheet programs write one).
+    Other bytes raise a ValueError naming the line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"{path} line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _parse_json(text: str, where: str, hint: str = "") -> Any:
+    """json.loads with errors that name `where`; nesting too deep for Python's parser is one of them."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno}, column {e.colno}"
+        raise ValueError(f"{where} is not valid JSON ({e.msg} at {at}){hint}: "
+                         f"{text[max(0, e.pos - 40) : e.pos + 40].strip()!r}") from None  # fmt: skip
+    except RecursionError:
+        raise ValueError(f"{where} is JSON nested too deeply to read (lists or objects inside each other "
+                         "thousands of levels deep); a row is an object of text or number fields") from None  # fmt: skip
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Row]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{where} is not valid JSON ({e.msg} at column {e.colno}): {line.strip()[:80]!r}"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object of fields")
-            yield where, row
+    for number, line in enumerate(io.StringIO(_read_text(path), newline=None), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        row = _parse_json(line, where)
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object of fields")
+        yield where, row
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Row]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                         "for one object per line, name the file .jsonl") from None
+    data = _parse_json(_read_text(path), str(path), "; for one object per line, name the file .jsonl")
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
@@ -92,7 +128,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Row]]:
 
 
 def _read_csv(path: Path, delimiter: str) -> Iterator[tuple[str, Row]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
@@ -224,7 +260,8 @@ def from_rows(
         raise TypeError(f"unexpected argument(s) {sorted(unknown)}; tasks from data take "
                         f"{', '.join(sorted(set(kwargs) | {'description'}))}")
     kwargs.update(task_kwargs)
-    return DatasetTask(name, splits, source=source, hashed=hashed, reward=reward, **kwargs)
+    solutions = answer_field if extract is not None else None
+    return DatasetTask(name, splits, source=source, hashed=hashed, solutions=solutions, reward=reward, **kwargs)
 
 
 def from_file(
@@ -236,20 +273,28 @@ def from_file(
     reward: Any = "exact_match",
     format: str | None = None,
     name: str | None = None,
+    split: str | None = None,
     **task_kwargs: Any,
 ) -> DatasetTask:
     """A task from a JSONL / JSON / CSV / TSV / Parquet file, or {split: file}.
 
-    One file is divided 80/10/10 by a hash of the prompt; a mapping ({"train": ..., "test": ...})
-    uses each file as that split (splits not given are empty). The format comes from the suffix
+    One file is divided 80/10/10 by a hash of the prompt, or with `split` ("train", "validation",
+    "test") is that split whole; a mapping ({"train": ..., "test": ...}) uses each file as that
+    split (splits not given are empty). The format comes from the suffix
     unless `format` says. `reward` scores the answer (a registered name such as "exact_match",
     "numeric_match", "gsm8k", "boxed_math", or a function). Other arguments: see `from_rows`.
     """
+    if split is not None:
+        if isinstance(path, Mapping):
+            raise TypeError("split= makes one file a whole split; a {split: file} mapping already says each file's split")
+        if split not in Task.SPLITS:
+            raise ValueError(f"split must be one of {', '.join(Task.SPLITS)} (the split the whole file is), got {split!r}")
+        path = {split: path}
     if isinstance(path, Mapping):
-        rows: Source | dict[str, Source] = {split: read_rows(p, format) for split, p in path.items()}
-        for split, p in path.items():
-            if not rows[split]:
-                raise ValueError(f"{p} has no rows (it is split {split!r})")
+        rows: Source | dict[str, Source] = {s: read_rows(p, format) for s, p in path.items()}
+        for s, p in path.items():
+            if not rows[s]:
+                raise ValueError(f"{p} has no rows (it is split {s!r})")
         source = ", ".join(str(p) for p in path.values())
         default_name = Path(next(iter(path.values()))).stem if path else "data"
     else:

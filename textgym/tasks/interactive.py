@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from fractions import Fraction
 from typing import Any, Iterable
@@ -16,24 +17,35 @@ import numpy as np
 
 from textgym.example import Example
 from textgym.rewards.core import score
-from textgym.rewards.extract import last_number, numbers_equal
+from textgym.rewards.extract import final_number, numbers_equal
 from textgym.tasks.arithmetic import operand_range
 from textgym.tasks.base import ENUMERATE_LIMIT, Task, make_task, register_task
 from textgym.tasks.multiturn import MultiTurnTask, Reply
+from textgym.tasks.tooluse import ToolTask
+from textgym.tools.core import ToolResult
+from textgym.tools.formats import ToolCall, tag_calls
 
-__all__ = ["CalculatorTask", "GuessTask", "RetryTask", "calculate"]
+__all__ = ["CalculatorTask", "GuessTask", "RetryTask", "calculate", "calc", "calc_calls"]
 
-_CALL = re.compile(r"<calc>(.*?)</calc>", re.DOTALL)
 _MAX_CALC_CHARS = 100  # also keeps ast.parse away from deep-nesting recursion limits
 _MAX_CALC_DIGITS = 60  # results (and operands) beyond this many digits are refused, not computed
+_MAX_EXPONENT = 64
+
+
+def calc_calls(text: str) -> list[str]:
+    """The expressions of every `<calc>…</calc>` in `text`, left to right (each call ends at the first
+    closing tag after its opening one), found in one pass (`textgym.tools.formats.tag_calls`)."""
+    return [inner for _, inner in tag_calls(text, ("calc",))]
 
 
 def calculate(expression: str) -> str:
     """The value of an arithmetic expression, as the calculator tool prints it; never runs code.
 
     Integers and decimals, + - * / // % **, unary minus and parentheses, computed exactly (with
-    Fractions) and printed as an integer or a decimal rounded to 6 places. Anything else, and
-    numbers too large to be sensible, raise a ValueError that says what is wrong.
+    Fractions) and printed as an integer or a decimal rounded to 6 places. Bounded work: at most
+    100 characters (so nesting is shallow), whole exponents up to 64, operands and results up to 60
+    digits. Anything else raises a ValueError that says what is wrong, and so does every
+    arithmetic failure (division by zero, 0 to a negative power): the tool's "error: ..." reply.
     """
     if len(expression) > _MAX_CALC_CHARS:
         raise ValueError(f"expression longer than {_MAX_CALC_CHARS} characters")
@@ -41,6 +53,14 @@ def calculate(expression: str) -> str:
         tree = ast.parse(expression.strip().replace("×", "*").replace("÷", "/"), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         raise ValueError("not an arithmetic expression") from None
+    try:
+        return _evaluate(tree)
+    except (ArithmeticError, RecursionError, MemoryError) as e:  # bounded above; a last net, never an exception out
+        raise ValueError(f"cannot compute it ({type(e).__name__})") from None
+
+
+def _evaluate(tree: ast.Expression) -> str:
+    """`calculate`'s arithmetic on a parsed expression (raises ValueError; see there)."""
 
     def checked(x: Fraction) -> Fraction:
         if max(abs(x.numerator), x.denominator).bit_length() > _MAX_CALC_DIGITS * 3.33:
@@ -49,6 +69,8 @@ def calculate(expression: str) -> str:
 
     def value(node: ast.AST) -> Fraction:
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            if not math.isfinite(node.value):  # a literal such as 1e999 reads as inf
+                raise ValueError("number too large")
             return checked(Fraction(str(node.value)))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = value(node.operand)
@@ -59,8 +81,10 @@ def calculate(expression: str) -> str:
             if op in (ast.Div, ast.FloorDiv, ast.Mod) and b == 0:
                 raise ValueError("division by zero")
             if op is ast.Pow:
-                if b.denominator != 1 or abs(b) > 64:
-                    raise ValueError("exponents must be whole numbers up to 64")
+                if b.denominator != 1 or abs(b) > _MAX_EXPONENT:
+                    raise ValueError(f"exponents must be whole numbers up to {_MAX_EXPONENT}")
+                if a == 0 and b < 0:
+                    raise ValueError("division by zero")
                 return checked(a ** int(b))
             ops = {ast.Add: a.__add__, ast.Sub: a.__sub__, ast.Mult: a.__mul__, ast.Div: a.__truediv__,
                    ast.FloorDiv: a.__floordiv__, ast.Mod: a.__mod__}  # fmt: skip
@@ -74,31 +98,47 @@ def calculate(expression: str) -> str:
     return f"{float(result):.6f}".rstrip("0").rstrip(".")
 
 
+def calc(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly: numbers, + - * / // % ** and parentheses.
+
+    Args:
+        expression: the expression, e.g. "123*45".
+    """
+    return calculate(expression)
+
+
 @register_task("calculator")
-class CalculatorTask(MultiTurnTask):
+class CalculatorTask(ToolTask):
     """Multiply numbers a small model gets wrong in its head, with a calculator it can call.
 
     ## Description
     "What is 123 * 45?" — multi-digit multiplication, which small models mostly get wrong when they
-    answer directly. The policy may call the calculator by writing `<calc>123*45</calc>`: its turn
-    ends at the closing tag and the environment replies with the result as a tool message. A turn
-    without a call is the final answer.
+    answer directly. The policy may call the calculator (the tool `calc(expression)`, the safe
+    evaluator `calculate`): its turn ends at the call's closing tag and the environment replies with
+    the result as a tool message. A turn without a call is the final answer.
+
+    ## Tool-call format
+    A `ToolTask` (textgym/tasks/tooluse.py): `tool_format="auto"` offers the tool natively where the
+    tokenizer's chat template shows tools in the Hermes/Qwen style (`<tool_call>{"name": "calc",
+    "arguments": {"expression": "123*45"}}</tool_call>`, e.g. with `jinja_template="hermes"`), and as
+    `<calc>123*45</calc>` otherwise — SmolLM2-135M-Instruct's own template, and the char tokenizer.
 
     ## Prompt
-    `What is {a} * {b}? You can use a calculator: write <calc>expression</calc> and you get the
-    result. Then answer with the number.`
+    Tags: `What is {a} * {b}? You can use a calculator: write <calc>expression</calc> and you get the
+    result. Then answer with the number.` Native or `<tool_call>`: `What is {a} * {b}? You can use the
+    calc tool. Then answer with the number.`
 
     ## Turns and replies
     A call: the tool replies with `calculate(expression)` (or `error: ...` for an expression it
-    refuses). The final answer (a turn without a call) ends the episode. At most `max_turns` turns
-    (default 3); a last turn that is still a call ends the episode unanswered.
+    refuses, or a call it cannot read). The final answer (a turn without a call) ends the episode. At
+    most `max_turns` turns (default 3); a last turn that is still a call ends the episode unanswered.
 
     ## Answer
     `str(a * b)`; metadata `{"a": a, "b": b}`.
 
-    With the tool, the task's system prompt describes it with one worked exchange (as chat
-    templates describe tools in the system message); `--system-prompt` replaces it. A 135M model
-    without that example almost never writes a call (SmolLM2-135M-Instruct: 0 of 640 samples).
+    With the tool, the task's system prompt describes it with one worked exchange in the call format
+    (as chat templates describe tools in the system message); `--system-prompt` replaces it. A 135M
+    model without that example almost never writes a call (SmolLM2-135M-Instruct: 0 of 640 samples).
 
     ## Rewards
     On the final answer: 1.0 when its last number equals a * b, else 0.0; components `answer` and
@@ -113,7 +153,8 @@ class CalculatorTask(MultiTurnTask):
     - `tool=True`: offer the calculator. `tool=False` asks the same problems without it (one turn,
       the prompt ends "Answer with the number.", no system prompt of its own): the baseline the
       tool is measured against.
-    - `call_credit=0.0`, `max_turns=3`, `seed=0`, `prompt_style="plain"`.
+    - `tool_format="auto"` ("auto" | "hermes" | "tags"), `call_credit=0.0`, `max_turns=3`, `seed=0`,
+      `prompt_style="plain"`.
 
     ## Example
     ```python
@@ -123,36 +164,42 @@ class CalculatorTask(MultiTurnTask):
     """
 
     name = "calculator"
-    description = "What is a * b? with a <calc>…</calc> calculator tool (multi-turn)"
-    instruction = "You can use a calculator: write <calc>expression</calc> and you get the result. Then answer with the number."
+    description = "What is a * b? with a calculator tool, <calc>…</calc> or native tool calls (multi-turn)"
     answer_chars = None
-    reply_roles = ("tool",)
+    demo = ("What is 12 * 34?", [("calc", {"expression": "12*34"}, "408")], "408")
 
+    # The tags format's system prompt, word for word as before tools had formats (the README's results).
     tool_system_prompt = (
         "You can use a calculator. To use it, reply with only <calc>expression</calc>; the result comes back "
         "to you. Example:\nUser: What is 12 * 34?\nAssistant: <calc>12*34</calc>\nTool: 408\nAssistant: 408"
     )
 
     def __init__(self, digits: int = 3, digits2: int = 2, *, tool: bool = True, call_credit: float = 0.0,
-                 max_turns: int = 3, seed: int = 0, prompt_style: str = "plain"):  # fmt: skip
-        super().__init__(seed=seed, prompt_style=prompt_style)
-        self.ranges = operand_range(int(digits)), operand_range(int(digits2))
+                 max_turns: int = 3, tool_format: str = "auto", seed: int = 0, prompt_style: str = "plain"):  # fmt: skip
         self.tool = bool(tool)
-        self.max_turns = int(max_turns) if self.tool else 1
+        super().__init__([calc] if self.tool else [], tool_format=tool_format, max_turns=int(max_turns) if self.tool else 1,
+                         seed=seed, prompt_style=prompt_style)  # fmt: skip
+        self.ranges = operand_range(int(digits)), operand_range(int(digits2))
         if not 0.0 <= float(call_credit) < 1.0:
             raise ValueError(f"call_credit must be in [0, 1) (a call pays less than the answer), got {call_credit}")
         self.call_credit = float(call_credit)
         self.params = {"digits": int(digits), "digits2": int(digits2), "tool": self.tool, "max_turns": self.max_turns,
-                       "call_credit": self.call_credit}  # fmt: skip
+                       "call_credit": self.call_credit, "tool_format": tool_format}  # fmt: skip
         self.max_answer_chars = int(digits) + int(digits2)
-        if self.tool:
-            self.system_prompt = self.tool_system_prompt
-        else:
-            self.instruction = "Answer with the number."
 
     @property
-    def stop_strings(self) -> tuple[str, ...]:
-        return ("</calc>",) if self.tool else ()
+    def instruction(self) -> str:
+        if not self.tool:
+            return "Answer with the number."
+        if self.format_name == "tags":
+            return "You can use a calculator: write <calc>expression</calc> and you get the result. Then answer with the number."
+        return "You can use the calc tool. Then answer with the number."
+
+    @property
+    def system_prompt(self) -> str | None:
+        if self.tool and self.format_name == "tags":
+            return self.tool_system_prompt
+        return super().system_prompt
 
     def problem_key(self, example: Example) -> str:
         return example.prompt  # "What is a * b?": the same split with and without the tool
@@ -165,21 +212,14 @@ class CalculatorTask(MultiTurnTask):
     def start(self, example: Example) -> dict[str, int]:
         return {"calls": 0, "credited": 0}
 
-    def reply(self, text: str, example: Example, state: dict[str, int]) -> Reply:
-        calls = _CALL.findall(text) if self.tool else []
-        if calls or (self.tool and text.rstrip().endswith("</calc>")):
-            state["calls"] += 1
-            credit = 0.0
-            try:
-                if not calls:
-                    raise ValueError("no <calc> before </calc>")
-                result = calculate(calls[-1])
-                if not state["credited"] and numbers_equal(result, example.answer):
-                    state["credited"], credit = 1, self.call_credit
-            except ValueError as e:
-                result = f"error: {e}"
-            return Reply(result, reward=credit, role="tool", components={"answer": 0.0, "calls": float(state["calls"])})
-        correct = float(numbers_equal(last_number(text), example.answer))
+    def credit(self, call: ToolCall, result: ToolResult, example: Example, state: dict[str, int]) -> float:
+        if result.ok and not state["credited"] and numbers_equal(result.text, example.answer):
+            state["credited"] = 1
+            return self.call_credit
+        return 0.0
+
+    def answer(self, text: str, example: Example, state: dict[str, int]) -> Reply:
+        correct = float(numbers_equal(final_number(text), example.answer))
         return Reply(reward=correct, done=True, components={"answer": correct, "calls": float(state["calls"])})
 
 

@@ -13,7 +13,9 @@ each turn of the policy:
             return Reply("Not quite, try again.", reward=0.0)     # appended, then the policy goes on
 
 The env calls `reply` when the policy ends its turn (its end token, a stop string, or the turn's
-token budget), with the turn's text decoded once. The reply text is turned into tokens *in
+token budget), with the turn's text decoded once, under the verifier's guard (`call_reply`): an
+exception, a bad return value or a timeout ends that episode with reward 0 and `reply_error` in
+its final info, never the run. The reply text is turned into tokens *in
 context* by the env (the chat template's end of the assistant turn, the user/tool turn, the start
 of the next assistant turn) and appended after the sampled tokens, which are never re-encoded:
 s_{t+1} = s_t ‖ a_t ‖ o_t. Rewards are paid on the step that ends each turn.
@@ -33,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 from textgym.example import Example
 from textgym.tasks.base import Task
 
-__all__ = ["Reply", "MultiTurnTask", "MessageEnvTask", "ROLES"]
+__all__ = ["Reply", "ReplyResult", "MultiTurnTask", "MessageEnvTask", "ROLES", "call_reply"]
 
 ROLES = ("user", "tool")  # the roles an environment's reply can take in the chat template
 
@@ -81,6 +83,32 @@ def check_reply(reply: Any, task: Task) -> Reply:
     return reply
 
 
+@dataclass(frozen=True)
+class ReplyResult:
+    """What one guarded `reply` call gave: the checked reply and the episode's state after it, or the
+    error that ended the episode (`reply` None)."""
+
+    reply: Reply | None
+    state: Any = None
+    error: str | None = None
+
+
+def call_reply(task: Task, text: str, example: Example, state: Any) -> ReplyResult:
+    """`task.reply(text, example, state)`, checked; never raises: what it raises, or a return value
+    that is not a valid Reply, becomes the result's `error`. The state comes back with the reply, so
+    a reply computed in a worker process (reward_isolation="process") updates the episode's state."""
+    try:
+        reply = task.reply(text, example, state)
+    except Exception as e:  # a task's code reads the policy's text: any failure ends the episode, not the run
+        return ReplyResult(None, None, f"task {task.name!r}: reply() raised {type(e).__name__}: {e}")
+    try:
+        return ReplyResult(check_reply(reply, task), state)
+    except (TypeError, ValueError) as e:  # check_reply's own messages name the task and what to return
+        return ReplyResult(None, None, str(e))
+    except Exception as e:  # a Reply whose parts are not what they claim (components without .items(), ...)
+        return ReplyResult(None, None, f"task {task.name!r}: reply() returned a malformed Reply ({type(e).__name__}: {e})")
+
+
 class MultiTurnTask(Task):
     """Base class of multi-turn tasks: implement `reply` (and `start` for per-episode state).
 
@@ -113,6 +141,15 @@ class MultiTurnTask(Task):
     def reply(self, text: str, example: Example, state: Any) -> Reply:
         """The environment's answer to the policy's turn `text` (decoded, end token removed)."""
         raise NotImplementedError(f"{type(self).__name__} must define reply(text, example, state)")
+
+    def end(self, example: Example, state: Any) -> None:
+        """Called once when an episode ends, however it ends (a `done` reply, the turn or token budget,
+        a failed reply, a reset or `close()` mid-episode): release what `start` took (a server session).
+        Nothing by default. It runs outside the reply's guard: keep it short, and it must not raise."""
+
+    def close(self) -> None:
+        """Release what the task holds (server processes, connections). An env closes the task it
+        made from a name; a task object you pass in is yours to close. Nothing by default."""
 
     def reward(self, completion: str, example: Example) -> float:
         raise TypeError(

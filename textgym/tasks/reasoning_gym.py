@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from textgym.tasks.base import Example, Task, register_task_family, split_of
+from textgym.tasks.base import Example, Task, budget_for, register_task_family, split_of
 
 __all__ = [
     "reasoning_gym_task", "reasoning_gym_datasets", "reasoning_gym_config_fields", "ReasoningGymTask",
@@ -131,6 +131,9 @@ class ReasoningGymTask(Task):
             splits[split_of(f"{self.name}:{question}")].append(Example(question, answer, {"entry": entry}))
         self._lists = splits
         self.max_answer_chars = max((len(e.answer) for exs in splits.values() for e in exs), default=0)
+        # Room for the longest answer at one character a token (answers are digits, lists and symbols,
+        # which subword tokenizers split finely) and 16 tokens to say it: 32 for most datasets.
+        self.recommended_max_new_tokens = budget_for(self.max_answer_chars + 16, chars_per_token=1)
 
     def score_answer(self, text: str, example: Example) -> float:
         """The dataset's own verifier, given the stripped answer text."""

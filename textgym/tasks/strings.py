@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from textgym.rewards.extract import last_number, numbers_equal
+from textgym.rewards.extract import final_number, numbers_equal
 from textgym.tasks.base import ENUMERATE_LIMIT, Example, Task, register_task
 
 __all__ = ["CopyTask", "ReverseTask", "SortTask", "CountingTask"]
@@ -242,7 +242,7 @@ class CountingTask(_StringTask):
         return [self.make_counting(s, c) for s in self._all_strings() for c in self.alphabet]
 
     def extract(self, text):
-        return last_number(text)
+        return final_number(text)  # the order every numeric reward reads
 
     def check(self, answer, example):
         return float(numbers_equal(answer, example.answer))
