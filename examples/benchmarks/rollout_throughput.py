@@ -19,12 +19,14 @@ The first call of each variant (4 tokens) is timed apart as its warm-up: packing
 the static step, compiling for (a").
 
     python examples/benchmarks/rollout_throughput.py [--batch 8 32] [--new-tokens 32 64] [--repeats 3] [--compiled]
+        [--skip b c d] [--out results.json]
     python examples/benchmarks/rollout_throughput.py --model tiny --smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -120,9 +122,14 @@ def kv_limit(policy, ids, mask, new_tokens, banned=None):
     return new_tokens * ids.shape[0]
 
 
-def measure(policy, batch, new_tokens, repeats, others):
-    """Median tokens/s of each variant, the ratios of (a) to the others, and each variant's first
-    call in seconds; `others` maps more env.step-loop columns (a', a") to their policies."""
+NAMES = {"a": "(a) env.step loop", "a'": "(a') HF forward", 'a"': '(a") compiled', "b": "(b) generate",
+         "c": "(c) no cache", "d": "(d) HF KV loop"}
+
+
+def measure(policy, batch, new_tokens, repeats, others, skip=()):
+    """Tokens/s of each variant per repeat and their medians, the ratios of (a) to the others, and
+    each variant's first call in seconds; `others` maps more env.step-loop columns (a', a") to their
+    policies; `skip` names the columns of b, c, d to leave out."""
     envs, ids, mask = make_setup(policy, batch, new_tokens)
     banned = torch.zeros(max(policy.model.config.vocab_size, policy.vocab_size), dtype=torch.bool)
     banned[policy.vocab_size:] = True
@@ -137,6 +144,7 @@ def measure(policy, batch, new_tokens, repeats, others):
         "c": lambda n: no_cache(policy, ids, mask, n, banned),
         "d": lambda n: kv_limit(policy, ids, mask, n),
     }
+    variants = {k: fn for k, fn in variants.items() if k not in skip}
     rates = {k: [] for k in variants}
     first_call = {}
     with torch.no_grad():
@@ -154,11 +162,12 @@ def measure(policy, batch, new_tokens, repeats, others):
         p.restrict_actions(None)
     # Ratios are taken within each repeat (variants measured minutes apart on a shared machine are
     # not comparable), then the median over repeats.
-    out = {k: statistics.median(v) for k, v in rates.items()}
-    for other in [k for k in variants if k != "a"]:
-        out["a/" + other] = statistics.median(a / o for a, o in zip(rates["a"], rates[other]))
-    out["first_call"] = first_call
-    return out
+    return {
+        "batch": batch, "new_tokens": new_tokens, "tokens_per_s": rates,
+        "median": {k: statistics.median(v) for k, v in rates.items()},
+        "ratio": {f"a/{k}": statistics.median(a / o for a, o in zip(rates["a"], v)) for k, v in rates.items() if k != "a"},
+        "first_call_s": first_call,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -171,6 +180,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one repeat (proves it runs)")
     parser.add_argument("--compiled", action="store_true", help='add (a"): LMPolicy(decode="compiled") (minutes of compilation)')
+    parser.add_argument("--skip", nargs="+", default=[], choices=["b", "c", "d"], help="leave out these columns")
+    parser.add_argument("--out", help="also write the settings and every repeat's figures to this JSON file")
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.new_tokens, args.repeats = [2], [4], 1
@@ -181,23 +192,27 @@ def main() -> None:
     if args.compiled:
         others['a"'] = LMPolicy(policy.model, policy.tokenizer, temperature=args.temperature, seed=0, decode="compiled")
 
+    columns = [k for k in ["a", *others, "b", "c", "d"] if k not in args.skip]
     print(f"\n{args.model}, {torch.get_num_threads()} CPU threads, T={args.temperature}, (a) decode={policy.decode!r}, "
           f"median of {args.repeats} alternating repeats, useful tokens/s\n")
-    names = {"a'": "(a') HF forward", 'a"': '(a") compiled'}
-    print("| B | N | (a) env.step loop | " + "".join(f"{names[k]} | " for k in others)
-          + "(b) generate | (c) no cache | (d) HF KV loop | " + "".join(f"a/{k} | " for k in others) + "a/b | a/d | a/c |")
-    print("|---:|---:|---:|" + "---:|" * (2 * len(others) + 6))
-    warmups = []
+    print("| B | N | " + "".join(f"{NAMES[k]} | " for k in columns) + "".join(f"a/{k} | " for k in columns[1:]))
+    print("|---:|---:|" + "---:|" * (2 * len(columns) - 1))
+    rows = []
     for batch in args.batch:
         for new_tokens in args.new_tokens:
-            m = measure(policy, batch, new_tokens, args.repeats, others)
-            print(f"| {batch} | {new_tokens} | {m['a']:.0f} | " + "".join(f"{m[k]:.0f} | " for k in others)
-                  + f"{m['b']:.0f} | {m['c']:.0f} | {m['d']:.0f} | " + "".join(f"{m['a/' + k]:.2f} | " for k in others)
-                  + f"{m['a/b']:.2f} | {m['a/d']:.2f} | {m['a/c']:.2f} |", flush=True)
-            warmups.append((batch, new_tokens, m["first_call"]))
+            m = measure(policy, batch, new_tokens, args.repeats, others, args.skip)
+            print(f"| {batch} | {new_tokens} | " + "".join(f"{m['median'][k]:.0f} | " for k in columns)
+                  + "".join(f"{m['ratio']['a/' + k]:.2f} | " for k in columns[1:]), flush=True)
+            rows.append(m)
     print("\nFirst call of each variant (4 tokens; packing the weights, compiling), seconds:")
-    for batch, new_tokens, first in warmups:
-        print(f"  B={batch} N={new_tokens}: " + ", ".join(f"({k}) {v:.1f}" for k, v in first.items()))
+    for m in rows:
+        print(f"  B={m['batch']} N={m['new_tokens']}: " + ", ".join(f"({k}) {v:.1f}" for k, v in m["first_call_s"].items()))
+    if args.out:
+        settings = {k: getattr(args, k) for k in ("model", "repeats", "temperature")}
+        settings.update(threads=torch.get_num_threads(), decode=policy.decode, torch=torch.__version__, columns=NAMES)
+        with open(args.out, "w") as f:
+            json.dump({"settings": settings, "rows": rows}, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":
