@@ -30,10 +30,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["StaticDecoder", "unsupported_reason"]
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+# Steps of every torch optimizer in this process. Fused kernels (AdamW(fused=True), what REINFORCE
+# uses) write the weights without bumping their version counters, so a decoder cannot see such an
+# update in the parameters themselves: it repacks after any optimizer step.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -75,7 +89,7 @@ class StaticDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.weights: dict[str, Any] | None = None
         self._parameters = self._sources()
-        self._signature: list[tuple[int, int]] | None = None
+        self._signature: tuple | None = None
         self.keys: list[torch.Tensor] = []  # per layer: (N, kv_heads, capacity, head_dim)
         self.values: list[torch.Tensor] = []
         self._step = torch.compile(_decode, dynamic=True, fullgraph=True) if compile else _decode
@@ -104,11 +118,13 @@ class StaticDecoder:
     def refresh_weights(self) -> None:
         """Copy the model's weights into the decode layout if any changed since the last copy.
 
-        A parameter counts as changed when it is another tensor, has moved, or was edited in place
-        by autograd-visible ops (its version counter: optimizer steps, `load_state_dict`, anything
-        under `torch.no_grad()`). Edits through `.data` bypass the counter: call `reset()` after them.
+        The weights count as changed after any torch optimizer step (fused ones leave no other
+        trace), and a parameter when it is another tensor, has moved, or was edited in place by
+        autograd-visible ops (its version counter: `load_state_dict`, anything under
+        `torch.no_grad()`). Edits through `.data` bypass both: call `reset()` after them.
         """
-        signature = [(p.data_ptr(), p._version) for p in (getattr(m, name) for m, name in self._parameters)]
+        versions = [(p.data_ptr(), p._version) for p in (getattr(m, name) for m, name in self._parameters)]
+        signature = (_optimizer_steps, versions)
         if signature == self._signature:
             return
         m = self.model

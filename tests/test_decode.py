@@ -146,16 +146,23 @@ def test_static_decode_in_bf16_on_cpu():
     assert all(lp.dtype == np.float32 for _, _, lp in got)
 
 
-def test_weight_updates_reach_the_static_step():
+@pytest.mark.parametrize("optimizer", ["adamw", "fused-adamw", "sgd"])
+def test_weight_updates_reach_the_static_step(optimizer):
     """An optimizer step and load_state_dict change the model in place: the decode step's copies
-    of the weights follow (stale copies would give the old model's log-probs)."""
+    of the weights follow (stale copies would give the old model's log-probs). Fused AdamW (what
+    REINFORCE uses) writes the weights without bumping their version counters."""
     hf, static = pair()
     envs = textgym.TextGenVectorEnv(num_envs=3, tokenizer=hf.tokenizer, **KW)
     rollout(static, envs, steps=6)  # the step copies the weights
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     first = hf.log_probs(ids, torch.ones_like(ids))["log_probs"]
     original = {k: v.clone() for k, v in static.model.state_dict().items()}
-    optimizer = torch.optim.AdamW(static.model.parameters(), lr=0.05)
+    parameters = static.model.parameters()
+    optimizer = {
+        "adamw": lambda: torch.optim.AdamW(parameters, lr=0.05, foreach=True),
+        "fused-adamw": lambda: torch.optim.AdamW(parameters, lr=0.05, fused=True),
+        "sgd": lambda: torch.optim.SGD(parameters, lr=0.5),
+    }[optimizer]()
     static.model.train()
     (-static.log_probs(ids, torch.ones_like(ids))["log_probs"].sum()).backward()
     optimizer.step()
