@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from agents.acting import Policy, check_sampling
+from agents.decode import StaticDecoder, unsupported_reason
 from agents.losses import entropy as entropy_from_logits
 from agents.losses import token_log_probs
 from agents.lora import LoRAConfig, apply_lora
@@ -83,6 +84,7 @@ class LMPolicy(Policy):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        decode: str = "auto",
     ):
         check_sampling(temperature, top_k, top_p)
         check_compatible(model, tokenizer)
@@ -95,6 +97,9 @@ class LMPolicy(Policy):
         self.allowed_tokens: torch.Tensor | None = None
         self.generator = torch.Generator(device=self.device)
         self.seed(seed)
+        self._decoder = _make_decoder(model, decode)
+        # The one-token step in use: "static", "compiled" or "hf" ("auto" resolved).
+        self.decode = "hf" if self._decoder is None else "compiled" if self._decoder.compiled else "static"
         self.reset_cache()
 
     # -- construction ----------------------------------------------------------------------------
@@ -110,6 +115,7 @@ class LMPolicy(Policy):
         top_p: float | None = None,
         seed: int | None = None,
         lora: LoRAConfig | None = None,
+        decode: str = "auto",
         **model_kwargs: Any,
     ) -> "LMPolicy":
         """Load a policy: the embedded default "smollm2-135m-instruct", "tiny", an HF hub id, a
@@ -119,7 +125,7 @@ class LMPolicy(Policy):
         model, tokenizer = load_model(str(name_or_path), device=device, dtype=dtype, **model_kwargs)
         if lora is not None and lora.enabled:
             model = apply_lora(model, lora, seed=seed or 0)  # the adapters' init follows the run's seed
-        return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return cls(model, tokenizer, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, decode=decode)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save model and tokenizer so `LMPolicy.from_pretrained(path)` restores them (`save_model`)."""
@@ -330,7 +336,10 @@ class LMPolicy(Policy):
             self._valid[~stepping] = 0
             new_col = torch.ones(n, 1, dtype=torch.long, device=self.device)
         self._valid = torch.cat([self._valid, new_col], dim=1)
-        logits = self._forward(tokens, self._valid, positions, self._cache)
+        if self._decoder is not None and self._decoder.applies_to(self.model):
+            logits = self._decoder.step(self._cache, tokens, positions, self._valid)
+        else:
+            logits = self._forward(tokens, self._valid, positions, self._cache)
         self._compact()
         return logits
 
@@ -464,6 +473,21 @@ class LMPolicy(Policy):
         if with_entropy:
             out["entropy"] = entropy_from_logits(dist_logits)
         return out
+
+
+def _make_decoder(model: torch.nn.Module, decode: str) -> StaticDecoder | None:
+    choices = ("auto", "static", "compiled", "hf")
+    if decode not in choices:
+        raise ValueError(f"decode must be one of {', '.join(map(repr, choices))}; got {decode!r}")
+    if decode == "hf":
+        return None
+    reason = unsupported_reason(model)
+    if decode == "auto":
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        return StaticDecoder(model) if reason is None and on_cpu else None
+    if reason is not None:
+        raise ValueError(f"decode={decode!r} cannot run this model: {reason}; use decode='hf' (or 'auto')")
+    return StaticDecoder(model, compile=decode == "compiled")
 
 
 def _empty_like_cache(template: DynamicCache, n: int, width: int) -> DynamicCache:

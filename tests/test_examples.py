@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
     curves = tmp_path_factory.mktemp("sample_efficiency")
     commands = {
         "bandit": ["examples/bandit.py", "--updates", "5", "--estimates", "50", "--out", str(png)],
-        "rollout": ["examples/benchmarks/rollout_throughput.py", *SMOKE],
+        "rollout": ["examples/benchmarks/rollout_throughput.py", *SMOKE, "--out", str(png.with_name("rollout.json"))],
         "overhead": ["examples/benchmarks/env_overhead.py", *SMOKE],
         "multiturn": ["examples/benchmarks/multiturn_throughput.py", *SMOKE],
         "baselines": ["examples/benchmarks/baselines.py", "--model", "tiny", "--seeds", "0", "1", "--iterations", "1",
@@ -66,7 +66,11 @@ def test_bandit_baseline_lowers_gradient_variance(runs):
 
 
 def test_rollout_throughput_smoke(runs):
-    assert "| a/b |" in output(runs, "rollout")[0]
+    stdout, png = output(runs, "rollout")
+    assert "| a/b |" in stdout
+    (row,) = json.loads(png.with_name("rollout.json").read_text())["rows"]
+    assert set(row["ratio"]) == {"a/a'", "a/b", "a/c", "a/d"}, "the static step's loop against the HF forward's, side by side"
+    assert all(len(rates) == 1 and rates[0] > 0 for rates in row["tokens_per_s"].values())
 
 
 def test_multiturn_throughput_smoke(runs):

@@ -231,10 +231,20 @@ class ForwardLog:
         self.hook = policy.model.register_forward_pre_hook(
             lambda module, args, kwargs: self.shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
         )
+        if policy._decoder is not None:  # the static decode step runs one-token steps without the forward
+            step = policy._decoder.step
+
+            def logged(cache, tokens, *args):
+                self.shapes.append(tuple(tokens.shape))
+                return step(cache, tokens, *args)
+
+            policy._decoder.step = logged
 
     def close(self, policy):
         self.hook.remove()
         del policy._sampling_logits
+        if policy._decoder is not None:
+            del policy._decoder.step
 
 
 def multi_turn_rounds(policy, rounds=9, n=6, width=96, seed=0):
@@ -283,11 +293,13 @@ def full_recompute_logits(model, seq):
         return model(input_ids=torch.as_tensor(seq, device=model.device)[None]).logits[0, -1].float()
 
 
+@pytest.mark.parametrize("decode", ["hf", "auto"])  # auto: the static decode step, except for gpt2
 @pytest.mark.parametrize("architecture", ["tiny", "qwen2", "gpt2"])
-def test_suffix_prefill_logits_equal_a_full_recompute(architecture):
+def test_suffix_prefill_logits_equal_a_full_recompute(architecture, decode):
     tokenizer = textgym.CharTokenizer()
     model = LMPolicy.from_pretrained("tiny", seed=0).model if architecture == "tiny" else small_model(architecture, tokenizer)
-    p = LMPolicy(model, tokenizer, seed=0)
+    p = LMPolicy(model, tokenizer, seed=0, decode=decode)
+    assert (p._decoder is not None) == (decode == "auto" and architecture != "gpt2")
     several_seen = one_seen = 0
     for obs, active, actions, log_probs, log, recomputed, new in multi_turn_rounds(p):
         (logits,) = log.logits
