@@ -271,8 +271,8 @@ def test_the_benchmarks_vllm_parts_run(policy):
 
     m = vllm_mismatch.measure_mismatch(policy, envs_for(policy, num_envs=2, group_size=1), episodes=2)
     assert m["episodes"] == 2 and m["tokens"] > 0 and m["mean_abs"] < 1e-4 and m["clipped"] == 0
-    r = rollout_throughput.measure(policy.learner, batch=2, new_tokens=3, repeats=1, engine=policy)
-    assert r["e"] > 0 and r["a/e"] > 0
+    r = rollout_throughput.measure(policy.learner, batch=2, new_tokens=3, repeats=1, others={}, engine=policy)
+    assert r["median"]["e"] > 0 and r["ratio"]["a/e"] > 0
     assert policy.allowed_tokens is None  # the benchmark lifts its restriction
 
 
