@@ -1,10 +1,9 @@
 """A textgym task inside TRL's `GRPOTrainer`: its prompts as a dataset, its verifier as the reward.
 
     from trl import GRPOConfig, GRPOTrainer
-    from agents.models import load_model
     from textgym.integrations.trl import textgym_dataset, textgym_reward_funcs, trl_tokenizer
 
-    model, tokenizer = load_model("smollm2-135m-instruct")
+    model, tokenizer = ...  # a causal LM and its textgym tokenizer, e.g. agents.models.load_model("smollm2-135m-instruct")
     env = dict(task="addition", tokenizer=tokenizer, max_new_tokens=24)
     config = GRPOConfig(max_completion_length=24, temperature=0.7, learning_rate=2e-5, max_steps=20, bf16=False)
     trainer = GRPOTrainer(model=model, args=config, processing_class=trl_tokenizer(tokenizer),
