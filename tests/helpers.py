@@ -54,3 +54,22 @@ def readme_section(heading):
 def code_blocks(text, language):
     """The bodies of the fenced blocks of `language` ("python", "toml", "bash") in `text`, in order."""
     return [body for lang, body in FENCE.findall(text) if lang == language]
+
+
+# A user's task module, as a test writes it to disk: `Echo` says a word over "ab" back.
+ECHO_TASK_MODULE = '''
+import itertools
+from textgym import Example, Task
+
+class Echo(Task):
+    """Say a word back."""
+    name, description, answer_chars = "echo", "say a word back", "ab"
+
+    def __init__(self, length=2, **kwargs):
+        super().__init__(**kwargs)
+        self.length = self.max_answer_chars = length
+
+    def all_problems(self):
+        for letters in itertools.product(self.answer_chars, repeat=self.length):
+            yield Example("Say: " + "".join(letters), "".join(letters))
+'''

@@ -19,28 +19,14 @@ from pathlib import Path
 import pytest
 
 from agents import bench, evaluation
+from helpers import ECHO_TASK_MODULE
 from textgym.rewards import get_extractor, get_reward, list_rewards
 from textgym.tasks import Task, make_task, register_task_family
 from textgym.tasks.base import FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODULE = '''
-import itertools
-from textgym import Example, Task
-
-class Echo(Task):
-    """Say a word back."""
-    name, description, answer_chars = "echo", "say a word back", "ab"
-
-    def __init__(self, length=2, **kwargs):
-        super().__init__(**kwargs)
-        self.length = self.max_answer_chars = length
-
-    def all_problems(self):
-        for letters in itertools.product(self.answer_chars, repeat=self.length):
-            yield Example("Say: " + "".join(letters), "".join(letters))
-
+MODULE = ECHO_TASK_MODULE + '''
 def echo_of_three(seed=0):
     return Echo(length=3, seed=seed)
 

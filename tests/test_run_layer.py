@@ -16,6 +16,7 @@ import torch
 
 from agents import bench, evaluation, train
 from agents.runs import PRESETS, RunDir, RunError
+from helpers import ECHO_TASK_MODULE
 from textgym.tasks import budget_for, make_task
 
 torch.set_num_threads(1)
@@ -165,25 +166,9 @@ def test_a_crafted_run_directory_cannot_make_textgym_import_code(tmp_path):
     assert evaluation.command().resolve({"model": str(run), "reward": "os:system"})[0]["reward"] == "os:system"
 
 
-ECHO = '''
-import itertools
-from textgym import Example, Task
-
-class Echo(Task):
-    name, description, answer_chars = "echo", "say a word back", "ab"
-
-    def __init__(self, length=2, **kwargs):
-        super().__init__(**kwargs)
-        self.length = self.max_answer_chars = length
-
-    def all_problems(self):
-        for letters in itertools.product(self.answer_chars, repeat=self.length):
-            yield Example("Say: " + "".join(letters), "".join(letters))
-'''
-
 
 def test_a_run_on_a_module_task_resumes_when_the_command_line_names_it_again(tmp_path, monkeypatch, capsys):
-    (tmp_path / "echo_for_resume.py").write_text(ECHO)
+    (tmp_path / "echo_for_resume.py").write_text(ECHO_TASK_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     common = ["--model", "tiny", "--task", "echo_for_resume:Echo", "--task-kwargs", '{"length": 3}', "--max-new-tokens", "3"]
